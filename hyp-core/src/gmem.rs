@@ -1,0 +1,395 @@
+//! guest_memfd: a file of guest pages with optional per-page shareability.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use abi::flags::{ContentMode, ConvertTo, GmemFlags, VmType};
+use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::provider::PageProvider;
+use crate::range::RangeStore;
+
+/// Per-page shareability (only with `TRACK_SHAREABILITY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shareability {
+    /// Host and guest may access the page ("shared").
+    All,
+    /// Only the guest may access the page ("private").
+    Guest,
+}
+
+/// Who asked for a conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Initiator {
+    /// The host, at its own initiative.
+    Host,
+    /// The host, on behalf of a guest's `MEM_SHARE` / `MEM_UNSHARE`.
+    Guest,
+}
+
+/// A conversion of a gmem range (`KVM_SET_MEMORY_ATTRIBUTES2`-like).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvertRequest {
+    /// Byte offset in the file (page aligned).
+    pub offset: u64,
+    /// Byte size (page aligned, non-zero).
+    pub size: u64,
+    pub to: ConvertTo,
+    pub mode: ContentMode,
+    pub initiator: Initiator,
+}
+
+/// A failed conversion: the errno, and for `EAGAIN` the file offset (from the start of the file)
+/// of the first page still pinned. `error_offset` is 0 for every other errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvertError {
+    pub errno: Errno,
+    pub error_offset: u64,
+}
+
+impl From<Errno> for ConvertError {
+    fn from(errno: Errno) -> Self {
+        ConvertError {
+            errno,
+            error_offset: 0,
+        }
+    }
+}
+
+/// Checks a byte range against a limit: page aligned, non-empty, no overflow, `offset + size <=
+/// limit`. Returns the page-index range `[first, last)`. Else `EINVAL`.
+pub(crate) fn page_range(offset: u64, size: u64, limit: u64) -> Result<(u64, u64), Errno> {
+    if size == 0 || !offset.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    let end = offset.checked_add(size).ok_or(Errno::EINVAL)?;
+    if end > limit {
+        return Err(Errno::EINVAL);
+    }
+    Ok((offset >> PAGE_SHIFT, end >> PAGE_SHIFT))
+}
+
+/// A guest_memfd file.
+///
+/// Pages are allocated on first use (guest fault, host fault, pin) through a [`PageProvider`]
+/// and kept in a sparse map. Shareability, when tracked, lives in a [`RangeStore`] over page
+/// indices.
+#[derive(Debug)]
+pub struct GmemFile {
+    size: u64,
+    flags: GmemFlags,
+    owner_type: VmType,
+    pages: BTreeMap<u64, u64>,
+    pins: BTreeMap<u64, u32>,
+    share: Option<RangeStore<Shareability>>,
+}
+
+impl GmemFile {
+    /// A new file of `size` bytes for a VM of type `owner_type`.
+    /// `EINVAL` for unknown flag bits or a size that is not a positive multiple of 4 KiB.
+    pub fn new(size: u64, flags: u64, owner_type: VmType) -> Result<Self, Errno> {
+        let flags = GmemFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let npages = size >> PAGE_SHIFT;
+        let share = if flags.contains(GmemFlags::TRACK_SHAREABILITY) {
+            let init = if flags.contains(GmemFlags::INIT_SHARED) {
+                Shareability::All
+            } else {
+                Shareability::Guest
+            };
+            Some(RangeStore::new(npages, init))
+        } else {
+            None
+        };
+        Ok(GmemFile {
+            size,
+            flags,
+            owner_type,
+            pages: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            share,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn flags(&self) -> GmemFlags {
+        self.flags
+    }
+
+    /// Type of the VM that owns the file (decides the host-initiated to-shared rules).
+    pub fn owner_type(&self) -> VmType {
+        self.owner_type
+    }
+
+    pub fn tracks_shareability(&self) -> bool {
+        self.share.is_some()
+    }
+
+    /// Shareability of the page holding byte `offset`; `None` without tracking or beyond the
+    /// file.
+    pub fn shareability(&self, offset: u64) -> Option<Shareability> {
+        self.share.as_ref()?.get(offset >> PAGE_SHIFT)
+    }
+
+    /// The shareability store, if tracked (for statistics and tests).
+    pub fn shareability_store(&self) -> Option<&RangeStore<Shareability>> {
+        self.share.as_ref()
+    }
+
+    /// Physical page backing byte `offset`, if allocated.
+    pub fn page_pa(&self, offset: u64) -> Option<u64> {
+        self.pages.get(&(offset >> PAGE_SHIFT)).copied()
+    }
+
+    /// Number of allocated pages.
+    pub fn allocated_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Host pin count of the page holding byte `offset`.
+    pub fn pin_count(&self, offset: u64) -> u32 {
+        self.pins.get(&(offset >> PAGE_SHIFT)).copied().unwrap_or(0)
+    }
+
+    /// Whether any page of the file is pinned.
+    pub fn has_pins(&self) -> bool {
+        !self.pins.is_empty()
+    }
+
+    fn index(&self, offset: u64) -> Result<u64, Errno> {
+        if offset >= self.size {
+            return Err(Errno::EINVAL);
+        }
+        Ok(offset >> PAGE_SHIFT)
+    }
+
+    fn get_or_alloc(&mut self, index: u64, provider: &mut dyn PageProvider) -> Result<u64, Errno> {
+        if let Some(pa) = self.pages.get(&index) {
+            return Ok(*pa);
+        }
+        let pa = provider.alloc_zeroed_page()?;
+        self.pages.insert(index, pa);
+        Ok(pa)
+    }
+
+    /// `kvm_gmem_get_pfn()` with validation (seed column 4): with `TRACK_SHAREABILITY`, a private
+    /// fault needs `GUEST` and a shared fault needs `ALL`, else `EACCES`. Without tracking there
+    /// is nothing to validate. Allocates the page on first use (`ENOMEM` from the provider).
+    /// `EINVAL` beyond the file.
+    pub fn get_pfn(
+        &mut self,
+        offset: u64,
+        is_private: bool,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        let index = self.index(offset)?;
+        if let Some(store) = &self.share {
+            let need = if is_private {
+                Shareability::Guest
+            } else {
+                Shareability::All
+            };
+            if store.get(index) != Some(need) {
+                return Err(Errno::EACCES);
+            }
+        }
+        self.get_or_alloc(index, provider)
+    }
+
+    /// `kvm_gmem_get_pfn_no_validate()`: the page whatever its shareability (used for `pkvm`,
+    /// whose faults carry no private/shared bit). `EINVAL` beyond the file, `ENOMEM` from the
+    /// provider.
+    pub fn get_pfn_no_validate(
+        &mut self,
+        offset: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        let index = self.index(offset)?;
+        self.get_or_alloc(index, provider)
+    }
+
+    /// The check of the host's mmap fault handler (seed column 5), without allocating.
+    ///
+    /// - no `MMAP`: `ENODEV` (the host has no mapping);
+    /// - `offset` beyond the file: `EFAULT`, which stands for **SIGBUS**;
+    /// - with `TRACK_SHAREABILITY`, a `GUEST` page: `EFAULT` (SIGBUS);
+    /// - without tracking, the file of a `pkvm` or `coco` VM holds only private memory, which the
+    ///   hyp keeps out of the host: `EFAULT` (SIGBUS). A `plain` VM's file is all shared.
+    pub fn host_access_check(&self, offset: u64) -> Result<u64, Errno> {
+        if !self.flags.contains(GmemFlags::MMAP) {
+            return Err(Errno::ENODEV);
+        }
+        if offset >= self.size {
+            return Err(Errno::EFAULT);
+        }
+        let index = offset >> PAGE_SHIFT;
+        match &self.share {
+            Some(store) => {
+                if store.get(index) != Some(Shareability::All) {
+                    return Err(Errno::EFAULT);
+                }
+            }
+            None => {
+                if self.owner_type != VmType::Plain {
+                    return Err(Errno::EFAULT);
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// A host access through the mmap view at byte `offset` (`kvm_gmem_fault()`): applies
+    /// [`GmemFile::host_access_check`] (`ENODEV`, `EFAULT` = SIGBUS) and returns the physical page,
+    /// allocating it on first use (`ENOMEM`).
+    pub fn host_fault(
+        &mut self,
+        offset: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        let index = self.host_access_check(offset)?;
+        self.get_or_alloc(index, provider)
+    }
+
+    /// A long-term host reference on the page holding byte `offset`. The host must be able to
+    /// map the page: the same errors as [`GmemFile::host_fault`] (so only `ALL` pages of a
+    /// tracked file can be pinned); an unallocated page is allocated (as GUP would fault it in).
+    /// Returns the physical page.
+    pub fn pin(&mut self, offset: u64, provider: &mut dyn PageProvider) -> Result<u64, Errno> {
+        let index = self.host_access_check(offset)?;
+        let count = self.pins.get(&index).copied().unwrap_or(0);
+        let count = count.checked_add(1).ok_or(Errno::EINVAL)?;
+        let pa = self.get_or_alloc(index, provider)?;
+        self.pins.insert(index, count);
+        Ok(pa)
+    }
+
+    /// Drops one host pin on the page holding byte `offset`. `EINVAL` if it is not pinned (or
+    /// beyond the file).
+    pub fn unpin(&mut self, offset: u64) -> Result<(), Errno> {
+        let index = self.index(offset)?;
+        match self.pins.get_mut(&index) {
+            None => Err(Errno::EINVAL),
+            Some(c) if *c <= 1 => {
+                self.pins.remove(&index);
+                Ok(())
+            }
+            Some(c) => {
+                *c -= 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Punch hole: frees the backing pages of `[offset, offset + size)` (zeroed first; later
+    /// reads see zeroes) and leaves shareability unchanged. `EINVAL` for a bad range; `EBUSY`,
+    /// with nothing changed, if a page in the range is pinned by the host (a pinned page cannot
+    /// be taken away under the host). Returns the freed physical pages.
+    pub fn punch(
+        &mut self,
+        offset: u64,
+        size: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<u64>, Errno> {
+        let (first, last) = page_range(offset, size, self.size)?;
+        if self.pins.range(first..last).next().is_some() {
+            return Err(Errno::EBUSY);
+        }
+        let mut freed = Vec::new();
+        while let Some((index, pa)) = self.pages.range(first..last).next().map(|(i, p)| (*i, *p)) {
+            self.pages.remove(&index);
+            provider.zero_page(pa);
+            provider.free_page(pa);
+            freed.push(pa);
+        }
+        Ok(freed)
+    }
+
+    /// Frees every page (zeroed first) and drops every pin; for file destruction and VM
+    /// teardown. Returns the freed physical pages.
+    pub fn release_all(&mut self, provider: &mut dyn PageProvider) -> Vec<u64> {
+        let pages = core::mem::take(&mut self.pages);
+        self.pins.clear();
+        let mut freed = Vec::with_capacity(pages.len());
+        for pa in pages.into_values() {
+            provider.zero_page(pa);
+            provider.free_page(pa);
+            freed.push(pa);
+        }
+        freed
+    }
+
+    /// Converts a range (SEMANTICS.md "Conversions"). Checks, in this order:
+    /// 1. `EOPNOTSUPP`: to-private with `ZERO` (from the request alone);
+    /// 2. `EINVAL`: offset/size not page aligned, size 0, overflow, beyond the file;
+    /// 3. `EINVAL`: the file lacks `TRACK_SHAREABILITY`;
+    /// 4. `EPERM`: host-initiated to-shared on a `pkvm` VM's file, or on a `coco` VM's file with
+    ///    `PRESERVE`;
+    /// 5. `EAGAIN` (to-private only): a page of the range is pinned; `error_offset` is the file
+    ///    offset of the first one.
+    ///
+    /// Nothing changes on failure. On success only the pages whose state changes are touched:
+    /// on private -> shared they are zeroed with `ZERO` or when a host converts a `coco` VM's
+    /// page; otherwise content is preserved. Returns the byte ranges `(offset, size)` whose state
+    /// changed, in order.
+    pub fn convert(
+        &mut self,
+        req: &ConvertRequest,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<(u64, u64)>, ConvertError> {
+        if req.to == ConvertTo::Private && req.mode == ContentMode::Zero {
+            return Err(Errno::EOPNOTSUPP.into());
+        }
+        let (first, last) = page_range(req.offset, req.size, self.size)?;
+        let Some(store) = self.share.as_mut() else {
+            return Err(Errno::EINVAL.into());
+        };
+        let zero = match (req.to, req.initiator) {
+            (ConvertTo::Shared, Initiator::Host) => match self.owner_type {
+                VmType::Pkvm => return Err(Errno::EPERM.into()),
+                VmType::Coco => {
+                    if req.mode == ContentMode::Preserve {
+                        return Err(Errno::EPERM.into());
+                    }
+                    true
+                }
+                VmType::Plain => req.mode == ContentMode::Zero,
+            },
+            (ConvertTo::Shared, Initiator::Guest) => req.mode == ContentMode::Zero,
+            (ConvertTo::Private, _) => false,
+        };
+        if req.to == ConvertTo::Private {
+            if let Some((index, _)) = self.pins.range(first..last).next() {
+                return Err(ConvertError {
+                    errno: Errno::EAGAIN,
+                    error_offset: index << PAGE_SHIFT,
+                });
+            }
+        }
+        let target = match req.to {
+            ConvertTo::Private => Shareability::Guest,
+            ConvertTo::Shared => Shareability::All,
+        };
+        let changed: Vec<(u64, u64)> = store
+            .segments(first, last)
+            .filter(|(_, _, v)| *v != target)
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        if zero {
+            for (s, e) in &changed {
+                for (_, pa) in self.pages.range(*s..*e) {
+                    provider.zero_page(*pa);
+                }
+            }
+        }
+        store.set(first, last, target)?;
+        Ok(changed
+            .into_iter()
+            .map(|(s, e)| (s << PAGE_SHIFT, e.saturating_sub(s) << PAGE_SHIFT))
+            .collect())
+    }
+}

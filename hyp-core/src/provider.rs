@@ -1,0 +1,143 @@
+//! Where gmem and `anon` memory get their physical pages.
+//!
+//! The hyp backs [`PageProvider`] with the pages the host donated to a VM's pool; tests and the
+//! benchmark use [`FakeArena`], which keeps page contents as byte arrays and can be told to fail.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use abi::{Errno, PAGE_SIZE};
+
+/// A source of 4 KiB physical pages.
+pub trait PageProvider {
+    /// A zeroed page, by physical address (page aligned). `ENOMEM` when the pool is empty: the
+    /// core reports that as [`crate::FaultResolution::NeedPages`] on guest faults, and as
+    /// `Err(ENOMEM)` elsewhere, so the hyp can ask the host for more pages and retry.
+    fn alloc_zeroed_page(&mut self) -> Result<u64, Errno>;
+    /// Returns a page obtained from [`PageProvider::alloc_zeroed_page`]. The core zeroes a page
+    /// that held guest data before it frees it (reclaim rule).
+    fn free_page(&mut self, pa: u64);
+    /// Fills a page with zeroes.
+    fn zero_page(&mut self, pa: u64);
+}
+
+/// A fake page arena for tests and benchmarks: `capacity` pages from `base`, contents stored
+/// sparsely (a page costs memory only once allocated), with failure injection.
+#[derive(Debug)]
+pub struct FakeArena {
+    base: u64,
+    capacity: u64,
+    next_fresh: u64,
+    free_list: Vec<u64>,
+    pages: BTreeMap<u64, Vec<u8>>,
+    fail: bool,
+    bad_frees: u64,
+    zero_calls: u64,
+}
+
+impl FakeArena {
+    /// An arena of `capacity` pages whose first page is at physical address `base`
+    /// (rounded down to a page).
+    pub fn new(base: u64, capacity: u64) -> Self {
+        FakeArena {
+            base: base & !(PAGE_SIZE - 1),
+            capacity,
+            next_fresh: 0,
+            free_list: Vec::new(),
+            pages: BTreeMap::new(),
+            fail: false,
+            bad_frees: 0,
+            zero_calls: 0,
+        }
+    }
+
+    /// While `fail` is set every allocation fails with `ENOMEM`.
+    pub fn set_fail(&mut self, fail: bool) {
+        self.fail = fail;
+    }
+
+    /// Pages currently handed out.
+    pub fn allocated(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether `pa` (page address) is currently handed out.
+    pub fn is_allocated(&self, pa: u64) -> bool {
+        self.pages.contains_key(&(pa & !(PAGE_SIZE - 1)))
+    }
+
+    /// Frees of pages that were not allocated (double frees, foreign pages).
+    pub fn bad_frees(&self) -> u64 {
+        self.bad_frees
+    }
+
+    /// Number of `zero_page` calls so far.
+    pub fn zero_calls(&self) -> u64 {
+        self.zero_calls
+    }
+
+    /// Reads the byte at physical address `pa`; `None` if its page is not allocated.
+    pub fn read_byte(&self, pa: u64) -> Option<u8> {
+        let page = self.pages.get(&(pa & !(PAGE_SIZE - 1)))?;
+        page.get(usize::try_from(pa & (PAGE_SIZE - 1)).ok()?)
+            .copied()
+    }
+
+    /// Writes the byte at physical address `pa`; `false` if its page is not allocated.
+    pub fn write_byte(&mut self, pa: u64, value: u8) -> bool {
+        let Some(page) = self.pages.get_mut(&(pa & !(PAGE_SIZE - 1))) else {
+            return false;
+        };
+        let Ok(i) = usize::try_from(pa & (PAGE_SIZE - 1)) else {
+            return false;
+        };
+        match page.get_mut(i) {
+            Some(b) => {
+                *b = value;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl PageProvider for FakeArena {
+    fn alloc_zeroed_page(&mut self) -> Result<u64, Errno> {
+        if self.fail {
+            return Err(Errno::ENOMEM);
+        }
+        let pa = match self.free_list.pop() {
+            Some(pa) => pa,
+            None => {
+                if self.next_fresh >= self.capacity {
+                    return Err(Errno::ENOMEM);
+                }
+                let off = self
+                    .next_fresh
+                    .checked_mul(PAGE_SIZE)
+                    .ok_or(Errno::ENOMEM)?;
+                let pa = self.base.checked_add(off).ok_or(Errno::ENOMEM)?;
+                self.next_fresh += 1;
+                pa
+            }
+        };
+        self.pages.insert(pa, vec![0u8; PAGE_SIZE as usize]);
+        Ok(pa)
+    }
+
+    fn free_page(&mut self, pa: u64) {
+        if self.pages.remove(&pa).is_some() {
+            self.free_list.push(pa);
+        } else {
+            self.bad_frees += 1;
+        }
+    }
+
+    fn zero_page(&mut self, pa: u64) {
+        self.zero_calls += 1;
+        if let Some(page) = self.pages.get_mut(&pa) {
+            page.fill(0);
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The top-level container: gmem files and VMs by handle, and every operation that needs to
+//! see both (memslots, conversions, punch hole, attributes, guest requests, teardown).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use abi::flags::{ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::gmem::{page_range, ConvertError, ConvertRequest, GmemFile, Shareability};
+use crate::provider::PageProvider;
+use crate::vm::{page_down, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle};
+
+/// A GPA range of one VM whose stage-2 mappings must be removed. `gpa` has no coco shared bit:
+/// for a `coco` VM both aliases (`gpa` and `gpa | shared_bit`) must be unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage2Unmap {
+    pub vm: VmHandle,
+    pub gpa: u64,
+    pub size: u64,
+}
+
+/// A byte range of a gmem file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GmemRange {
+    pub gmem: GmemHandle,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// What the hyp must do after a successful state change, before it resumes any world.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Guest stage-2 ranges to unmap (rule 5). Coarse: the whole affected range of every
+    /// memslot, of every VM, that maps it.
+    pub stage2_unmap: Vec<Stage2Unmap>,
+    /// gmem pages the host must lose access to (mmap view and host stage-2): pages that became
+    /// private, punched or relinquished pages, deleted files.
+    pub host_unmap: Vec<GmemRange>,
+    /// gmem pages the host may now be granted access to (pages that became shared).
+    pub host_grant: Vec<GmemRange>,
+    /// Physical pages already zeroed and returned to the provider (punch, relinquish, memslot
+    /// delete of `anon` memory). The hyp must not leave them mapped anywhere.
+    pub freed: Vec<u64>,
+}
+
+/// One piece of a guest `MEM_SHARE` / `MEM_UNSHARE` range, inside one memslot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRangePiece {
+    /// GPA (without the coco shared bit) and size in bytes.
+    pub gpa: u64,
+    pub size: u64,
+    pub slot: SlotId,
+    /// The gmem file and the byte offset in it of `gpa`, if the slot has gmem.
+    pub gmem: Option<(GmemHandle, u64)>,
+    /// Whether that file tracks shareability (else only memory attributes can change).
+    pub tracked: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct GmemEntry {
+    pub(crate) file: GmemFile,
+    pub(crate) owner: VmHandle,
+}
+
+/// Every gmem file and VM of the system, by handle. Handles are small integers, never reused,
+/// starting at 1; an unknown handle is `ENOENT`.
+#[derive(Debug, Default)]
+pub struct World {
+    pub(crate) vms: BTreeMap<u32, Vm>,
+    pub(crate) gmems: BTreeMap<u32, GmemEntry>,
+    next_vm: u32,
+    next_gmem: u32,
+}
+
+fn next_handle(counter: &mut u32) -> Result<u32, Errno> {
+    let h = counter.checked_add(1).ok_or(Errno::ENOSPC)?;
+    *counter = h;
+    Ok(h)
+}
+
+impl World {
+    pub fn new() -> Self {
+        World::default()
+    }
+
+    // ---- VMs ----
+
+    /// Creates a VM (`EINVAL` for an IPA size outside 32..=52 bits).
+    pub fn create_vm(&mut self, vm_type: VmType, ipa_bits: u32) -> Result<VmHandle, Errno> {
+        let vm = Vm::new(vm_type, ipa_bits)?;
+        let h = next_handle(&mut self.next_vm)?;
+        self.vms.insert(h, vm);
+        Ok(VmHandle(h))
+    }
+
+    /// Destroys a VM with its memslots (freeing their `anon` memory) and the gmem files it owns
+    /// (freeing their pages, whatever the host's pins: the hyp revokes the host's access to
+    /// every returned page). Every page is zeroed before it is freed. Returns the freed pages.
+    pub fn destroy_vm(
+        &mut self,
+        vm: VmHandle,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<u64>, Errno> {
+        let mut v = self.vms.remove(&vm.0).ok_or(Errno::ENOENT)?;
+        let mut freed = Vec::new();
+        for slot in v.slots.values_mut() {
+            slot.release(provider, &mut freed);
+        }
+        let owned: Vec<u32> = self
+            .gmems
+            .iter()
+            .filter(|(_, e)| e.owner == vm)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in owned {
+            if let Some(mut e) = self.gmems.remove(&h) {
+                freed.extend(e.file.release_all(provider));
+            }
+        }
+        Ok(freed)
+    }
+
+    pub fn vm(&self, vm: VmHandle) -> Result<&Vm, Errno> {
+        self.vms.get(&vm.0).ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn vm_mut(&mut self, vm: VmHandle) -> Result<&mut Vm, Errno> {
+        self.vms.get_mut(&vm.0).ok_or(Errno::ENOENT)
+    }
+
+    // ---- gmem files ----
+
+    /// Creates a gmem file owned by `owner` (`KVM_CREATE_GUEST_MEMFD` is a VM ioctl). `ENOENT`
+    /// for an unknown VM; `EINVAL` for unknown flag bits or a size that is not a positive
+    /// multiple of 4 KiB.
+    pub fn create_gmem(
+        &mut self,
+        owner: VmHandle,
+        size: u64,
+        flags: u64,
+    ) -> Result<GmemHandle, Errno> {
+        let vm_type = self.vm(owner)?.vm_type();
+        let file = GmemFile::new(size, flags, vm_type)?;
+        let h = next_handle(&mut self.next_gmem)?;
+        self.gmems.insert(h, GmemEntry { file, owner });
+        Ok(GmemHandle(h))
+    }
+
+    /// Destroys a gmem file. `ENOENT` if unknown; `EBUSY` while a memslot binds it or the host
+    /// pins one of its pages. Returns the freed (zeroed) pages.
+    pub fn destroy_gmem(
+        &mut self,
+        gmem: GmemHandle,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<u64>, Errno> {
+        let e = self.gmems.get(&gmem.0).ok_or(Errno::ENOENT)?;
+        if e.file.has_pins() || self.is_bound(gmem) {
+            return Err(Errno::EBUSY);
+        }
+        match self.gmems.remove(&gmem.0) {
+            Some(mut e) => Ok(e.file.release_all(provider)),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn is_bound(&self, gmem: GmemHandle) -> bool {
+        self.vms.values().any(|vm| {
+            vm.slots
+                .values()
+                .any(|s| s.gmem().is_some_and(|b| b.gmem == gmem))
+        })
+    }
+
+    pub fn gmem(&self, gmem: GmemHandle) -> Result<&GmemFile, Errno> {
+        self.gmems
+            .get(&gmem.0)
+            .map(|e| &e.file)
+            .ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn gmem_mut(&mut self, gmem: GmemHandle) -> Result<&mut GmemFile, Errno> {
+        self.gmems
+            .get_mut(&gmem.0)
+            .map(|e| &mut e.file)
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The VM owning a gmem file.
+    pub fn gmem_owner(&self, gmem: GmemHandle) -> Result<VmHandle, Errno> {
+        self.gmems
+            .get(&gmem.0)
+            .map(|e| e.owner)
+            .ok_or(Errno::ENOENT)
+    }
+
+    // ---- memslots ----
+
+    /// Creates a memslot. Checks, in this order:
+    /// - `ENOENT`: unknown VM;
+    /// - `EINVAL`: unknown flag bits; GPA range unaligned, empty, overflowing, or beyond the
+    ///   VM's memory (for `coco`: reaching the shared bit);
+    /// - `ENOENT`: unknown gmem handle; `EINVAL`: a gmem owned by another VM, or a gmem range
+    ///   (`offset`, `size`) unaligned, overflowing or beyond the file;
+    /// - `EINVAL` (SEMANTICS.md "Combinations that cannot work"): `userspace_addr = gmem`
+    ///   without a gmem binding or whose file lacks `MMAP`; `ALWAYS_FAULT_FROM_GMEM` without
+    ///   gmem; `pkvm` without gmem, with a file lacking `TRACK_SHAREABILITY`, or without
+    ///   `ALWAYS_FAULT_FROM_GMEM`; `coco` with `DONT_CHECK_MISMATCHES` and no gmem or a file
+    ///   lacking `TRACK_SHAREABILITY`;
+    /// - `EEXIST`: overlaps another memslot of the VM.
+    pub fn create_memslot(&mut self, vm: VmHandle, spec: &MemslotSpec) -> Result<SlotId, Errno> {
+        let v = self.vm(vm)?;
+        let flags = MemslotFlags::from_bits(spec.flags).ok_or(Errno::EINVAL)?;
+        page_range(spec.gpa, spec.size, v.gpa_limit())?;
+        let file = match spec.gmem {
+            Some(b) => {
+                let e = self.gmems.get(&b.gmem.0).ok_or(Errno::ENOENT)?;
+                if e.owner != vm {
+                    return Err(Errno::EINVAL);
+                }
+                page_range(b.offset, spec.size, e.file.size())?;
+                Some(&e.file)
+            }
+            None => None,
+        };
+        let gflags = file.map(|f| f.flags()).unwrap_or_default();
+        let tracked = gflags.contains(GmemFlags::TRACK_SHAREABILITY);
+        let always = flags.contains(MemslotFlags::ALWAYS_FAULT_FROM_GMEM);
+        let dont_check = flags.contains(MemslotFlags::DONT_CHECK_MISMATCHES);
+        if spec.userspace_addr == UserspaceAddr::Gmem
+            && (file.is_none() || !gflags.contains(GmemFlags::MMAP))
+        {
+            return Err(Errno::EINVAL);
+        }
+        if always && file.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        match v.vm_type() {
+            VmType::Pkvm => {
+                if file.is_none() || !tracked || !always {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            VmType::Coco => {
+                if dont_check && (file.is_none() || !tracked) {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            VmType::Plain => {}
+        }
+        let end = spec.gpa.saturating_add(spec.size);
+        if v.slots()
+            .any(|(_, s)| spec.gpa < s.gpa_end() && s.gpa() < end)
+        {
+            return Err(Errno::EEXIST);
+        }
+        let slot = Memslot::new(spec.gpa, spec.size, spec.gmem, spec.userspace_addr, flags);
+        self.vm_mut(vm)?.add_slot(slot)
+    }
+
+    /// Deletes a memslot (`ENOENT` if unknown): its whole GPA range must be unmapped, and its
+    /// `anon` memory is freed.
+    pub fn delete_memslot(
+        &mut self,
+        vm: VmHandle,
+        slot: SlotId,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Invalidation, Errno> {
+        let v = self.vm_mut(vm)?;
+        let mut s = v.slots.remove(&slot.0).ok_or(Errno::ENOENT)?;
+        let mut inv = Invalidation {
+            stage2_unmap: alloc::vec![Stage2Unmap {
+                vm,
+                gpa: s.gpa(),
+                size: s.size()
+            }],
+            ..Invalidation::default()
+        };
+        s.release(provider, &mut inv.freed);
+        Ok(inv)
+    }
+
+    // ---- memory attributes ----
+
+    /// Sets (`private = true`) or clears the `PRIVATE` attribute of `[gpa, gpa + size)`, covered
+    /// by memslots or not. `EINVAL` if unaligned, empty, overflowing or beyond the VM's memory
+    /// (for `coco`, GPAs are without the shared bit). The range must be unmapped.
+    pub fn set_attributes(
+        &mut self,
+        vm: VmHandle,
+        gpa: u64,
+        size: u64,
+        private: bool,
+    ) -> Result<Invalidation, Errno> {
+        self.vm_mut(vm)?.set_attrs(gpa, size, private)?;
+        Ok(Invalidation {
+            stage2_unmap: alloc::vec![Stage2Unmap { vm, gpa, size }],
+            ..Invalidation::default()
+        })
+    }
+
+    /// Every memslot (of every VM) binding a part of `[offset, offset + size)` of `gmem`, as
+    /// GPA ranges.
+    fn bindings_of(&self, gmem: GmemHandle, offset: u64, size: u64) -> Vec<Stage2Unmap> {
+        let end = offset.saturating_add(size);
+        let mut out = Vec::new();
+        for (vh, vm) in &self.vms {
+            for s in vm.slots.values() {
+                let Some(b) = s.gmem() else { continue };
+                if b.gmem != gmem {
+                    continue;
+                }
+                let s_end = b.offset.saturating_add(s.size());
+                let lo = offset.max(b.offset);
+                let hi = end.min(s_end);
+                if lo < hi {
+                    out.push(Stage2Unmap {
+                        vm: VmHandle(*vh),
+                        gpa: s.gpa().saturating_add(lo - b.offset),
+                        size: hi - lo,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    // ---- conversions, punch hole, pins, host access ----
+
+    /// Converts a gmem range: see [`GmemFile::convert`] for the checks and their order
+    /// (`EOPNOTSUPP`, `EINVAL`, `EPERM`, `EAGAIN` + `error_offset`); an unknown handle is
+    /// `ENOENT` (checked after `EOPNOTSUPP`, which is decided from the request alone). Nothing
+    /// changes on failure. On success: `stage2_unmap` lists the range in every memslot binding
+    /// it; `host_unmap` (to private) or `host_grant` (to shared) lists the ranges whose state
+    /// changed.
+    pub fn convert(
+        &mut self,
+        gmem: GmemHandle,
+        req: &ConvertRequest,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Invalidation, ConvertError> {
+        if req.to == ConvertTo::Private && req.mode == abi::flags::ContentMode::Zero {
+            return Err(Errno::EOPNOTSUPP.into());
+        }
+        let file = self.gmem_mut(gmem)?;
+        let changed = file.convert(req, provider)?;
+        let ranges: Vec<GmemRange> = changed
+            .into_iter()
+            .map(|(offset, size)| GmemRange { gmem, offset, size })
+            .collect();
+        let mut inv = Invalidation {
+            stage2_unmap: self.bindings_of(gmem, req.offset, req.size),
+            ..Invalidation::default()
+        };
+        match req.to {
+            ConvertTo::Private => inv.host_unmap = ranges,
+            ConvertTo::Shared => inv.host_grant = ranges,
+        }
+        Ok(inv)
+    }
+
+    /// Punch hole (see [`GmemFile::punch`]: `EINVAL`, `EBUSY` if pinned; shareability
+    /// unchanged). The range must be unmapped from every memslot binding it and from the host.
+    pub fn punch(
+        &mut self,
+        gmem: GmemHandle,
+        offset: u64,
+        size: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Invalidation, Errno> {
+        let freed = self.gmem_mut(gmem)?.punch(offset, size, provider)?;
+        Ok(Invalidation {
+            stage2_unmap: self.bindings_of(gmem, offset, size),
+            host_unmap: alloc::vec![GmemRange { gmem, offset, size }],
+            host_grant: Vec::new(),
+            freed,
+        })
+    }
+
+    /// A host pin on one page (see [`GmemFile::pin`]). Returns the physical page.
+    pub fn pin(
+        &mut self,
+        gmem: GmemHandle,
+        offset: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        self.gmem_mut(gmem)?.pin(offset, provider)
+    }
+
+    /// Drops a host pin (`EINVAL` if the page is not pinned).
+    pub fn unpin(&mut self, gmem: GmemHandle, offset: u64) -> Result<(), Errno> {
+        self.gmem_mut(gmem)?.unpin(offset)
+    }
+
+    /// A host access through the gmem mmap view (see [`GmemFile::host_fault`]: `ENODEV` without
+    /// `MMAP`, `EFAULT` = SIGBUS beyond the file or on a page the host may not access).
+    pub fn host_fault(
+        &mut self,
+        gmem: GmemHandle,
+        offset: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        self.gmem_mut(gmem)?.host_fault(offset, provider)
+    }
+
+    /// A host access through a memslot's `userspace_addr` at byte `offset` of the slot.
+    /// `ENOENT` for an unknown VM or slot; `EFAULT` (SIGBUS) beyond the slot; `ENODEV` when the
+    /// slot has no `userspace_addr`; `anon`: the slot's own page; `gmem`: the mmap view's check
+    /// ([`GmemFile::host_fault`]). `ENOMEM` from the provider.
+    pub fn host_uaddr_fault(
+        &mut self,
+        vm: VmHandle,
+        slot: SlotId,
+        offset: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<u64, Errno> {
+        let World { vms, gmems, .. } = self;
+        let s = vms
+            .get_mut(&vm.0)
+            .ok_or(Errno::ENOENT)?
+            .slot_mut(slot)
+            .ok_or(Errno::ENOENT)?;
+        if offset >= s.size() {
+            return Err(Errno::EFAULT);
+        }
+        match s.userspace_addr() {
+            UserspaceAddr::None => Err(Errno::ENODEV),
+            UserspaceAddr::Anon => s.anon_page(offset, provider),
+            UserspaceAddr::Gmem => {
+                let gpa = s.gpa().checked_add(offset).ok_or(Errno::EFAULT)?;
+                let (g, off) = s.gmem_offset(gpa).ok_or(Errno::ENODEV)?;
+                let e = gmems.get_mut(&g.0).ok_or(Errno::ENOENT)?;
+                e.file.host_fault(off, provider)
+            }
+        }
+    }
+
+    // ---- guest requests ----
+
+    /// Strips the coco shared bit and checks the IPA is inside the VM's IPA space.
+    fn ipa_to_gpa(vm: &Vm, ipa: u64) -> Result<u64, Errno> {
+        if ipa >= vm.ipa_limit() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(match vm.shared_bit() {
+            Some(bit) => ipa & !bit,
+            None => ipa,
+        })
+    }
+
+    /// The memslot and gmem location backing a GPA (coco shared bit ignored). `ENOENT` unknown
+    /// VM; `EINVAL` outside every memslot.
+    pub fn gpa_to_gmem(
+        &self,
+        vm: VmHandle,
+        ipa: u64,
+    ) -> Result<(SlotId, Option<(GmemHandle, u64)>), Errno> {
+        let v = self.vm(vm)?;
+        let gpa = Self::ipa_to_gpa(v, ipa)?;
+        let (id, s) = v.slot_containing(gpa).ok_or(Errno::EINVAL)?;
+        Ok((id, s.gmem_offset(page_down(gpa))))
+    }
+
+    /// Validates a guest `MEM_SHARE` (`to = Shared`) / `MEM_UNSHARE` (`to = Private`) of `pages`
+    /// granules at `ipa` (the hyp maps an `x2` of 0 to 1 before calling) and splits it into
+    /// per-memslot pieces for the host. `ENOENT` unknown VM; `EINVAL` (the guest's
+    /// INVALID_PARAMETER): unaligned, `pages == 0`, overflow, or a page outside every memslot;
+    /// `EPERM` (also INVALID_PARAMETER for the guest): where the file tracks shareability, a page
+    /// already in the target state (sharing a shared page, unsharing a private one).
+    pub fn guest_range(
+        &self,
+        vm: VmHandle,
+        ipa: u64,
+        pages: u64,
+        to: ConvertTo,
+    ) -> Result<Vec<GuestRangePiece>, Errno> {
+        let v = self.vm(vm)?;
+        if !ipa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let gpa = Self::ipa_to_gpa(v, ipa)?;
+        let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+        let end = gpa.checked_add(size).ok_or(Errno::EINVAL)?;
+        let mut out = Vec::new();
+        let mut cur = gpa;
+        while cur < end {
+            let (id, s) = v.slot_containing(cur).ok_or(Errno::EINVAL)?;
+            let stop = end.min(s.gpa_end());
+            let gmem = s.gmem_offset(cur);
+            let mut tracked = false;
+            if let Some((g, off)) = gmem {
+                let f = self.gmem(g)?;
+                if let Some(store) = f.shareability_store() {
+                    tracked = true;
+                    let first = off >> PAGE_SHIFT;
+                    let last = first.saturating_add((stop - cur) >> PAGE_SHIFT);
+                    let current = match to {
+                        ConvertTo::Shared => Shareability::Guest,
+                        ConvertTo::Private => Shareability::All,
+                    };
+                    if !store.all_eq(first, last, current) {
+                        return Err(Errno::EPERM);
+                    }
+                }
+            }
+            out.push(GuestRangePiece {
+                gpa: cur,
+                size: stop - cur,
+                slot: id,
+                gmem,
+                tracked,
+            });
+            cur = stop;
+        }
+        Ok(out)
+    }
+
+    /// `MEM_RELINQUISH` of one page: the page leaves the guest, is zeroed and freed. `ENOENT`
+    /// unknown VM; `EINVAL` unaligned, outside every memslot, or a slot without gmem; `EPERM` a
+    /// page the guest shared (`ALL` in a tracked file); `EBUSY` a page the host pins. A page
+    /// never faulted in is a successful no-op (empty [`Invalidation`]).
+    pub fn relinquish(
+        &mut self,
+        vm: VmHandle,
+        ipa: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Invalidation, Errno> {
+        if !ipa.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let (_, loc) = self.gpa_to_gmem(vm, ipa)?;
+        let (g, off) = loc.ok_or(Errno::EINVAL)?;
+        let f = self.gmem(g)?;
+        if f.shareability(off) == Some(Shareability::All) {
+            return Err(Errno::EPERM);
+        }
+        if f.pin_count(off) > 0 {
+            return Err(Errno::EBUSY);
+        }
+        if f.page_pa(off).is_none() {
+            return Ok(Invalidation::default());
+        }
+        self.punch(g, off, PAGE_SIZE, provider)
+    }
+}
