@@ -17,11 +17,12 @@ pub enum Errno {
     EINVAL = 22,
     ENOSPC = 28,
     ERANGE = 34,
+    ENOSYS = 38,
     EOPNOTSUPP = 95,
 }
 
 impl Errno {
-    const ALL: [Errno; 14] = [
+    const ALL: [Errno; 15] = [
         Errno::EPERM,
         Errno::ENOENT,
         Errno::E2BIG,
@@ -35,6 +36,7 @@ impl Errno {
         Errno::EINVAL,
         Errno::ENOSPC,
         Errno::ERANGE,
+        Errno::ENOSYS,
         Errno::EOPNOTSUPP,
     ];
 
@@ -79,6 +81,7 @@ impl Errno {
             Errno::EINVAL => "EINVAL",
             Errno::ENOSPC => "ENOSPC",
             Errno::ERANGE => "ERANGE",
+            Errno::ENOSYS => "ENOSYS",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
         }
     }

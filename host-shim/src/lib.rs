@@ -1,0 +1,76 @@
+//! The host shim library: EL1 boot, the hypercall wrapper, a heap and the panic path. The
+//! product binary (`main.rs`) and the EL1 test image build on it.
+//!
+//! The host reaches the hyp only through `abi` (rule 2 of the house).
+#![no_std]
+
+extern crate alloc;
+
+pub mod hvc;
+
+use buddy_system_allocator::LockedHeap;
+
+/// Bytes of heap after the image.
+const HEAP_SIZE: usize = 16 << 20;
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    ldr     x9, =__stack_top
+    mov     sp, x9
+    ldr     x9, =__bss_start
+    ldr     x10, =__bss_end
+1:  cmp     x9, x10
+    b.hs    2f
+    str     xzr, [x9], #8
+    b       1b
+2:  bl      host_rust_start
+3:  wfe
+    b       3b
+    .ltorg
+"#
+);
+
+extern "C" {
+    static __image_end: u8;
+}
+
+extern "Rust" {
+    /// Defined by each EL1 image with `#[no_mangle]`; gets the hyp's `x0..x3`.
+    fn host_image_main(args: [u64; 4]) -> !;
+}
+
+#[no_mangle]
+extern "C" fn host_rust_start(x0: u64, x1: u64, x2: u64, x3: u64) -> ! {
+    let heap_start = (core::ptr::addr_of!(__image_end) as usize).next_multiple_of(4096);
+    // SAFETY: the host owns the RAM above its image; the heap takes the 16 MiB right after it,
+    // which nothing else in the host uses.
+    unsafe { HEAP.lock().init(heap_start, HEAP_SIZE) };
+    board::console::init_logger("host", board::console::parse_level(option_env!("HOST_LOG")));
+    // SAFETY: every EL1 image defines `host_image_main` with this signature.
+    unsafe { host_image_main([x0, x1, x2, x3]) }
+}
+
+/// The first byte above the host heap: memory the host may donate or use freely.
+pub fn free_memory_start() -> usize {
+    (core::ptr::addr_of!(__image_end) as usize).next_multiple_of(4096) + HEAP_SIZE
+}
+
+/// The exception level this code runs at (1 for the host).
+pub fn current_el() -> u64 {
+    let el: u64;
+    // SAFETY: reading CurrentEL has no side effects.
+    unsafe { core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack)) };
+    (el >> 2) & 3
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    board::eprintln_emergency!("\n*** host: panic: {}", info);
+    board::semihost::exit(1)
+}

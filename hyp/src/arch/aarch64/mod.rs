@@ -1,0 +1,52 @@
+//! AArch64 at EL2: boot entry, exception vectors, the EL2 MMU, entering EL1, cache maintenance.
+pub mod boot;
+pub mod cache;
+pub mod el1;
+pub mod esr;
+pub mod mmu;
+pub mod probe;
+pub mod vectors;
+
+use aarch64_cpu::registers::{CurrentEL, Readable};
+
+/// The exception level the CPU runs at (2 for the hyp).
+pub fn current_el() -> u64 {
+    CurrentEL.read(CurrentEL::EL)
+}
+
+/// Parks the CPU forever (used after a fatal error when semihosting exit is unavailable).
+pub fn halt() -> ! {
+    loop {
+        aarch64_cpu::asm::wfe();
+    }
+}
+
+/// Points `TPIDR_EL2` at this CPU's per-CPU data.
+pub fn set_percpu_ptr(ptr: u64) {
+    use aarch64_cpu::registers::{Writeable, TPIDR_EL2};
+    TPIDR_EL2.set(ptr);
+}
+
+/// This CPU's per-CPU data pointer (0 before [`set_percpu_ptr`]).
+pub fn percpu_ptr() -> u64 {
+    use aarch64_cpu::registers::TPIDR_EL2;
+    TPIDR_EL2.get()
+}
+
+/// The syndrome registers of the exception being handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syndrome {
+    pub esr: u64,
+    pub far: u64,
+    pub hpfar: u64,
+}
+
+/// Reads the syndrome of the exception being handled.
+pub fn syndrome() -> Syndrome {
+    use aarch64_cpu::registers::{ESR_EL2, FAR_EL2, HPFAR_EL2};
+    Syndrome {
+        esr: ESR_EL2.get(),
+        far: FAR_EL2.get(),
+        hpfar: HPFAR_EL2.get(),
+    }
+}

@@ -1,0 +1,172 @@
+//! The EL2 exception vector table and the trap frame.
+//!
+//! Every entry saves the interrupted context into a [`TrapFrame`] on the EL2 stack, tells Rust which
+//! of the 16 vectors fired, and restores whatever Rust left in the frame before `eret`.
+
+use core::mem::{offset_of, size_of};
+
+/// The interrupted context, as saved by the vector.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    /// x0..x30.
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+    /// Which vector fired (see [`VectorKind`]).
+    pub kind: u64,
+}
+
+const _: () = assert!(size_of::<TrapFrame>() % 16 == 0);
+
+/// The vector that was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorKind {
+    CurrentSp0,
+    CurrentSync,
+    CurrentIrq,
+    CurrentFiq,
+    CurrentSError,
+    LowerSync,
+    LowerIrq,
+    LowerFiq,
+    LowerSError,
+    LowerAArch32,
+}
+
+impl VectorKind {
+    fn from_raw(v: u64) -> VectorKind {
+        match v {
+            1 => VectorKind::CurrentSync,
+            2 => VectorKind::CurrentIrq,
+            3 => VectorKind::CurrentFiq,
+            4 => VectorKind::CurrentSError,
+            5 => VectorKind::LowerSync,
+            6 => VectorKind::LowerIrq,
+            7 => VectorKind::LowerFiq,
+            8 => VectorKind::LowerSError,
+            9 => VectorKind::LowerAArch32,
+            _ => VectorKind::CurrentSp0,
+        }
+    }
+
+    /// Where the exception came from, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            VectorKind::CurrentSp0 => "EL2 (on SP_EL0)",
+            VectorKind::CurrentSync => "EL2 (synchronous)",
+            VectorKind::CurrentIrq => "EL2 (IRQ)",
+            VectorKind::CurrentFiq => "EL2 (FIQ)",
+            VectorKind::CurrentSError => "EL2 (SError)",
+            VectorKind::LowerSync => "EL1/EL0 AArch64 (synchronous)",
+            VectorKind::LowerIrq => "EL1/EL0 AArch64 (IRQ)",
+            VectorKind::LowerFiq => "EL1/EL0 AArch64 (FIQ)",
+            VectorKind::LowerSError => "EL1/EL0 AArch64 (SError)",
+            VectorKind::LowerAArch32 => "EL1/EL0 AArch32",
+        }
+    }
+}
+
+impl TrapFrame {
+    pub fn vector(&self) -> VectorKind {
+        VectorKind::from_raw(self.kind)
+    }
+}
+
+core::arch::global_asm!(
+    r#"
+.macro vslot kind, target
+    .balign 0x80
+    sub     sp, sp, #{frame}
+    stp     x0, x1, [sp, #0]
+    mov     x1, #\kind
+    b       \target
+.endm
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global hyp_vectors
+hyp_vectors:
+    vslot 0, hyp_trap_common
+    vslot 0, hyp_trap_common
+    vslot 0, hyp_trap_common
+    vslot 0, hyp_trap_common
+    vslot 1, hyp_trap_common
+    vslot 2, hyp_trap_common
+    vslot 3, hyp_trap_common
+    vslot 4, hyp_trap_common
+    vslot 5, hyp_trap_common
+    vslot 6, hyp_trap_common
+    vslot 7, hyp_trap_common
+    vslot 8, hyp_trap_common
+    vslot 9, hyp_trap_common
+    vslot 9, hyp_trap_common
+    vslot 9, hyp_trap_common
+    vslot 9, hyp_trap_common
+
+hyp_trap_common:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    str     x30, [sp, #240]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x2, x3, [sp, #{elr}]
+    str     x1, [sp, #{kind}]
+    mov     x0, sp
+    bl      hyp_handle_trap
+    ldp     x2, x3, [sp, #{elr}]
+    msr     elr_el2, x2
+    msr     spsr_el2, x3
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldr     x30, [sp, #240]
+    add     sp, sp, #{frame}
+    eret
+"#,
+    frame = const size_of::<TrapFrame>(),
+    elr = const offset_of!(TrapFrame, elr),
+    kind = const offset_of!(TrapFrame, kind),
+);
+
+const _: () = assert!(offset_of!(TrapFrame, spsr) == offset_of!(TrapFrame, elr) + 8);
+
+/// Installs the vector table in `VBAR_EL2`.
+pub fn install() {
+    use aarch64_cpu::registers::{Writeable, VBAR_EL2};
+    extern "C" {
+        static hyp_vectors: u8;
+    }
+    let base = core::ptr::addr_of!(hyp_vectors) as u64;
+    VBAR_EL2.set(base);
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+}
+
+#[no_mangle]
+extern "C" fn hyp_handle_trap(frame: &mut TrapFrame) {
+    crate::crash::handle_trap(frame, super::syndrome());
+}

@@ -1,0 +1,90 @@
+//! Per-CPU data, reached through `TPIDR_EL2`. No `static mut`: every field is atomic or only
+//! touched by its own CPU through shared references.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use board::layout::MAX_CPUS;
+
+use crate::arch;
+use crate::arch::probe::ProbeFault;
+
+/// One CPU's private state.
+#[repr(C)]
+pub struct PerCpu {
+    cpu: AtomicUsize,
+    probe_armed: AtomicBool,
+    probe_hit: AtomicBool,
+    probe_esr: AtomicU64,
+    probe_far: AtomicU64,
+}
+
+impl PerCpu {
+    const fn new() -> Self {
+        Self {
+            cpu: AtomicUsize::new(0),
+            probe_armed: AtomicBool::new(false),
+            probe_hit: AtomicBool::new(false),
+            probe_esr: AtomicU64::new(0),
+            probe_far: AtomicU64::new(0),
+        }
+    }
+
+    /// This CPU's index (MPIDR Aff0).
+    pub fn cpu(&self) -> usize {
+        self.cpu.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn probe_arm(&self) {
+        self.probe_hit.store(false, Ordering::Relaxed);
+        self.probe_armed.store(true, Ordering::Relaxed);
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    }
+
+    pub(crate) fn probe_disarm(&self) -> Option<ProbeFault> {
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        self.probe_armed.store(false, Ordering::Relaxed);
+        if self.probe_hit.swap(false, Ordering::Relaxed) {
+            Some(ProbeFault {
+                esr: self.probe_esr.load(Ordering::Relaxed),
+                far: self.probe_far.load(Ordering::Relaxed),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Called by the vector: if a probe is armed, records the fault and returns true (the caller
+    /// then steps over the faulting load).
+    pub(crate) fn probe_record(&self, esr: u64, far: u64) -> bool {
+        if !self.probe_armed.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.probe_esr.store(esr, Ordering::Relaxed);
+        self.probe_far.store(far, Ordering::Relaxed);
+        self.probe_hit.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+static PERCPU: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
+
+/// Binds this CPU to its per-CPU slot. Returns false for a CPU index the hyp was not built for.
+pub fn init(cpu: usize) -> bool {
+    let Some(slot) = PERCPU.get(cpu) else {
+        return false;
+    };
+    slot.cpu.store(cpu, Ordering::Relaxed);
+    arch::set_percpu_ptr(slot as *const PerCpu as u64);
+    true
+}
+
+/// This CPU's data.
+pub fn this_cpu() -> &'static PerCpu {
+    let ptr = arch::percpu_ptr();
+    if ptr == 0 {
+        return &PERCPU[0];
+    }
+    // SAFETY: TPIDR_EL2 is only ever set by `init` to the address of an element of `PERCPU`,
+    // which is 'static.
+    unsafe { &*(ptr as *const PerCpu) }
+}
