@@ -1,0 +1,374 @@
+//! Host-test fakes: an arena of table pages with allocation-failure injection, and a TLB that
+//! records every maintenance call and can check break-before-make against a model TLB.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{RefCell, UnsafeCell};
+
+use crate::stage2::{PhysMem, TlbMaintenance, ENTRIES, PAGE_SIZE};
+
+/// Default physical base of a [`FakeArena`].
+pub const FAKE_BASE: u64 = 0x4000_0000;
+
+/// What a freed page is filled with, so that a use after free shows.
+pub const POISON: u64 = 0xdead_beef_dead_beef;
+
+struct ArenaState {
+    used: Vec<bool>,
+    budget: Option<usize>,
+    allocs: usize,
+    frees: usize,
+}
+
+struct ArenaInner {
+    base: u64,
+    pages: Box<[UnsafeCell<[u64; ENTRIES]>]>,
+    state: RefCell<ArenaState>,
+}
+
+/// A fake physical memory of `n` pages at a base PA. Cloning gives another handle to the same
+/// memory (so a test can keep one while a [`crate::stage2::Stage2`] owns another).
+///
+/// Misuse by the code under test (freeing a page twice or one never allocated, touching a
+/// page that is not allocated) panics: these are test fakes.
+#[derive(Clone)]
+pub struct FakeArena {
+    inner: Rc<ArenaInner>,
+}
+
+impl core::fmt::Debug for FakeArena {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FakeArena")
+            .field("base", &self.inner.base)
+            .field("pages", &self.inner.pages.len())
+            .field("live", &self.live_pages())
+            .finish()
+    }
+}
+
+impl FakeArena {
+    /// `pages` pages at [`FAKE_BASE`].
+    pub fn new(pages: usize) -> FakeArena {
+        FakeArena::with_base(FAKE_BASE, pages)
+    }
+
+    /// `pages` pages at `base` (8 KiB aligned).
+    pub fn with_base(base: u64, pages: usize) -> FakeArena {
+        assert_eq!(base % (2 * PAGE_SIZE), 0);
+        let pages: Box<[UnsafeCell<[u64; ENTRIES]>]> = (0..pages)
+            .map(|_| UnsafeCell::new([POISON; ENTRIES]))
+            .collect();
+        let n = pages.len();
+        FakeArena {
+            inner: Rc::new(ArenaInner {
+                base,
+                pages,
+                state: RefCell::new(ArenaState {
+                    used: vec![false; n],
+                    budget: None,
+                    allocs: 0,
+                    frees: 0,
+                }),
+            }),
+        }
+    }
+
+    /// `None`: allocations succeed while pages last. `Some(k)`: the next `k` allocations may
+    /// succeed, every later one fails.
+    pub fn set_alloc_budget(&self, budget: Option<usize>) {
+        self.inner.state.borrow_mut().budget = budget;
+    }
+
+    /// Pages currently allocated.
+    pub fn live_pages(&self) -> usize {
+        self.inner
+            .state
+            .borrow()
+            .used
+            .iter()
+            .filter(|u| **u)
+            .count()
+    }
+
+    /// Successful allocations and frees so far (calls, not pages).
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.inner.state.borrow();
+        (st.allocs, st.frees)
+    }
+
+    fn page_index(&self, pa: u64) -> Option<usize> {
+        let off = pa.checked_sub(self.inner.base)?;
+        if off % PAGE_SIZE != 0 {
+            return None;
+        }
+        let idx = usize::try_from(off / PAGE_SIZE).ok()?;
+        (idx < self.inner.pages.len()).then_some(idx)
+    }
+
+    /// Reads the 64-bit word at `pa` (8-byte aligned) whether or not its page is allocated.
+    pub fn read_u64(&self, pa: u64) -> Option<u64> {
+        if !pa.is_multiple_of(8) {
+            return None;
+        }
+        let idx = self.page_index(pa & !(PAGE_SIZE - 1))?;
+        let word = ((pa % PAGE_SIZE) / 8) as usize;
+        let ptr = self.inner.pages[idx].get().cast::<u64>();
+        // SAFETY: `word < 512`, the page lives as long as `self.inner`, and no reference to its
+        // contents exists (all accesses go through raw pointers, single-threaded).
+        Some(unsafe { ptr.add(word).read() })
+    }
+
+    /// Writes the 64-bit word at `pa` (for tests that corrupt tables on purpose).
+    pub fn write_u64(&self, pa: u64, value: u64) {
+        let idx = self
+            .page_index(pa & !(PAGE_SIZE - 1))
+            .expect("pa outside the arena");
+        let word = ((pa % PAGE_SIZE) / 8) as usize;
+        let ptr = self.inner.pages[idx].get().cast::<u64>();
+        // SAFETY: as in `read_u64`.
+        unsafe { ptr.add(word).write(value) }
+    }
+}
+
+// SAFETY: pages are handed out only while free and marked used until freed; `table` returns a
+// pointer into the boxed slice, which never moves and lives as long as any handle; pages are
+// zeroed on allocation; the contents are only accessed through raw pointers.
+unsafe impl PhysMem for FakeArena {
+    fn alloc_pages(&mut self, count: usize) -> Option<u64> {
+        let mut st = self.inner.state.borrow_mut();
+        if let Some(b) = st.budget {
+            if b == 0 {
+                return None;
+            }
+            st.budget = Some(b - 1);
+        }
+        if count == 0 {
+            return None;
+        }
+        let n = st.used.len();
+        let mut first = 0;
+        while first + count <= n {
+            if st.used[first..first + count].iter().all(|u| !*u) {
+                for i in first..first + count {
+                    st.used[i] = true;
+                    let ptr = self.inner.pages[i].get();
+                    // SAFETY: the page was free, so nothing else accesses it; `ptr` is valid.
+                    unsafe { ptr.write([0; ENTRIES]) };
+                }
+                st.allocs += 1;
+                return Some(self.inner.base + first as u64 * PAGE_SIZE);
+            }
+            first += count;
+        }
+        None
+    }
+
+    fn free_pages(&mut self, pa: u64, count: usize) {
+        let first = self.page_index(pa).expect("free of a pa outside the arena");
+        let mut st = self.inner.state.borrow_mut();
+        for i in first..first + count {
+            assert!(
+                st.used[i],
+                "double free of page {:#x}",
+                self.inner.base + i as u64 * PAGE_SIZE
+            );
+            st.used[i] = false;
+            let ptr = self.inner.pages[i].get();
+            // SAFETY: the page is being freed; nothing else accesses it.
+            unsafe { ptr.write([POISON; ENTRIES]) };
+        }
+        st.frees += 1;
+    }
+
+    fn table(&self, pa: u64) -> *mut [u64; ENTRIES] {
+        let idx = self.page_index(pa).expect("table pa outside the arena");
+        assert!(
+            self.inner.state.borrow().used[idx],
+            "access to free page {pa:#x}"
+        );
+        self.inner.pages[idx].get()
+    }
+}
+
+/// One call on a [`RecordingTlb`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbEvent {
+    /// [`TlbMaintenance::publish`].
+    Publish,
+    /// [`TlbMaintenance::invalidate_ipa`].
+    InvalidateIpa {
+        /// VMID.
+        vmid: u16,
+        /// IPA.
+        ipa: u64,
+        /// Level of the old leaf, `None` for a table descriptor.
+        leaf_level: Option<u8>,
+    },
+    /// [`TlbMaintenance::invalidate_range`].
+    InvalidateRange {
+        /// VMID.
+        vmid: u16,
+        /// First IPA.
+        ipa: u64,
+        /// Bytes.
+        size: u64,
+    },
+    /// [`TlbMaintenance::invalidate_vmid`].
+    InvalidateVmid {
+        /// VMID.
+        vmid: u16,
+    },
+}
+
+/// A model of the TLB: it caches every valid leaf it has seen and reports when the tables show
+/// a different valid translation for a cached range before that range was invalidated (a
+/// missing break-before-make).
+struct TlbModel {
+    arena: FakeArena,
+    root: u64,
+    root_entries: usize,
+    /// base -> (level, descriptor)
+    cached: BTreeMap<u64, (u8, u64)>,
+}
+
+fn level_size(level: u8) -> u64 {
+    1 << (12 + 9 * (3 - u32::from(level)))
+}
+
+impl TlbModel {
+    fn current(&self) -> BTreeMap<u64, (u8, u64)> {
+        let mut out = BTreeMap::new();
+        self.walk(self.root, 1, 0, &mut out);
+        out
+    }
+
+    fn walk(&self, table: u64, level: u8, base: u64, out: &mut BTreeMap<u64, (u8, u64)>) {
+        let n = if level == 1 {
+            self.root_entries
+        } else {
+            ENTRIES
+        };
+        for i in 0..n {
+            let desc = self.arena.read_u64(table + i as u64 * 8).unwrap_or(0);
+            let ipa = base + i as u64 * level_size(level);
+            if desc & 1 == 0 {
+                continue;
+            }
+            if level < 3 && desc & 2 != 0 {
+                self.walk(desc & 0x0000_ffff_ffff_f000, level + 1, ipa, out);
+            } else {
+                out.insert(ipa, (level, desc));
+            }
+        }
+    }
+
+    fn observe(&mut self, ev: TlbEvent, violations: &mut Vec<String>) {
+        let current = self.current();
+        for (&base, &(level, desc)) in &self.cached {
+            let end = base + level_size(level);
+            // Current leaves overlapping [base, end): any leaf starting below end whose end is
+            // above base.
+            for (&cb, &(cl, cd)) in current.range(..end).rev() {
+                if cb + level_size(cl) <= base {
+                    break;
+                }
+                if (cb, cl, cd) != (base, level, desc) {
+                    violations.push(format!(
+                        "at {ev:?}: TLB may hold {base:#x} L{level} {desc:#x} but tables have {cb:#x} L{cl} {cd:#x}"
+                    ));
+                }
+            }
+        }
+        match ev {
+            TlbEvent::Publish => {}
+            TlbEvent::InvalidateIpa { ipa, .. } => {
+                self.cached
+                    .retain(|&b, &mut (l, _)| !(b <= ipa && ipa < b + level_size(l)));
+            }
+            TlbEvent::InvalidateRange { ipa, size, .. } => {
+                self.cached
+                    .retain(|&b, &mut (l, _)| b + level_size(l) <= ipa || b >= ipa + size);
+            }
+            TlbEvent::InvalidateVmid { .. } => self.cached.clear(),
+        }
+        for (b, v) in current {
+            self.cached.insert(b, v);
+        }
+    }
+}
+
+/// A TLB that records every call. With [`RecordingTlb::attach_model`] it also checks
+/// break-before-make at every call; violations land in [`RecordingTlb::violations`].
+#[derive(Default)]
+pub struct RecordingTlb {
+    /// Every call, in order.
+    pub events: Vec<TlbEvent>,
+    /// Break-before-make violations seen by the model.
+    pub violations: Vec<String>,
+    model: Option<TlbModel>,
+}
+
+impl core::fmt::Debug for RecordingTlb {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RecordingTlb")
+            .field("events", &self.events)
+            .field("violations", &self.violations)
+            .finish()
+    }
+}
+
+impl RecordingTlb {
+    /// A recorder without a model.
+    pub fn new() -> RecordingTlb {
+        RecordingTlb::default()
+    }
+
+    /// Starts checking break-before-make for the tables rooted at `root` (`root_entries`
+    /// level-1 entries) in `arena`. Call it right after creating the stage-2.
+    pub fn attach_model(&mut self, arena: FakeArena, root: u64, root_entries: usize) {
+        let mut m = TlbModel {
+            arena,
+            root,
+            root_entries,
+            cached: BTreeMap::new(),
+        };
+        m.cached = m.current();
+        self.model = Some(m);
+    }
+
+    /// Forgets the recorded events.
+    pub fn clear(&mut self) {
+        self.events.clear();
+    }
+
+    fn record(&mut self, ev: TlbEvent) {
+        self.events.push(ev);
+        if let Some(m) = self.model.as_mut() {
+            m.observe(ev, &mut self.violations);
+        }
+    }
+}
+
+impl TlbMaintenance for RecordingTlb {
+    fn publish(&mut self) {
+        self.record(TlbEvent::Publish);
+    }
+    fn invalidate_ipa(&mut self, vmid: u16, ipa: u64, leaf_level: Option<u8>) {
+        self.record(TlbEvent::InvalidateIpa {
+            vmid,
+            ipa,
+            leaf_level,
+        });
+    }
+    fn invalidate_range(&mut self, vmid: u16, ipa: u64, size: u64) {
+        self.record(TlbEvent::InvalidateRange { vmid, ipa, size });
+    }
+    fn invalidate_vmid(&mut self, vmid: u16) {
+        self.record(TlbEvent::InvalidateVmid { vmid });
+    }
+}

@@ -1,0 +1,1184 @@
+//! ARMv8-A VMSAv8-64 stage-2 translation tables, 4 KiB granule.
+//!
+//! The walk starts at level 1. A 40-bit IPA space needs two concatenated level-1 tables
+//! (1024 entries, 8 KiB, 8 KiB aligned); a 39-bit one needs a single level-1 table.
+//! Leaves are 1 GiB blocks (level 1), 2 MiB blocks (level 2) or 4 KiB pages (level 3).
+//!
+//! Every change of a valid descriptor uses break-before-make: the entry is written invalid,
+//! the TLB is invalidated for that IPA and VMID ([`TlbMaintenance::invalidate_ipa`]), and
+//! only then the new descriptor is written and published ([`TlbMaintenance::publish`]).
+//! Writing a valid descriptor over an invalid one needs no invalidation, only a publish.
+//!
+//! Every operation either succeeds or changes nothing: table pages that an operation needs
+//! are allocated before the first descriptor is written, and handed back on failure.
+//!
+//! Descriptor layout used here (Arm ARM, "VMSAv8-64 translation table format descriptors",
+//! stage 2):
+//!
+//! | bits | meaning |
+//! |---|---|
+//! | 0 | valid |
+//! | 1 | table (levels 1-2) / page (level 3); 0 = block at levels 1-2 |
+//! | 5:2 | MemAttr: 0b1111 normal write-back, 0b0001 device-nGnRE |
+//! | 7:6 | S2AP: bit 6 read, bit 7 write |
+//! | 9:8 | SH: 0b11 inner shareable |
+//! | 10 | AF (always set, no access-flag faults) |
+//! | 47:12 | output address / next-level table address |
+//! | 54:53 | XN\[1:0\]: 0b00 executable, 0b10 execute-never |
+//! | 58:55 | software bits (owner state annotation) |
+//!
+//! An invalid descriptor (bit 0 clear) that is not zero carries an *annotation* in bits
+//! \[63:1\] (see [`Stage2::set_annotation`], [`OwnerAnnotation`]).
+
+use abi::Errno;
+
+/// Bytes in one translation granule (4 KiB).
+pub const PAGE_SIZE: u64 = abi::PAGE_SIZE;
+/// Size of a level-3 page.
+pub const SIZE_4K: u64 = 1 << 12;
+/// Size of a level-2 block.
+pub const SIZE_2M: u64 = 1 << 21;
+/// Size of a level-1 block.
+pub const SIZE_1G: u64 = 1 << 30;
+/// Output (physical) address size configured in VTCR_EL2.PS: 40 bits.
+pub const PA_BITS: u32 = 40;
+/// Descriptors per 4 KiB table.
+pub const ENTRIES: usize = 512;
+
+const DESC_VALID: u64 = 1 << 0;
+const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+const MEMATTR_SHIFT: u32 = 2;
+const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
+const MEMATTR_NORMAL_WB: u64 = 0b1111;
+const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+const S2AP_R: u64 = 1 << 6;
+const S2AP_W: u64 = 1 << 7;
+const SH_INNER: u64 = 0b11 << 8;
+const AF: u64 = 1 << 10;
+const XN_NEVER: u64 = 0b10 << 53;
+const XN_MASK: u64 = 0b11 << 53;
+const SW_SHIFT: u32 = 55;
+const SW_MASK: u64 = 0b1111 << SW_SHIFT;
+
+/// Physical memory that holds the translation tables.
+///
+/// At EL2 the hyp identity-maps RAM, so [`PhysMem::table`] is `pa as *mut _`; host tests use
+/// an arena ([`crate::fake::FakeArena`]).
+///
+/// # Safety
+///
+/// Implementors promise, for every `pa` returned by [`alloc_pages`](PhysMem::alloc_pages)`(count)`
+/// and not yet passed to [`free_pages`](PhysMem::free_pages), and for every `i < count`:
+/// `table(pa + i * 4096)` returns a non-null pointer, aligned to 8 bytes, that is valid for
+/// volatile reads and writes of the whole `[u64; 512]` until the page is freed, and that no Rust
+/// reference aliases while the page is allocated (the hardware table walker may read it).
+/// A freshly allocated page reads as all zeroes. Replacing or mutating the implementor through
+/// [`Stage2::mm_mut`] must keep these promises for pages already handed out.
+pub unsafe trait PhysMem {
+    /// Allocates `count` (1 or 2) physically contiguous, zeroed pages whose first page is
+    /// aligned to `count * 4096`, and returns the physical address of the first. `None` when
+    /// out of memory (reported as `ENOMEM`).
+    fn alloc_pages(&mut self, count: usize) -> Option<u64>;
+    /// Frees pages returned by `alloc_pages(count)`, with the same `count`.
+    fn free_pages(&mut self, pa: u64, count: usize);
+    /// The table page at `pa` (4 KiB aligned) as a pointer the hyp can access.
+    fn table(&self, pa: u64) -> *mut [u64; ENTRIES];
+}
+
+/// TLB and barrier maintenance, implemented by the arch code with `dsb`/`tlbi`/`isb`.
+///
+/// Calls arrive in this order for a break-before-make: descriptor written invalid,
+/// `invalidate_*`, new descriptor written, `publish`.
+pub trait TlbMaintenance {
+    /// Makes previous descriptor writes visible to the table walkers of all CPUs before
+    /// later ones: `dsb ishst` (the arch code may add an `isb` before returning to a guest).
+    /// Called after a valid descriptor was written, and before a new table is linked in.
+    fn publish(&mut self);
+    /// An entry that translated `ipa` in the stage-2 of `vmid` was made invalid (and before
+    /// this call nothing else has been written over it). Must complete before returning:
+    /// `dsb ishst; tlbi ipas2e1is, ipa >> 12; dsb ish; tlbi vmalle1is; dsb ish; isb`,
+    /// with VTTBR_EL2 holding `vmid` during the `tlbi`s.
+    ///
+    /// `leaf_level` is `Some(level)` when the old entry was a leaf (block or page) at that
+    /// level (usable as a TTL hint); `None` when it was a table descriptor, in which case the
+    /// non-last-level form (`ipas2e1is`, never `ipas2le1is`) is required so that walk-cache
+    /// entries go too. A block is invalidated by one call with its base address.
+    fn invalidate_ipa(&mut self, vmid: u16, ipa: u64, leaf_level: Option<u8>);
+    /// Every leaf and walk-cache entry of `[ipa, ipa + size)` in the stage-2 of `vmid` must
+    /// go, including the combined stage-1 entries (`vmalle1is`). The default invalidates the
+    /// whole VMID; FEAT_TLBIRANGE hardware may use `tlbi ripas2e1is` instead.
+    fn invalidate_range(&mut self, vmid: u16, ipa: u64, size: u64) {
+        let _ = (ipa, size);
+        self.invalidate_vmid(vmid);
+    }
+    /// Every stage-1 and stage-2 entry of `vmid`: `dsb ishst; tlbi vmalls12e1is; dsb ish; isb`
+    /// with VTTBR_EL2 holding `vmid`.
+    fn invalidate_vmid(&mut self, vmid: u16);
+}
+
+/// Memory type of a stage-2 leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemType {
+    /// Normal, inner and outer write-back cacheable (MemAttr 0b1111).
+    NormalWriteBack,
+    /// Device-nGnRE (MemAttr 0b0001).
+    DeviceNGnRE,
+}
+
+/// Attributes of a stage-2 leaf. Shareability (inner) and AF (set) are fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct S2Attrs {
+    /// S2AP\[0\].
+    pub read: bool,
+    /// S2AP\[1\].
+    pub write: bool,
+    /// Executable at EL1 and EL0 (XN = 0b00); otherwise XN = 0b10.
+    pub exec: bool,
+    /// Memory type.
+    pub mem: MemType,
+    /// Software bits 55-58 of the descriptor (4 bits; values above 15 are refused with EINVAL).
+    pub sw: u8,
+}
+
+impl S2Attrs {
+    /// Normal write-back memory, read/write/exec, software bits 0.
+    pub const NORMAL_RWX: S2Attrs = S2Attrs {
+        read: true,
+        write: true,
+        exec: true,
+        mem: MemType::NormalWriteBack,
+        sw: 0,
+    };
+    /// Normal write-back memory, read/write, not executable.
+    pub const NORMAL_RW: S2Attrs = S2Attrs {
+        read: true,
+        write: true,
+        exec: false,
+        mem: MemType::NormalWriteBack,
+        sw: 0,
+    };
+    /// Device-nGnRE, read/write, not executable.
+    pub const DEVICE_RW: S2Attrs = S2Attrs {
+        read: true,
+        write: true,
+        exec: false,
+        mem: MemType::DeviceNGnRE,
+        sw: 0,
+    };
+
+    /// The same attributes with other software bits.
+    pub const fn with_sw(self, sw: u8) -> S2Attrs {
+        S2Attrs { sw, ..self }
+    }
+
+    /// Descriptor bits of these attributes (without valid/table bits and address).
+    /// Includes AF and SH. `None` if `sw` does not fit in 4 bits.
+    pub const fn to_bits(self) -> Option<u64> {
+        if self.sw > 0xf {
+            return None;
+        }
+        let mut bits = AF | SH_INNER | ((self.sw as u64) << SW_SHIFT);
+        bits |= match self.mem {
+            MemType::NormalWriteBack => MEMATTR_NORMAL_WB << MEMATTR_SHIFT,
+            MemType::DeviceNGnRE => MEMATTR_DEVICE_NGNRE << MEMATTR_SHIFT,
+        };
+        if self.read {
+            bits |= S2AP_R;
+        }
+        if self.write {
+            bits |= S2AP_W;
+        }
+        if !self.exec {
+            bits |= XN_NEVER;
+        }
+        Some(bits)
+    }
+
+    /// Decodes the attributes of a leaf descriptor. MemAttr values other than 0b0001 decode
+    /// as normal memory only when they are 0b1111; everything else is reported as device.
+    pub const fn from_desc(desc: u64) -> S2Attrs {
+        let memattr = (desc & MEMATTR_MASK) >> MEMATTR_SHIFT;
+        S2Attrs {
+            read: desc & S2AP_R != 0,
+            write: desc & S2AP_W != 0,
+            exec: desc & XN_MASK == 0,
+            mem: if memattr == MEMATTR_NORMAL_WB {
+                MemType::NormalWriteBack
+            } else {
+                MemType::DeviceNGnRE
+            },
+            sw: ((desc & SW_MASK) >> SW_SHIFT) as u8,
+        }
+    }
+}
+
+/// Size of the IPA space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpaSize {
+    /// 39-bit IPA: one level-1 root table (T0SZ = 25).
+    Bits39,
+    /// 40-bit IPA: two concatenated level-1 root tables, 8 KiB aligned (T0SZ = 24).
+    Bits40,
+}
+
+impl IpaSize {
+    /// Number of IPA bits.
+    pub const fn bits(self) -> u32 {
+        match self {
+            IpaSize::Bits39 => 39,
+            IpaSize::Bits40 => 40,
+        }
+    }
+    /// One past the highest IPA.
+    pub const fn limit(self) -> u64 {
+        1 << self.bits()
+    }
+    /// Pages in the concatenated root.
+    pub const fn root_pages(self) -> usize {
+        match self {
+            IpaSize::Bits39 => 1,
+            IpaSize::Bits40 => 2,
+        }
+    }
+    const fn root_entries(self) -> usize {
+        self.root_pages() * ENTRIES
+    }
+}
+
+/// VTCR_EL2 for this layout: T0SZ = 64 - IPA bits, SL0 = 1 (start at level 1), IRGN0 = ORGN0 =
+/// 0b01 (write-back read/write-allocate), SH0 = 0b11 (inner), TG0 = 0b00 (4 KiB), PS = 0b010
+/// (40-bit PA), RES1 bit 31, and VS (bit 19, 16-bit VMIDs, needs FEAT_VMID16) if `vmid16`.
+pub const fn vtcr_value(ipa: IpaSize, vmid16: bool) -> u64 {
+    let t0sz = (64 - ipa.bits()) as u64;
+    let sl0 = 1 << 6;
+    let irgn0 = 0b01 << 8;
+    let orgn0 = 0b01 << 10;
+    let sh0 = 0b11 << 12;
+    let tg0 = 0b00 << 14;
+    let ps = 0b010 << 16;
+    let vs = if vmid16 { 1 << 19 } else { 0 };
+    let res1 = 1 << 31;
+    t0sz | sl0 | irgn0 | orgn0 | sh0 | tg0 | ps | vs | res1
+}
+
+/// One leaf mapping found in the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First IPA of the leaf (aligned to `size`).
+    pub ipa_base: u64,
+    /// First PA of the leaf (aligned to `size`).
+    pub pa_base: u64,
+    /// 4 KiB, 2 MiB or 1 GiB.
+    pub size: u64,
+    /// 3, 2 or 1.
+    pub level: u8,
+    /// Attributes of the leaf.
+    pub attrs: S2Attrs,
+}
+
+impl Mapping {
+    /// The PA that `ipa` (inside this leaf) translates to.
+    pub const fn pa_of(&self, ipa: u64) -> u64 {
+        self.pa_base + (ipa - self.ipa_base)
+    }
+}
+
+/// A non-empty entry that ends a walk: a valid leaf or an annotated invalid entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leaf {
+    /// A valid block or page.
+    Mapped(Mapping),
+    /// An invalid entry carrying an annotation (bits \[63:1\] of the descriptor).
+    Annotated {
+        /// First IPA the entry covers.
+        ipa: u64,
+        /// Level of the entry (always 3 for entries written by [`Stage2::set_annotation`]).
+        level: u8,
+        /// The annotation, `desc >> 1`, never 0.
+        annotation: u64,
+    },
+}
+
+/// The owner annotation pKVM writes into the host stage-2 for a page it gave away:
+/// owner id (4 bits, non-zero), VM handle (16 bits) and guest frame number (up to 42 bits).
+///
+/// Encoded as `owner | vm << 4 | gfn << 20` in the annotation (descriptor bits \[63:1\]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OwnerAnnotation {
+    /// Who owns the page, 1..=15 (0 would be an empty entry). See [`crate::ownership::owner_id`].
+    pub owner: u8,
+    /// VM handle, when the owner is a guest.
+    pub vm: u16,
+    /// Guest frame number (IPA >> 12) where the guest maps the page.
+    pub gfn: u64,
+}
+
+impl OwnerAnnotation {
+    /// Largest gfn that fits.
+    pub const MAX_GFN: u64 = (1 << 42) - 1;
+
+    /// The annotation value, or `None` if `owner` is 0 or above 15, or `gfn` does not fit.
+    pub const fn encode(self) -> Option<u64> {
+        if self.owner == 0 || self.owner > 0xf || self.gfn > Self::MAX_GFN {
+            return None;
+        }
+        Some(self.owner as u64 | (self.vm as u64) << 4 | self.gfn << 20)
+    }
+
+    /// Decodes an annotation; `None` if its owner field is 0.
+    pub const fn decode(annotation: u64) -> Option<OwnerAnnotation> {
+        let owner = (annotation & 0xf) as u8;
+        if owner == 0 {
+            return None;
+        }
+        Some(OwnerAnnotation {
+            owner,
+            vm: ((annotation >> 4) & 0xffff) as u16,
+            gfn: (annotation >> 20) & Self::MAX_GFN,
+        })
+    }
+}
+
+/// What a descriptor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Empty,
+    Annotated(u64),
+    Table(u64),
+    Leaf,
+}
+
+const fn kind(desc: u64, level: u8) -> Kind {
+    if desc & DESC_VALID == 0 {
+        if desc == 0 {
+            Kind::Empty
+        } else {
+            Kind::Annotated(desc >> 1)
+        }
+    } else if level < 3 && desc & DESC_TABLE_OR_PAGE != 0 {
+        Kind::Table(desc & OA_MASK)
+    } else {
+        Kind::Leaf
+    }
+}
+
+const fn level_shift(level: u8) -> u32 {
+    12 + 9 * (3 - level as u32)
+}
+
+const fn level_size(level: u8) -> u64 {
+    1 << level_shift(level)
+}
+
+const fn level_for_size(size: u64) -> Option<u8> {
+    match size {
+        SIZE_4K => Some(3),
+        SIZE_2M => Some(2),
+        SIZE_1G => Some(1),
+        _ => None,
+    }
+}
+
+const fn leaf_desc(pa: u64, level: u8, attr_bits: u64) -> u64 {
+    let page = if level == 3 { DESC_TABLE_OR_PAGE } else { 0 };
+    (pa & OA_MASK) | attr_bits | DESC_VALID | page
+}
+
+const fn table_desc(pa: u64) -> u64 {
+    (pa & OA_MASK) | DESC_VALID | DESC_TABLE_OR_PAGE
+}
+
+/// Attribute bits of a leaf descriptor: everything but address, valid and table/page bits.
+const fn leaf_attr_bits(desc: u64) -> u64 {
+    desc & !OA_MASK & !(DESC_VALID | DESC_TABLE_OR_PAGE)
+}
+
+fn mapping_of(desc: u64, level: u8, ipa: u64) -> Mapping {
+    let size = level_size(level);
+    Mapping {
+        ipa_base: ipa & !(size - 1),
+        pa_base: desc & OA_MASK & !(size - 1),
+        size,
+        level,
+        attrs: S2Attrs::from_desc(desc),
+    }
+}
+
+/// Most table pages one operation allocates (two edges of a range, two levels each).
+const MAX_PREALLOC: usize = 4;
+
+/// Table pages allocated before an operation touches any descriptor.
+struct Prealloc {
+    pages: [u64; MAX_PREALLOC],
+    n: usize,
+}
+
+impl Prealloc {
+    const fn empty() -> Prealloc {
+        Prealloc {
+            pages: [0; MAX_PREALLOC],
+            n: 0,
+        }
+    }
+    fn take(&mut self) -> Option<u64> {
+        if self.n == 0 {
+            return None;
+        }
+        self.n -= 1;
+        Some(self.pages[self.n])
+    }
+}
+
+/// What [`Stage2::modify`] does to the leaves of a range.
+#[derive(Clone, Copy)]
+enum Op {
+    Unmap,
+    SetAttrs(u64),
+}
+
+/// A stage-2 address space: root table, VMID and IPA size, over a [`PhysMem`] and a
+/// [`TlbMaintenance`].
+///
+/// Dropping a `Stage2` without [`Stage2::destroy`] leaks its table pages (no memory-safety
+/// issue).
+pub struct Stage2<M: PhysMem, T: TlbMaintenance> {
+    mm: M,
+    tlb: T,
+    root: u64,
+    vmid: u16,
+    ipa: IpaSize,
+}
+
+impl<M: PhysMem, T: TlbMaintenance> core::fmt::Debug for Stage2<M, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Stage2")
+            .field("root", &self.root)
+            .field("vmid", &self.vmid)
+            .field("ipa", &self.ipa)
+            .finish()
+    }
+}
+
+impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
+    /// Allocates the root (one page for 39 bits, two 8 KiB-aligned pages for 40 bits).
+    /// On failure (`ENOMEM`, or `EINVAL` if the allocator returned a misaligned or too high
+    /// address, which is handed back) the memory and TLB objects come back to the caller.
+    #[allow(clippy::result_large_err)]
+    pub fn new(mut mm: M, tlb: T, vmid: u16, ipa: IpaSize) -> Result<Self, (Errno, M, T)> {
+        let count = ipa.root_pages();
+        let Some(root) = mm.alloc_pages(count) else {
+            return Err((Errno::ENOMEM, mm, tlb));
+        };
+        let align = PAGE_SIZE * count as u64;
+        if root % align != 0 || root.checked_add(align).is_none_or(|end| end > 1 << PA_BITS) {
+            mm.free_pages(root, count);
+            return Err((Errno::EINVAL, mm, tlb));
+        }
+        Ok(Stage2 {
+            mm,
+            tlb,
+            root,
+            vmid,
+            ipa,
+        })
+    }
+
+    /// The VMID.
+    pub const fn vmid(&self) -> u16 {
+        self.vmid
+    }
+    /// The IPA size.
+    pub const fn ipa_size(&self) -> IpaSize {
+        self.ipa
+    }
+    /// Physical address of the root table.
+    pub const fn root_pa(&self) -> u64 {
+        self.root
+    }
+    /// VTTBR_EL2: root PA | VMID << 48 (CnP = 0).
+    pub const fn vttbr(&self) -> u64 {
+        self.root | (self.vmid as u64) << 48
+    }
+    /// VTCR_EL2 for this stage-2 ([`vtcr_value`]; VS set iff the VMID is above 255).
+    pub const fn vtcr(&self) -> u64 {
+        vtcr_value(self.ipa, self.vmid > 0xff)
+    }
+    /// The table memory.
+    pub fn mm(&self) -> &M {
+        &self.mm
+    }
+    /// The table memory, e.g. to refill a memory cache. See the safety contract of [`PhysMem`].
+    pub fn mm_mut(&mut self) -> &mut M {
+        &mut self.mm
+    }
+    /// The TLB maintenance object.
+    pub fn tlb(&self) -> &T {
+        &self.tlb
+    }
+    /// The TLB maintenance object.
+    pub fn tlb_mut(&mut self) -> &mut T {
+        &mut self.tlb
+    }
+
+    // ---- raw descriptor access -------------------------------------------------------------
+
+    fn entries_at(&self, level: u8) -> usize {
+        if level == 1 {
+            self.ipa.root_entries()
+        } else {
+            ENTRIES
+        }
+    }
+
+    fn index(&self, ipa: u64, level: u8) -> usize {
+        let idx = (ipa >> level_shift(level)) as usize;
+        if level == 1 {
+            // Callers check ipa < limit, so idx < root_entries; mask for robustness.
+            idx & (self.ipa.root_entries() - 1)
+        } else {
+            idx & (ENTRIES - 1)
+        }
+    }
+
+    /// Pointer to descriptor `idx` of the table at `table` (which may be a concatenated root).
+    fn slot(&self, table: u64, idx: usize) -> *mut u64 {
+        let page = table + (idx / ENTRIES) as u64 * PAGE_SIZE;
+        let ptr = self.mm.table(page);
+        // SAFETY: `table` is the root or a table page this Stage2 allocated and still owns, and
+        // `idx / ENTRIES` is below the number of pages allocated for it (1 for non-root tables,
+        // root_pages for the root, since idx < entries_at(level)); by the PhysMem contract
+        // `ptr` points to 512 valid u64s, and `idx % ENTRIES < 512` stays inside.
+        unsafe { ptr.cast::<u64>().add(idx % ENTRIES) }
+    }
+
+    fn read(&self, table: u64, idx: usize) -> u64 {
+        // SAFETY: `slot` returns a pointer valid for reads (PhysMem contract); volatile because
+        // the table is shared with the hardware walker.
+        unsafe { self.slot(table, idx).read_volatile() }
+    }
+
+    fn write(&mut self, table: u64, idx: usize, desc: u64) {
+        // SAFETY: `slot` returns a pointer valid for writes and not aliased by any reference
+        // (PhysMem contract); a single aligned 64-bit volatile store cannot tear.
+        unsafe { self.slot(table, idx).write_volatile(desc) }
+    }
+
+    fn alloc_table(&mut self) -> Option<u64> {
+        let pa = self.mm.alloc_pages(1)?;
+        if pa % PAGE_SIZE != 0 || pa.checked_add(PAGE_SIZE).is_none_or(|e| e > 1 << PA_BITS) {
+            self.mm.free_pages(pa, 1);
+            return None;
+        }
+        Some(pa)
+    }
+
+    fn prealloc(&mut self, n: usize) -> Result<Prealloc, Errno> {
+        let mut pool = Prealloc::empty();
+        while pool.n < n.min(MAX_PREALLOC) {
+            match self.alloc_table() {
+                Some(pa) => {
+                    pool.pages[pool.n] = pa;
+                    pool.n += 1;
+                }
+                None => {
+                    self.release(pool);
+                    return Err(Errno::ENOMEM);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    fn release(&mut self, mut pool: Prealloc) {
+        while let Some(pa) = pool.take() {
+            self.mm.free_pages(pa, 1);
+        }
+    }
+
+    /// Descends from the root to the entry that ends the walk for `ipa` (leaf, empty or
+    /// annotated), or to `stop_level`, whichever comes first.
+    /// Returns (level, table, index, descriptor). `ipa` must be below the limit.
+    fn descend(&self, ipa: u64, stop_level: u8) -> (u8, u64, usize, u64) {
+        let mut table = self.root;
+        let mut level = 1;
+        loop {
+            let idx = self.index(ipa, level);
+            let desc = self.read(table, idx);
+            match kind(desc, level) {
+                Kind::Table(next) if level < stop_level => {
+                    table = next;
+                    level += 1;
+                }
+                _ => return (level, table, idx, desc),
+            }
+        }
+    }
+
+    fn check_range(&self, ipa: u64, size: u64) -> Result<u64, Errno> {
+        if !ipa.is_multiple_of(PAGE_SIZE) || size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        match ipa.checked_add(size) {
+            Some(end) if end <= self.ipa.limit() => Ok(end),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    // ---- queries ---------------------------------------------------------------------------
+
+    /// The leaf that translates `ipa`, if any. `None` for unmapped, annotated or out-of-range
+    /// IPAs.
+    pub fn walk(&self, ipa: u64) -> Option<Mapping> {
+        if ipa >= self.ipa.limit() {
+            return None;
+        }
+        let (level, _, _, desc) = self.descend(ipa, 3);
+        (kind(desc, level) == Kind::Leaf).then(|| mapping_of(desc, level, ipa))
+    }
+
+    /// The annotation of the invalid entry that ends the walk for `ipa`, if it has one.
+    pub fn annotation(&self, ipa: u64) -> Option<u64> {
+        if ipa >= self.ipa.limit() {
+            return None;
+        }
+        let (level, _, _, desc) = self.descend(ipa, 3);
+        match kind(desc, level) {
+            Kind::Annotated(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The descriptor at `level` on the walk for `ipa`, and the physical address of its slot:
+    /// `None` if the walk ends above `level` or `ipa` is out of range. For tests and debugging.
+    pub fn descriptor(&self, ipa: u64, level: u8) -> Option<(u64, u64)> {
+        if ipa >= self.ipa.limit() || !(1..=3).contains(&level) {
+            return None;
+        }
+        let (l, table, idx, desc) = self.descend(ipa, level);
+        (l == level).then_some((table + idx as u64 * 8, desc))
+    }
+
+    /// Iterates every valid leaf and every annotated invalid entry, in IPA order.
+    pub fn leaves(&self) -> Leaves<'_, M, T> {
+        Leaves {
+            s2: self,
+            stack: [(self.root, 0, 0); 3],
+            depth: 0,
+        }
+    }
+
+    /// Iterates every valid leaf, in IPA order.
+    pub fn mappings(&self) -> impl Iterator<Item = Mapping> + '_ {
+        self.leaves().filter_map(|l| match l {
+            Leaf::Mapped(m) => Some(m),
+            Leaf::Annotated { .. } => None,
+        })
+    }
+
+    /// Number of table pages (the root counts as its page count).
+    pub fn table_pages(&self) -> usize {
+        self.root_pages_below(self.root, 1) + self.ipa.root_pages()
+    }
+
+    fn root_pages_below(&self, table: u64, level: u8) -> usize {
+        let mut n = 0;
+        for idx in 0..self.entries_at(level) {
+            if let Kind::Table(next) = kind(self.read(table, idx), level) {
+                n += 1 + self.root_pages_below(next, level + 1);
+            }
+        }
+        n
+    }
+
+    // ---- map ---------------------------------------------------------------------------
+
+    /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with one leaf: `size` is 4 KiB (page),
+    /// 2 MiB (level-2 block) or 1 GiB (level-1 block).
+    ///
+    /// Errors (nothing changed on any error):
+    /// - `EINVAL`: other size, `ipa`/`pa` not aligned to `size`, range beyond the IPA space or
+    ///   beyond the 40-bit PA space, `attrs.sw > 15`.
+    /// - `EEXIST`: something other than exactly this mapping is in the range (a different
+    ///   valid leaf, a smaller valid leaf, or an annotation). Mapping exactly what is already
+    ///   there (including a page inside an identical block) succeeds without a change.
+    /// - `ENOMEM`: the table pages needed could not be allocated.
+    ///
+    /// An existing table under the range with no valid or annotated entry in it is replaced by
+    /// the block (break-before-make) and its pages freed.
+    pub fn map(&mut self, ipa: u64, pa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
+        let level = level_for_size(size).ok_or(Errno::EINVAL)?;
+        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
+        if !ipa.is_multiple_of(size) || !pa.is_multiple_of(size) {
+            return Err(Errno::EINVAL);
+        }
+        self.check_range(ipa, size)?;
+        if pa.checked_add(size).is_none_or(|end| end > 1 << PA_BITS) {
+            return Err(Errno::EINVAL);
+        }
+        self.install(ipa, level, leaf_desc(pa, level, bits))
+    }
+
+    /// Writes `new` (a leaf or an annotation) at `level` for `ipa`; see [`Stage2::map`].
+    fn install(&mut self, ipa: u64, level: u8, new: u64) -> Result<(), Errno> {
+        let new_valid = new & DESC_VALID != 0;
+        let (l, table, idx, desc) = self.descend(ipa, level);
+        if l == level {
+            return match kind(desc, l) {
+                Kind::Empty => {
+                    self.write(table, idx, new);
+                    if new_valid {
+                        self.tlb.publish();
+                    }
+                    Ok(())
+                }
+                _ if desc == new => Ok(()),
+                Kind::Table(sub) if new_valid && self.subtree_empty(sub, l + 1) => {
+                    let base = ipa & !(level_size(l) - 1);
+                    self.unlink_table(table, idx, l, base);
+                    self.write(table, idx, new);
+                    self.tlb.publish();
+                    self.free_subtree(sub, l + 1);
+                    Ok(())
+                }
+                _ => Err(Errno::EEXIST),
+            };
+        }
+        // The walk stopped above `level`.
+        match kind(desc, l) {
+            Kind::Leaf if new_valid => {
+                // A bigger leaf covers the range: fine only if it says the same.
+                let m = mapping_of(desc, l, ipa);
+                let same_pa = m.pa_of(ipa) == new & OA_MASK;
+                if same_pa && leaf_attr_bits(desc) == leaf_attr_bits(new) {
+                    Ok(())
+                } else {
+                    Err(Errno::EEXIST)
+                }
+            }
+            Kind::Empty => {
+                let needed = usize::from(level - l);
+                let mut pool = self.prealloc(needed)?;
+                // Build the new branch bottom-up, invisible until linked.
+                let mut child_desc = new;
+                let mut lvl = level;
+                while lvl > l {
+                    let Some(t) = pool.take() else {
+                        // Cannot happen: `needed` pages were allocated. Nothing is linked yet.
+                        self.release(pool);
+                        return Err(Errno::ENOMEM);
+                    };
+                    self.write(t, self.index(ipa, lvl), child_desc);
+                    child_desc = table_desc(t);
+                    lvl -= 1;
+                }
+                self.release(pool);
+                // Order the branch contents before the link that makes them reachable.
+                self.tlb.publish();
+                self.write(table, idx, child_desc);
+                self.tlb.publish();
+                Ok(())
+            }
+            _ => Err(Errno::EEXIST),
+        }
+    }
+
+    fn subtree_empty(&self, table: u64, level: u8) -> bool {
+        (0..ENTRIES).all(|i| match kind(self.read(table, i), level) {
+            Kind::Empty => true,
+            Kind::Table(sub) => self.subtree_empty(sub, level + 1),
+            Kind::Annotated(_) | Kind::Leaf => false,
+        })
+    }
+
+    /// Frees `table` (at `level`) and every table below it. It must be unreachable already.
+    fn free_subtree(&mut self, table: u64, level: u8) {
+        if level < 3 {
+            for i in 0..ENTRIES {
+                if let Kind::Table(sub) = kind(self.read(table, i), level) {
+                    self.free_subtree(sub, level + 1);
+                }
+            }
+        }
+        self.mm.free_pages(table, 1);
+    }
+
+    /// Break-before-make for a table descriptor at `level` covering `[base, base + span)`.
+    fn unlink_table(&mut self, table: u64, idx: usize, level: u8, base: u64) {
+        self.write(table, idx, 0);
+        if level == 1 {
+            // Walk-cache entries of level-2 descriptors under it are keyed by other IPAs.
+            self.tlb.invalidate_range(self.vmid, base, level_size(1));
+        } else {
+            self.tlb.invalidate_ipa(self.vmid, base, None);
+        }
+    }
+
+    /// Break-before-make for a leaf at `level` whose base is `base`.
+    fn break_leaf(&mut self, table: u64, idx: usize, level: u8, base: u64) {
+        self.write(table, idx, 0);
+        self.tlb.invalidate_ipa(self.vmid, base, Some(level));
+    }
+
+    // ---- split / merge -------------------------------------------------------------------------
+
+    /// Replaces the block at (`table`, `idx`, `level`) with a table of 512 next-level leaves
+    /// with the same attributes, using break-before-make. Returns the new table.
+    fn split_entry(&mut self, table: u64, idx: usize, level: u8, base: u64, new_table: u64) -> u64 {
+        let desc = self.read(table, idx);
+        let child_level = level + 1;
+        let child_size = level_size(child_level);
+        let bits = leaf_attr_bits(desc);
+        let pa = desc & OA_MASK & !(level_size(level) - 1);
+        for i in 0..ENTRIES {
+            let child = leaf_desc(pa + i as u64 * child_size, child_level, bits);
+            self.write(new_table, i, child);
+        }
+        self.break_leaf(table, idx, level, base);
+        self.write(table, idx, table_desc(new_table));
+        self.tlb.publish();
+        new_table
+    }
+
+    /// Splits the block that maps `ipa` one level down: a 2 MiB block into 512 pages, a 1 GiB
+    /// block into 512 2 MiB blocks, all with the block's attributes (break-before-make).
+    ///
+    /// Errors: `EINVAL` for an IPA out of range or mapped by a 4 KiB page, `ENOENT` if nothing
+    /// maps it, `ENOMEM` without a table page (nothing changed).
+    pub fn split_block(&mut self, ipa: u64) -> Result<(), Errno> {
+        if ipa >= self.ipa.limit() {
+            return Err(Errno::EINVAL);
+        }
+        let (level, table, idx, desc) = self.descend(ipa, 3);
+        if kind(desc, level) != Kind::Leaf {
+            return Err(Errno::ENOENT);
+        }
+        if level == 3 {
+            return Err(Errno::EINVAL);
+        }
+        let new_table = self.alloc_table().ok_or(Errno::ENOMEM)?;
+        let base = ipa & !(level_size(level) - 1);
+        self.split_entry(table, idx, level, base, new_table);
+        Ok(())
+    }
+
+    /// If the 2 MiB range at `ipa_2m` is mapped by a level-3 table whose 512 entries are all
+    /// valid pages with the same attributes, mapping one physically contiguous 2 MiB-aligned
+    /// range in order, replaces the table by a 2 MiB block (break-before-make, the whole range
+    /// invalidated with [`TlbMaintenance::invalidate_range`]) and frees the table.
+    ///
+    /// Returns `Ok(true)` if merged, `Ok(false)` if the range does not qualify (including when
+    /// it already is a block). `EINVAL` if `ipa_2m` is not 2 MiB aligned or out of range.
+    pub fn try_merge_block(&mut self, ipa_2m: u64) -> Result<bool, Errno> {
+        if !ipa_2m.is_multiple_of(SIZE_2M) || ipa_2m >= self.ipa.limit() {
+            return Err(Errno::EINVAL);
+        }
+        let (level, table, idx, desc) = self.descend(ipa_2m, 2);
+        let Kind::Table(sub) = kind(desc, level) else {
+            return Ok(false);
+        };
+        if level != 2 {
+            return Ok(false);
+        }
+        let first = self.read(sub, 0);
+        if kind(first, 3) != Kind::Leaf {
+            return Ok(false);
+        }
+        let pa0 = first & OA_MASK;
+        if !pa0.is_multiple_of(SIZE_2M) {
+            return Ok(false);
+        }
+        let bits = leaf_attr_bits(first);
+        let all_match =
+            (0..ENTRIES).all(|i| self.read(sub, i) == leaf_desc(pa0 + i as u64 * SIZE_4K, 3, bits));
+        if !all_match {
+            return Ok(false);
+        }
+        self.write(table, idx, 0);
+        self.tlb.invalidate_range(self.vmid, ipa_2m, SIZE_2M);
+        self.write(table, idx, leaf_desc(pa0, 2, bits));
+        self.tlb.publish();
+        self.mm.free_pages(sub, 1);
+        Ok(true)
+    }
+
+    // ---- unmap / set_attrs ---------------------------------------------------------------------
+
+    /// Removes every valid leaf in `[ipa, ipa + size)` (page aligned, any number of pages).
+    /// Blocks that straddle an edge are split first (break-before-make), so mappings outside
+    /// the range stay as they were. Holes and annotated entries are left alone. A table whose
+    /// whole span is inside the range and that ends up empty is unlinked and freed.
+    ///
+    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range range, `ENOMEM` if
+    /// a needed split cannot get table pages.
+    pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), Errno> {
+        let end = self.check_range(ipa, size)?;
+        self.modify(ipa, end, Op::Unmap)
+    }
+
+    /// Sets the attributes of every leaf in `[ipa, ipa + size)` to `attrs`, splitting blocks
+    /// that straddle an edge and differ from `attrs`. Each changed leaf goes through
+    /// break-before-make; leaves that already have `attrs` are not touched.
+    ///
+    /// Errors (nothing changed): `EINVAL` (unaligned, out of range, `attrs.sw > 15`),
+    /// `ENOENT` if any page of the range is not mapped, `ENOMEM`.
+    pub fn set_attrs(&mut self, ipa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
+        let end = self.check_range(ipa, size)?;
+        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
+        let mut a = ipa;
+        while a < end {
+            let m = self.walk(a).ok_or(Errno::ENOENT)?;
+            a = m.ipa_base + m.size;
+        }
+        self.modify(ipa, end, Op::SetAttrs(bits))
+    }
+
+    fn op_changes(op: Op, desc: u64) -> bool {
+        match op {
+            Op::Unmap => true,
+            Op::SetAttrs(bits) => leaf_attr_bits(desc) != bits,
+        }
+    }
+
+    /// Counts the table pages that splitting the blocks straddling `start` and `end` needs.
+    fn splits_needed(&self, start: u64, end: u64, op: Op) -> usize {
+        let mut splits: [(u8, u64); MAX_PREALLOC] = [(0, 0); MAX_PREALLOC];
+        let mut n = 0;
+        for edge in [start, end] {
+            if edge >= self.ipa.limit() {
+                continue;
+            }
+            let (level, _, _, desc) = self.descend(edge, 3);
+            if kind(desc, level) != Kind::Leaf || !Self::op_changes(op, desc) {
+                continue;
+            }
+            let mut lvl = level;
+            while lvl < 3 && edge % level_size(lvl) != 0 {
+                let base = edge & !(level_size(lvl) - 1);
+                if !splits[..n].contains(&(lvl, base)) && n < MAX_PREALLOC {
+                    splits[n] = (lvl, base);
+                    n += 1;
+                }
+                lvl += 1;
+            }
+        }
+        n
+    }
+
+    fn modify(&mut self, start: u64, end: u64, op: Op) -> Result<(), Errno> {
+        let needed = self.splits_needed(start, end, op);
+        let mut pool = self.prealloc(needed)?;
+        self.modify_in(self.root, 1, start, end, op, &mut pool);
+        self.release(pool);
+        Ok(())
+    }
+
+    fn modify_in(
+        &mut self,
+        table: u64,
+        level: u8,
+        start: u64,
+        end: u64,
+        op: Op,
+        pool: &mut Prealloc,
+    ) {
+        let span = level_size(level);
+        let mut a = start;
+        while a < end {
+            let idx = self.index(a, level);
+            let base = a & !(span - 1);
+            let entry_end = base + span;
+            let seg_end = end.min(entry_end);
+            let full = a == base && seg_end == entry_end;
+            let desc = self.read(table, idx);
+            match kind(desc, level) {
+                Kind::Empty | Kind::Annotated(_) => {}
+                Kind::Leaf if !Self::op_changes(op, desc) => {}
+                Kind::Leaf if full => {
+                    self.break_leaf(table, idx, level, base);
+                    if let Op::SetAttrs(bits) = op {
+                        self.write(table, idx, leaf_desc(desc & OA_MASK, level, bits));
+                        self.tlb.publish();
+                    }
+                }
+                Kind::Leaf => {
+                    // Straddling block (level < 3 since pages are always fully covered).
+                    if let Some(t) = pool.take() {
+                        let sub = self.split_entry(table, idx, level, base, t);
+                        self.modify_in(sub, level + 1, a, seg_end, op, pool);
+                    }
+                }
+                Kind::Table(sub) => {
+                    self.modify_in(sub, level + 1, a, seg_end, op, pool);
+                    if full && matches!(op, Op::Unmap) && self.table_all_zero(sub) {
+                        self.unlink_table(table, idx, level, base);
+                        self.mm.free_pages(sub, 1);
+                    }
+                }
+            }
+            a = seg_end;
+        }
+    }
+
+    fn table_all_zero(&self, table: u64) -> bool {
+        (0..ENTRIES).all(|i| self.read(table, i) == 0)
+    }
+
+    // ---- annotations -----------------------------------------------------------------------------
+
+    /// Writes an invalid level-3 descriptor whose bits \[63:1\] are `annotation` for the page at
+    /// `ipa` (e.g. an [`OwnerAnnotation`]). No TLB maintenance is needed (invalid to invalid).
+    ///
+    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range `ipa`, an annotation
+    /// of 0 or with bit 63 set; `EEXIST` if a valid leaf maps the page or another annotation is
+    /// there (the same annotation again succeeds); `ENOMEM`.
+    pub fn set_annotation(&mut self, ipa: u64, annotation: u64) -> Result<(), Errno> {
+        self.check_range(ipa, PAGE_SIZE)?;
+        if annotation == 0 || annotation >> 63 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.install(ipa, 3, annotation << 1)
+    }
+
+    /// Removes the annotation of the page at `ipa` and returns it.
+    /// Errors: `EINVAL` (unaligned, out of range), `ENOENT` if the page has no annotation.
+    pub fn clear_annotation(&mut self, ipa: u64) -> Result<u64, Errno> {
+        self.check_range(ipa, PAGE_SIZE)?;
+        let (level, table, idx, desc) = self.descend(ipa, 3);
+        match kind(desc, level) {
+            Kind::Annotated(a) => {
+                self.write(table, idx, 0);
+                Ok(a)
+            }
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    // ---- host identity map ----------------------------------------------------------------
+
+    /// Maps the largest identity leaf (1 GiB, 2 MiB, else 4 KiB) that contains `ipa`, is
+    /// aligned, lies in `[range_lo, range_hi)`, has nothing in the tables under it (no valid
+    /// leaf, no annotation; empty leftover tables are fine and get freed), and for which
+    /// `allowed(lo, hi)` answers true (e.g. "every page of `[lo, hi)` is host-accessible").
+    /// `allowed` is asked for the largest candidate first.
+    ///
+    /// Returns the mapping that now translates `ipa`; if one was there already (a race with
+    /// another fault), returns it unchanged.
+    ///
+    /// Errors (nothing changed): `EINVAL` if `ipa` is out of the IPA space or
+    /// `range_lo >= range_hi`; `EPERM` if `ipa` is outside `[range_lo, range_hi)`, carries an
+    /// annotation, or not even its 4 KiB page is allowed; `ENOMEM`.
+    pub fn map_identity_largest(
+        &mut self,
+        ipa: u64,
+        range_lo: u64,
+        range_hi: u64,
+        attrs: S2Attrs,
+        allowed: &mut dyn FnMut(u64, u64) -> bool,
+    ) -> Result<Mapping, Errno> {
+        if ipa >= self.ipa.limit() || range_lo >= range_hi {
+            return Err(Errno::EINVAL);
+        }
+        if attrs.to_bits().is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if ipa < range_lo || ipa >= range_hi {
+            return Err(Errno::EPERM);
+        }
+        if let Some(m) = self.walk(ipa) {
+            return Ok(m);
+        }
+        if self.annotation(ipa).is_some() {
+            return Err(Errno::EPERM);
+        }
+        let hi = range_hi.min(self.ipa.limit()).min(1 << PA_BITS);
+        for size in [SIZE_1G, SIZE_2M, SIZE_4K] {
+            let base = ipa & !(size - 1);
+            let Some(end) = base.checked_add(size) else {
+                continue;
+            };
+            if base < range_lo || end > hi || !self.region_free(base, size) {
+                continue;
+            }
+            if !allowed(base, end) {
+                continue;
+            }
+            self.map(base, base, size, attrs)?;
+            return self.walk(ipa).ok_or(Errno::EINVAL);
+        }
+        Err(Errno::EPERM)
+    }
+
+    /// True if nothing (no leaf, no annotation) lies under `[base, base + size)`, where `size`
+    /// is a leaf size and `base` aligned to it.
+    fn region_free(&self, base: u64, size: u64) -> bool {
+        let Some(level) = level_for_size(size) else {
+            return false;
+        };
+        let (l, _, _, desc) = self.descend(base, level);
+        match kind(desc, l) {
+            Kind::Empty => true,
+            Kind::Table(sub) if l == level => self.subtree_empty(sub, l + 1),
+            _ => false,
+        }
+    }
+
+    // ---- teardown -------------------------------------------------------------------------------
+
+    /// Invalidates the whole VMID, frees every table page and the root, and hands back the
+    /// memory and TLB objects.
+    pub fn destroy(mut self) -> (M, T) {
+        self.tlb.invalidate_vmid(self.vmid);
+        for idx in 0..self.ipa.root_entries() {
+            if let Kind::Table(sub) = kind(self.read(self.root, idx), 1) {
+                self.free_subtree(sub, 2);
+            }
+        }
+        self.mm.free_pages(self.root, self.ipa.root_pages());
+        (self.mm, self.tlb)
+    }
+}
+
+/// Iterator over the leaves of a [`Stage2`]; see [`Stage2::leaves`].
+pub struct Leaves<'a, M: PhysMem, T: TlbMaintenance> {
+    s2: &'a Stage2<M, T>,
+    /// Per level: (table, next index, first IPA of the table).
+    stack: [(u64, usize, u64); 3],
+    depth: usize,
+}
+
+impl<M: PhysMem, T: TlbMaintenance> Iterator for Leaves<'_, M, T> {
+    type Item = Leaf;
+
+    fn next(&mut self) -> Option<Leaf> {
+        loop {
+            let level = self.depth as u8 + 1;
+            let (table, idx, base) = self.stack[self.depth];
+            if idx >= self.s2.entries_at(level) {
+                if self.depth == 0 {
+                    return None;
+                }
+                self.depth -= 1;
+                continue;
+            }
+            self.stack[self.depth].1 = idx + 1;
+            let ipa = base + idx as u64 * level_size(level);
+            let desc = self.s2.read(table, idx);
+            match kind(desc, level) {
+                Kind::Empty => {}
+                Kind::Annotated(annotation) => {
+                    return Some(Leaf::Annotated {
+                        ipa,
+                        level,
+                        annotation,
+                    })
+                }
+                Kind::Leaf => return Some(Leaf::Mapped(mapping_of(desc, level, ipa))),
+                Kind::Table(sub) => {
+                    self.depth += 1;
+                    self.stack[self.depth] = (sub, 0, ipa);
+                }
+            }
+        }
+    }
+}
