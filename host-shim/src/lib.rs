@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod exceptions;
 pub mod hvc;
 
 use buddy_system_allocator::LockedHeap;
@@ -52,6 +53,7 @@ extern "C" fn host_rust_start(x0: u64, x1: u64, x2: u64, x3: u64) -> ! {
     // which nothing else in the host uses.
     unsafe { HEAP.lock().init(heap_start, HEAP_SIZE) };
     board::console::init_logger("host", board::console::parse_level(option_env!("HOST_LOG")));
+    exceptions::install();
     // SAFETY: every EL1 image defines `host_image_main` with this signature.
     unsafe { host_image_main([x0, x1, x2, x3]) }
 }
@@ -72,5 +74,6 @@ pub fn current_el() -> u64 {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     board::eprintln_emergency!("\n*** host: panic: {}", info);
+    exceptions::run_crash_hook(format_args!("panic: {}", info));
     board::semihost::exit(1)
 }

@@ -1,0 +1,108 @@
+# pKVM-style guest_memfd shareability hypervisor: build, run and test on QEMU.
+#
+#   make run     boot QEMU: hyp at EL2, host shim at EL1, the default demo (exit 0 = demo passed)
+#   make test    host unit tests, Miri, then on-target tests in QEMU
+#
+# Every QEMU run has a timeout. `make run LOG=debug` shows a trace of every host call and exit.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+TARGET      := aarch64-unknown-none-softfloat
+OUT         := target/$(TARGET)/release
+IMG         := target/images
+CARGO_XT    := cargo build --release --target $(TARGET)
+HOST_TRIPLE  = $(shell rustc -vV | sed -n 's/^host: //p')
+OBJCOPY      = $(shell rustc --print sysroot)/lib/rustlib/$(HOST_TRIPLE)/bin/llvm-objcopy
+MIRI_TOOLCHAIN := nightly-2026-05-20
+
+LOG         ?= info
+TEST_LOG    ?= warn
+QEMU_MEM_MIB ?= 512
+TIMEOUT     ?= 60
+QEMU        := qemu-system-aarch64
+QEMU_FLAGS  := -M virt,virtualization=on,gic-version=3 -cpu max -m $(QEMU_MEM_MIB)M \
+               -nographic -semihosting -no-reboot
+QEMU_RUN     = timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_FLAGS)
+
+HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem
+TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p ontarget \
+                 -p target-tests-el1 -p target-tests-el2
+
+.PHONY: run test test-host miri test-target debug lint clean setup images test-images \
+        bench-host selfcheck
+
+## ---- set-up: everything a fresh machine lacks ------------------------------------------------
+setup:
+	@command -v $(QEMU) >/dev/null 2>&1 || { \
+	  echo "== installing qemu-system-arm (apt-get)"; \
+	  apt-get update && apt-get install -y qemu-system-arm; }
+	@rustup toolchain install >/dev/null 2>&1 || rustup show active-toolchain >/dev/null
+	@test -x "$(OBJCOPY)" || rustup component add llvm-tools
+
+## ---- images -----------------------------------------------------------------------------------
+images: setup
+	HOST_LOG=$(LOG) $(CARGO_XT) -p host-shim
+	@mkdir -p $(IMG)
+	$(OBJCOPY) -O binary $(OUT)/host-shim $(IMG)/host-shim.bin
+	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HYP_LOG=$(LOG) $(CARGO_XT) -p hyp
+
+test-images: setup
+	HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1
+	@mkdir -p $(IMG)
+	$(OBJCOPY) -O binary $(OUT)/host-tests $(IMG)/host-tests.bin
+	HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
+	  HYP_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el2
+
+## ---- run --------------------------------------------------------------------------------------
+run: images
+	$(QEMU_RUN) -kernel $(OUT)/hyp
+
+debug: images
+	@echo "QEMU waits for gdb on :1234. In another shell:"
+	@echo "  gdb-multiarch $(OUT)/hyp -ex 'target remote :1234'"
+	@echo "  (add-symbol-file $(OUT)/host-shim for the host shim)"
+	$(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
+
+## ---- tests ------------------------------------------------------------------------------------
+test: test-host miri test-target
+
+test-host: setup
+	cargo test $(HOST_CRATES)
+
+miri: setup
+	@rustup toolchain list | grep -q '^$(MIRI_TOOLCHAIN)' || \
+	  rustup toolchain install $(MIRI_TOOLCHAIN) --profile minimal --component miri,rust-src
+	MIRIFLAGS=-Zmiri-disable-isolation CARGO_TARGET_DIR=target/miri \
+	  cargo +$(MIRI_TOOLCHAIN) miri test $(HOST_CRATES)
+
+# The self-check image must FAIL (proves the harness can), then the real suite must pass.
+selfcheck: test-images
+	@echo "== harness self-check: a deliberately failing image must report failure"
+	@set +e; $(QEMU_RUN) -kernel $(OUT)/selfcheck-fail > target/selfcheck.log 2>&1; st=$$?; \
+	  sed 's/^/    selfcheck| /' target/selfcheck.log; \
+	  if [ $$st -eq 0 ]; then echo "FAIL: the self-check image exited 0"; exit 1; fi; \
+	  grep -q '^test selfcheck_a_passes ... ok' target/selfcheck.log && \
+	  grep -q '^test selfcheck_b_fails_an_assertion ... FAILED' target/selfcheck.log && \
+	  grep -q '^test selfcheck_c_traps_at_el2 ... FAILED: exception' target/selfcheck.log && \
+	  grep -q '^1 passed, 2 failed' target/selfcheck.log || \
+	  { echo "FAIL: the self-check image did not report its failures as expected"; exit 1; }; \
+	  echo "== harness self-check: failed as it must (status $$st)"
+
+test-target: selfcheck
+	$(QEMU_RUN) -kernel $(OUT)/hyp-tests
+
+## ---- benchmarks -------------------------------------------------------------------------------
+bench-host: setup
+	cargo bench -p bench-host
+
+## ---- lint -------------------------------------------------------------------------------------
+lint: images test-images
+	cargo fmt --all -- --check
+	cargo clippy $(HOST_CRATES) -p bench-host --all-targets -- -D warnings
+	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) \
+	  QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
+	  cargo clippy --release --target $(TARGET) $(TARGET_CRATES) -- -D warnings
+
+clean:
+	cargo clean
