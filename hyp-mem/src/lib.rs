@@ -17,3 +17,6 @@ pub mod stage2;
 pub mod fake;
 
 pub use abi::Errno;
+
+#[cfg(test)]
+mod stage2_tests;

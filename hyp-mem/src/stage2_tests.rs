@@ -1,0 +1,805 @@
+//! Host tests of the stage-2 tables against the fake arena and the model TLB.
+
+use alloc::vec::Vec;
+
+use abi::Errno;
+
+use crate::fake::{FakeArena, RecordingTlb, TlbEvent, FAKE_BASE};
+use crate::stage2::*;
+
+type S2 = Stage2<FakeArena, RecordingTlb>;
+
+const VMID: u16 = 5;
+
+fn setup_with(ipa: IpaSize, pages: usize) -> (FakeArena, S2) {
+    let arena = FakeArena::new(pages);
+    let mut s2 = Stage2::new(arena.clone(), RecordingTlb::new(), VMID, ipa).unwrap();
+    let root = s2.root_pa();
+    s2.tlb_mut()
+        .attach_model(arena.clone(), root, ipa.root_pages() * ENTRIES);
+    (arena, s2)
+}
+
+fn setup() -> (FakeArena, S2) {
+    setup_with(IpaSize::Bits40, 32)
+}
+
+fn leaves(s2: &S2) -> Vec<Leaf> {
+    s2.leaves().collect()
+}
+
+/// Asserts that the TLB model saw no break-before-make violation.
+fn assert_bbm(s2: &S2) {
+    assert!(s2.tlb().violations.is_empty(), "{:#?}", s2.tlb().violations);
+}
+
+/// Runs `f`, expecting `err`, and asserts that the tables, the TLB and the arena did not change.
+fn assert_unchanged_err<R: core::fmt::Debug>(
+    arena: &FakeArena,
+    s2: &mut S2,
+    err: Errno,
+    f: impl FnOnce(&mut S2) -> Result<R, Errno>,
+) {
+    let before = leaves(s2);
+    let live = arena.live_pages();
+    let events = s2.tlb().events.len();
+    assert_eq!(f(s2).unwrap_err(), err);
+    assert_eq!(leaves(s2), before);
+    assert_eq!(arena.live_pages(), live);
+    assert_eq!(s2.tlb().events.len(), events, "TLB touched on error");
+}
+
+const RWX: S2Attrs = S2Attrs::NORMAL_RWX;
+/// AF | SH inner | MemAttr 0b1111 | S2AP RW.
+const NORMAL_RWX_BITS: u64 = 0x400 | 0x300 | (0xf << 2) | 0xc0;
+
+#[test]
+fn registers() {
+    let (arena, s2) = setup();
+    let root = s2.root_pa();
+    assert_eq!(root % 8192, 0);
+    assert_eq!(arena.live_pages(), 2);
+    assert_eq!(s2.vttbr(), root | 5 << 48);
+    assert_eq!(s2.vtcr(), 0x8002_3558);
+    assert_eq!(vtcr_value(IpaSize::Bits39, false), 0x8002_3559);
+    assert_eq!(vtcr_value(IpaSize::Bits40, true), 0x8002_3558 | 1 << 19);
+    let (arena39, s39) = setup_with(IpaSize::Bits39, 4);
+    assert_eq!(arena39.live_pages(), 1);
+    assert_eq!(s39.vtcr() & 0x3f, 25);
+    assert_eq!(s39.table_pages(), 1);
+}
+
+#[test]
+fn new_out_of_memory_hands_back_everything() {
+    let arena = FakeArena::new(4);
+    arena.set_alloc_budget(Some(0));
+    let (e, _, _) =
+        Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
+    assert_eq!(e, Errno::ENOMEM);
+    // One free page only: no 8 KiB run.
+    let arena = FakeArena::new(1);
+    let (e, _, _) =
+        Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
+    assert_eq!(e, Errno::ENOMEM);
+    assert_eq!(arena.live_pages(), 0);
+}
+
+#[test]
+fn concatenated_root_is_8k_aligned_even_after_a_single_page() {
+    let mut arena = FakeArena::new(8);
+    let one = arena.alloc_pages(1).unwrap();
+    assert_eq!(one, FAKE_BASE);
+    let s2 = Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap();
+    assert_eq!(s2.root_pa() % 8192, 0);
+    assert_ne!(s2.root_pa(), one);
+}
+
+#[test]
+fn map_page_writes_exact_descriptors() {
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x8000_0000, SIZE_4K, RWX).unwrap();
+    let (slot, desc) = s2.descriptor(0x1000, 3).unwrap();
+    assert_eq!(desc, 0x8000_0000 | NORMAL_RWX_BITS | 0b11);
+    assert_eq!(desc, 0x8000_07ff);
+    assert_eq!(arena.read_u64(slot), Some(desc));
+    // Level-1 and level-2 entries are table descriptors.
+    let (_, l1) = s2.descriptor(0x1000, 1).unwrap();
+    assert_eq!(l1 & 0b11, 0b11);
+    let (_, l2) = s2.descriptor(0x1000, 2).unwrap();
+    assert_eq!(l2 & 0b11, 0b11);
+    assert_eq!(arena.live_pages(), 4);
+    assert_eq!(s2.table_pages(), 4);
+    assert_eq!(
+        s2.walk(0x1abc),
+        Some(Mapping {
+            ipa_base: 0x1000,
+            pa_base: 0x8000_0000,
+            size: SIZE_4K,
+            level: 3,
+            attrs: RWX
+        })
+    );
+    assert_eq!(s2.walk(0x2000), None);
+    // The branch is published before it is linked and after.
+    assert_eq!(s2.tlb().events, [TlbEvent::Publish, TlbEvent::Publish]);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn map_device_and_software_bits() {
+    let (_, mut s2) = setup();
+    s2.map(0x0900_0000, 0x0900_0000, SIZE_4K, S2Attrs::DEVICE_RW)
+        .unwrap();
+    let (_, desc) = s2.descriptor(0x0900_0000, 3).unwrap();
+    assert_eq!(desc, 0x0040_0000_0900_07c7);
+    let attrs = S2Attrs {
+        read: true,
+        write: false,
+        exec: true,
+        mem: MemType::NormalWriteBack,
+        sw: 0b1010,
+    };
+    s2.map(0x2000, 0x3000, SIZE_4K, attrs).unwrap();
+    let (_, desc) = s2.descriptor(0x2000, 3).unwrap();
+    assert_eq!(
+        desc,
+        0x3000 | 0x400 | 0x300 | 0x3c | 0x40 | 0b11 | 0b1010 << 55
+    );
+    assert_eq!(s2.walk(0x2000).unwrap().attrs, attrs);
+}
+
+#[test]
+fn map_blocks() {
+    let (arena, mut s2) = setup();
+    s2.map(0x20_0000, 0x8020_0000, SIZE_2M, RWX).unwrap();
+    let (_, desc) = s2.descriptor(0x20_0000, 2).unwrap();
+    assert_eq!(desc, 0x8020_0000 | NORMAL_RWX_BITS | 0b01);
+    assert_eq!(s2.walk(0x3f_f000).unwrap().pa_of(0x3f_f123), 0x803f_f123);
+    s2.map(0x80_4000_0000, 0xc000_0000, SIZE_1G, RWX).unwrap();
+    let (slot, desc) = s2.descriptor(0x80_4000_0000, 1).unwrap();
+    assert_eq!(desc, 0xc000_0000 | NORMAL_RWX_BITS | 0b01);
+    // IPA bit 39 selects the second page of the concatenated root: index 513.
+    assert_eq!(slot, s2.root_pa() + 513 * 8);
+    assert_eq!(arena.live_pages(), 3);
+    let m = s2.walk(0x80_7fff_ffff).unwrap();
+    assert_eq!(
+        (m.ipa_base, m.pa_base, m.size, m.level),
+        (0x80_4000_0000, 0xc000_0000, SIZE_1G, 1)
+    );
+    assert_bbm(&s2);
+}
+
+#[test]
+fn map_rejects_bad_arguments() {
+    let (arena, mut s2) = setup();
+    for (ipa, pa, size) in [
+        (0, 0, 0x2000),          // not a leaf size
+        (0x800, 0, SIZE_4K),     // unaligned IPA
+        (0, 0x10_0000, SIZE_2M), // unaligned PA
+        (1 << 40, 0, SIZE_4K),   // beyond the IPA space
+        (u64::MAX & !0xfff, 0, SIZE_4K),
+        (0, 1 << 40, SIZE_4K), // beyond the PA space
+        (0, (1 << 40) - SIZE_2M, SIZE_1G),
+    ] {
+        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+            s.map(ipa, pa, size, RWX)
+        });
+    }
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.map(0, 0, SIZE_4K, RWX.with_sw(16))
+    });
+    let (_, mut s39) = setup_with(IpaSize::Bits39, 8);
+    assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(Errno::EINVAL));
+    s39.map((1 << 39) - SIZE_1G, 0, SIZE_1G, RWX).unwrap();
+}
+
+#[test]
+fn map_conflicts() {
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x5000, SIZE_4K, RWX).unwrap();
+    s2.map(0x20_0000, 0x40_0000, SIZE_2M, RWX).unwrap();
+    // Same mapping again: success, nothing written.
+    let events = s2.tlb().events.len();
+    s2.map(0x1000, 0x5000, SIZE_4K, RWX).unwrap();
+    s2.map(0x20_0000, 0x40_0000, SIZE_2M, RWX).unwrap();
+    // A page inside an identical block.
+    s2.map(0x20_3000, 0x40_3000, SIZE_4K, RWX).unwrap();
+    assert_eq!(s2.tlb().events.len(), events);
+    // Different PA, different attributes, page inside a different block, block over a page.
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0x1000, 0x6000, SIZE_4K, RWX)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0x1000, 0x5000, SIZE_4K, S2Attrs::NORMAL_RW)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0x20_3000, 0x9000, SIZE_4K, RWX)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0, 0, SIZE_2M, RWX)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0, 0, SIZE_1G, RWX)
+    });
+    assert_bbm(&s2);
+}
+
+#[test]
+fn map_out_of_table_pages_changes_nothing() {
+    let (arena, mut s2) = setup();
+    for budget in [0, 1] {
+        arena.set_alloc_budget(Some(budget));
+        assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+            s.map(0x1000, 0x1000, SIZE_4K, RWX)
+        });
+    }
+    arena.set_alloc_budget(Some(2));
+    s2.map(0x1000, 0x1000, SIZE_4K, RWX).unwrap();
+    // The next page of the same table needs nothing.
+    arena.set_alloc_budget(Some(0));
+    s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
+    s2.map(0x4000_0000, 0x4000_0000, SIZE_1G, RWX).unwrap();
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.map(0x20_0000, 0, SIZE_4K, RWX)
+    });
+}
+
+#[test]
+fn block_replaces_an_empty_table() {
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x1000, SIZE_4K, RWX).unwrap();
+    s2.unmap(0x1000, SIZE_4K).unwrap();
+    // The level-3 table stays (its span was not fully unmapped) but is empty.
+    assert_eq!(arena.live_pages(), 4);
+    s2.tlb_mut().clear();
+    s2.map(0, 0x8000_0000, SIZE_2M, RWX).unwrap();
+    assert_eq!(arena.live_pages(), 3);
+    assert_eq!(
+        s2.tlb().events,
+        [
+            TlbEvent::InvalidateIpa {
+                vmid: VMID,
+                ipa: 0,
+                leaf_level: None
+            },
+            TlbEvent::Publish
+        ]
+    );
+    // And a 1 GiB block over the now block-free level-2 table? It holds a block: EEXIST.
+    assert_eq!(s2.map(0, 0, SIZE_1G, RWX), Err(Errno::EEXIST));
+    s2.unmap(0, SIZE_2M).unwrap();
+    s2.tlb_mut().clear();
+    s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();
+    assert_eq!(arena.live_pages(), 2);
+    assert_eq!(
+        s2.tlb().events,
+        [
+            TlbEvent::InvalidateRange {
+                vmid: VMID,
+                ipa: 0,
+                size: SIZE_1G
+            },
+            TlbEvent::Publish
+        ]
+    );
+    assert_bbm(&s2);
+}
+
+#[test]
+fn split_2m_block_into_pages_with_bbm() {
+    let (arena, mut s2) = setup();
+    let attrs = RWX.with_sw(3);
+    s2.map(0x20_0000, 0x8060_0000, SIZE_2M, attrs).unwrap();
+    s2.tlb_mut().clear();
+    s2.split_block(0x20_5000).unwrap();
+    assert_eq!(
+        s2.tlb().events,
+        [
+            TlbEvent::InvalidateIpa {
+                vmid: VMID,
+                ipa: 0x20_0000,
+                leaf_level: Some(2)
+            },
+            TlbEvent::Publish
+        ]
+    );
+    let ms: Vec<Mapping> = s2.mappings().collect();
+    assert_eq!(ms.len(), 512);
+    for (i, m) in ms.iter().enumerate() {
+        let off = i as u64 * SIZE_4K;
+        assert_eq!(
+            *m,
+            Mapping {
+                ipa_base: 0x20_0000 + off,
+                pa_base: 0x8060_0000 + off,
+                size: SIZE_4K,
+                level: 3,
+                attrs
+            }
+        );
+    }
+    let (_, l2) = s2.descriptor(0x20_0000, 2).unwrap();
+    assert_eq!(l2 & 0b11, 0b11);
+    assert_eq!(arena.live_pages(), 4);
+    assert_bbm(&s2);
+    // Splitting a page, or nothing.
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(0x20_5000));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| s.split_block(0x60_0000));
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(1 << 40));
+}
+
+#[test]
+fn split_1g_block_and_out_of_memory() {
+    let (arena, mut s2) = setup();
+    s2.map(SIZE_1G, 0, SIZE_1G, RWX).unwrap();
+    arena.set_alloc_budget(Some(0));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.split_block(SIZE_1G + 0x1234_5000)
+    });
+    arena.set_alloc_budget(None);
+    s2.split_block(SIZE_1G + 0x1234_5000).unwrap();
+    let ms: Vec<Mapping> = s2.mappings().collect();
+    assert_eq!(ms.len(), 512);
+    assert!(ms
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.level == 2 && m.pa_base == i as u64 * SIZE_2M));
+    assert_bbm(&s2);
+}
+
+#[test]
+fn merge_restores_the_block_and_frees_the_table() {
+    let (arena, mut s2) = setup();
+    s2.map(0x20_0000, 0x8060_0000, SIZE_2M, RWX).unwrap();
+    let block = s2.descriptor(0x20_0000, 2).unwrap().1;
+    s2.split_block(0x20_0000).unwrap();
+    let live = arena.live_pages();
+    s2.tlb_mut().clear();
+    assert_eq!(s2.try_merge_block(0x20_0000), Ok(true));
+    assert_eq!(
+        s2.tlb().events,
+        [
+            TlbEvent::InvalidateRange {
+                vmid: VMID,
+                ipa: 0x20_0000,
+                size: SIZE_2M
+            },
+            TlbEvent::Publish
+        ]
+    );
+    assert_eq!(s2.descriptor(0x20_0000, 2).unwrap().1, block);
+    assert_eq!(arena.live_pages(), live - 1);
+    // Already a block; nothing there; unaligned; out of range.
+    assert_eq!(s2.try_merge_block(0x20_0000), Ok(false));
+    assert_eq!(s2.try_merge_block(0x40_0000), Ok(false));
+    assert_eq!(s2.try_merge_block(0x20_1000), Err(Errno::EINVAL));
+    assert_eq!(s2.try_merge_block(1 << 40), Err(Errno::EINVAL));
+    assert_bbm(&s2);
+}
+
+#[test]
+fn merge_refuses_nonuniform_tables() {
+    let (arena, mut s2) = setup();
+    // One page missing.
+    for i in 0..511u64 {
+        s2.map(i * SIZE_4K, 0x8000_0000 + i * SIZE_4K, SIZE_4K, RWX)
+            .unwrap();
+    }
+    let check_no = |s2: &mut S2| {
+        let before = leaves(s2);
+        assert_eq!(s2.try_merge_block(0), Ok(false));
+        assert_eq!(leaves(s2), before);
+    };
+    check_no(&mut s2);
+    // Last page with different attributes.
+    s2.map(
+        511 * SIZE_4K,
+        0x8000_0000 + 511 * SIZE_4K,
+        SIZE_4K,
+        RWX.with_sw(1),
+    )
+    .unwrap();
+    check_no(&mut s2);
+    // Last page not contiguous.
+    s2.unmap(511 * SIZE_4K, SIZE_4K).unwrap();
+    s2.map(511 * SIZE_4K, 0x9000_0000, SIZE_4K, RWX).unwrap();
+    check_no(&mut s2);
+    // Contiguous but not 2 MiB aligned in PA.
+    s2.unmap(0, SIZE_2M).unwrap();
+    for i in 0..512u64 {
+        s2.map(i * SIZE_4K, 0x8000_1000 + i * SIZE_4K, SIZE_4K, RWX)
+            .unwrap();
+    }
+    check_no(&mut s2);
+    // Fixed: all 512 in order.
+    s2.unmap(0, SIZE_2M).unwrap();
+    for i in 0..512u64 {
+        s2.map(i * SIZE_4K, 0x8000_0000 + i * SIZE_4K, SIZE_4K, RWX)
+            .unwrap();
+    }
+    assert_eq!(s2.try_merge_block(0), Ok(true));
+    assert_eq!(s2.walk(0x1f_f000).unwrap().level, 2);
+    assert_eq!(arena.live_pages(), 3);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn unmap_a_page_inside_a_block_splits_it() {
+    let (_, mut s2) = setup();
+    s2.map(0x20_0000, 0x8020_0000, SIZE_2M, RWX).unwrap();
+    s2.tlb_mut().clear();
+    s2.unmap(0x20_3000, SIZE_4K).unwrap();
+    assert_eq!(
+        s2.tlb().events,
+        [
+            TlbEvent::InvalidateIpa {
+                vmid: VMID,
+                ipa: 0x20_0000,
+                leaf_level: Some(2)
+            },
+            TlbEvent::Publish,
+            TlbEvent::InvalidateIpa {
+                vmid: VMID,
+                ipa: 0x20_3000,
+                leaf_level: Some(3)
+            },
+        ]
+    );
+    assert_eq!(s2.walk(0x20_3000), None);
+    let ms: Vec<Mapping> = s2.mappings().collect();
+    assert_eq!(ms.len(), 511);
+    assert!(ms
+        .iter()
+        .all(|m| m.pa_base - 0x8000_0000 == m.ipa_base && m.attrs == RWX));
+    // Map it back and merge.
+    s2.map(0x20_3000, 0x8020_3000, SIZE_4K, RWX).unwrap();
+    assert_eq!(s2.try_merge_block(0x20_0000), Ok(true));
+    assert_bbm(&s2);
+}
+
+#[test]
+fn unmap_inside_a_1g_block_splits_two_levels() {
+    let (arena, mut s2) = setup();
+    s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();
+    arena.set_alloc_budget(Some(1));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.unmap(0x1234_5000, SIZE_4K)
+    });
+    arena.set_alloc_budget(None);
+    s2.unmap(0x1234_5000, SIZE_4K).unwrap();
+    assert_eq!(s2.walk(0x1234_5000), None);
+    assert_eq!(s2.walk(0x1234_4000).unwrap().level, 3);
+    assert_eq!(s2.walk(0x1200_0000).unwrap().level, 2);
+    assert_eq!(s2.walk(0x1220_0000).unwrap().level, 3);
+    assert_eq!(
+        s2.walk(0x3fff_f000).unwrap().pa_of(0x3fff_f000),
+        0x7fff_f000
+    );
+    assert_eq!(s2.mappings().count(), 511 + 511);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn unmap_range_across_blocks_and_edges() {
+    let (arena, mut s2) = setup();
+    // Two 2 MiB blocks; unmap from the middle of the first to the middle of the second: both
+    // edges split, four table pages at most.
+    s2.map(0, 0x8000_0000, SIZE_2M, RWX).unwrap();
+    s2.map(SIZE_2M, 0x8020_0000, SIZE_2M, RWX).unwrap();
+    arena.set_alloc_budget(Some(1));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.unmap(0x10_0000, SIZE_2M)
+    });
+    arena.set_alloc_budget(None);
+    s2.unmap(0x10_0000, SIZE_2M).unwrap();
+    assert_eq!(s2.mappings().count(), 256 + 256);
+    assert_eq!(s2.walk(0xf_f000).unwrap().pa_base, 0x800f_f000);
+    assert_eq!(s2.walk(0x10_0000), None);
+    assert_eq!(s2.walk(0x2f_f000), None);
+    assert_eq!(s2.walk(0x30_0000).unwrap().pa_base, 0x8030_0000);
+    // Holes and annotations are left alone; unmapping everything frees the tables.
+    s2.set_annotation(0x50_0000, 0x77).unwrap();
+    s2.unmap(0, 4 * SIZE_2M).unwrap();
+    assert_eq!(
+        leaves(&s2),
+        [Leaf::Annotated {
+            ipa: 0x50_0000,
+            level: 3,
+            annotation: 0x77
+        }]
+    );
+    s2.clear_annotation(0x50_0000).unwrap();
+    s2.unmap(0, SIZE_1G).unwrap();
+    assert_eq!(arena.live_pages(), 2);
+    assert_eq!(s2.table_pages(), 2);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn unmap_rejects_bad_ranges() {
+    let (arena, mut s2) = setup();
+    for (ipa, size) in [
+        (0x800, SIZE_4K),
+        (0, 0),
+        (0, 0x800),
+        ((1 << 40) - SIZE_4K, 2 * SIZE_4K),
+        (u64::MAX & !0xfff, SIZE_4K),
+    ] {
+        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.unmap(ipa, size));
+    }
+    // Unmapping a hole is fine.
+    s2.unmap(0, SIZE_4K).unwrap();
+    assert!(s2.tlb().events.is_empty());
+}
+
+#[test]
+fn set_attrs_splits_only_what_changes() {
+    let (arena, mut s2) = setup();
+    s2.map(0x20_0000, 0x8020_0000, SIZE_2M, RWX).unwrap();
+    // Same attributes: nothing happens, even on a partial range.
+    s2.tlb_mut().clear();
+    s2.set_attrs(0x20_1000, SIZE_4K, RWX).unwrap();
+    assert!(s2.tlb().events.is_empty());
+    let ro = S2Attrs {
+        write: false,
+        ..RWX
+    }
+    .with_sw(2);
+    s2.set_attrs(0x20_1000, SIZE_4K, ro).unwrap();
+    assert_eq!(s2.walk(0x20_1000).unwrap().attrs, ro);
+    assert_eq!(s2.walk(0x20_2000).unwrap().attrs, RWX);
+    assert_eq!(s2.walk(0x20_1000).unwrap().pa_base, 0x8020_1000);
+    // A hole in the range: ENOENT, nothing changed.
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| {
+        s.set_attrs(0x3f_f000, 2 * SIZE_4K, ro)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.set_attrs(0x20_0000, SIZE_4K, RWX.with_sw(17))
+    });
+    // Whole range: every page goes through break-before-make.
+    s2.set_attrs(0x20_0000, SIZE_2M, ro).unwrap();
+    assert_eq!(s2.try_merge_block(0x20_0000), Ok(true));
+    assert_eq!(s2.walk(0x20_0000).unwrap().attrs, ro);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn annotations() {
+    let (arena, mut s2) = setup();
+    let a = OwnerAnnotation {
+        owner: 2,
+        vm: 0x1234,
+        gfn: 0x8_0001,
+    };
+    let enc = a.encode().unwrap();
+    assert_eq!(OwnerAnnotation::decode(enc), Some(a));
+    assert_eq!(OwnerAnnotation { owner: 0, ..a }.encode(), None);
+    assert_eq!(OwnerAnnotation { owner: 16, ..a }.encode(), None);
+    assert_eq!(OwnerAnnotation { gfn: 1 << 42, ..a }.encode(), None);
+    assert_eq!(OwnerAnnotation::decode(0x10), None);
+
+    s2.set_annotation(0x4000_1000, enc).unwrap();
+    let (_, desc) = s2.descriptor(0x4000_1000, 3).unwrap();
+    assert_eq!(desc, enc << 1);
+    assert_eq!(desc & 1, 0);
+    assert_eq!(s2.annotation(0x4000_1000), Some(enc));
+    assert_eq!(s2.walk(0x4000_1000), None);
+    // No invalidation for invalid -> invalid; the new branch is published before and after
+    // it is linked.
+    assert_eq!(s2.tlb().events, [TlbEvent::Publish, TlbEvent::Publish]);
+    // Same again: fine. Another: EEXIST. Mapping over it: EEXIST, also as a block.
+    s2.set_annotation(0x4000_1000, enc).unwrap();
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.set_annotation(0x4000_1000, 9)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0x4000_1000, 0, SIZE_4K, RWX)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.map(0x4000_0000, 0, SIZE_2M, RWX)
+    });
+    // Annotating a mapped page: EEXIST. Bad values: EINVAL.
+    s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.set_annotation(0x2000, 1)
+    });
+    s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
+    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+        s.set_annotation(0x20_1000, 1)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.set_annotation(0x3000, 0)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.set_annotation(0x3000, 1 << 63)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.set_annotation(0x3008, 1)
+    });
+    arena.set_alloc_budget(Some(0));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.set_annotation(0x8000_0000, 1)
+    });
+    arena.set_alloc_budget(None);
+    assert_eq!(s2.clear_annotation(0x4000_1000), Ok(enc));
+    assert_eq!(s2.clear_annotation(0x4000_1000), Err(Errno::ENOENT));
+    assert_eq!(s2.clear_annotation(0x2000), Err(Errno::ENOENT));
+    assert_eq!(s2.descriptor(0x4000_1000, 3).unwrap().1, 0);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn leaves_in_ipa_order() {
+    let (_, mut s2) = setup();
+    s2.map(0x80_0000_0000, 0, SIZE_1G, RWX).unwrap();
+    s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
+    s2.set_annotation(0x1000, 3).unwrap();
+    s2.map(0x2000, 0x5000, SIZE_4K, RWX).unwrap();
+    let ls = leaves(&s2);
+    assert_eq!(ls.len(), 4);
+    assert_eq!(
+        ls[0],
+        Leaf::Annotated {
+            ipa: 0x1000,
+            level: 3,
+            annotation: 3
+        }
+    );
+    assert!(matches!(
+        ls[1],
+        Leaf::Mapped(Mapping {
+            ipa_base: 0x2000,
+            pa_base: 0x5000,
+            ..
+        })
+    ));
+    assert!(matches!(
+        ls[2],
+        Leaf::Mapped(Mapping {
+            ipa_base: 0x20_0000,
+            level: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        ls[3],
+        Leaf::Mapped(Mapping {
+            ipa_base: 0x80_0000_0000,
+            level: 1,
+            ..
+        })
+    ));
+}
+
+const RAM_LO: u64 = 0x4000_0000;
+const RAM_HI: u64 = 0xc000_0000;
+
+#[test]
+fn identity_map_picks_the_largest_block() {
+    let (_, mut s2) = setup();
+    let mut asked = Vec::new();
+    let m = s2
+        .map_identity_largest(0x5234_5000, RAM_LO, RAM_HI, RWX, &mut |lo, hi| {
+            asked.push((lo, hi));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        m,
+        Mapping {
+            ipa_base: 0x4000_0000,
+            pa_base: 0x4000_0000,
+            size: SIZE_1G,
+            level: 1,
+            attrs: RWX
+        }
+    );
+    assert_eq!(asked, [(0x4000_0000, 0x8000_0000)]);
+    // Already mapped: the existing mapping comes back, nothing is asked.
+    let again = s2
+        .map_identity_largest(0x4000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| unreachable!())
+        .unwrap();
+    assert_eq!(again, m);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn identity_map_respects_policy_range_and_annotations() {
+    let (arena, mut s2) = setup();
+    // Only 2 MiB allowed.
+    let m = s2
+        .map_identity_largest(0x8123_4000, RAM_LO, RAM_HI, RWX, &mut |lo, hi| {
+            hi - lo <= SIZE_2M
+        })
+        .unwrap();
+    assert_eq!((m.ipa_base, m.size), (0x8120_0000, SIZE_2M));
+    // An annotation in the 2 MiB around: 4 KiB.
+    s2.set_annotation(0x9000_0000, 7).unwrap();
+    let m = s2
+        .map_identity_largest(0x9000_1000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(
+        (m.ipa_base, m.pa_base, m.size),
+        (0x9000_1000, 0x9000_1000, SIZE_4K)
+    );
+    // The annotated page itself: EPERM, nothing changed.
+    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+        s.map_identity_largest(0x9000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
+    });
+    // A narrow range forces 4 KiB; outside it, EPERM; policy says no: EPERM.
+    let m = s2
+        .map_identity_largest(0xa000_3000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(m.size, SIZE_4K);
+    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+        s.map_identity_largest(0xa010_0000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+        s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| false)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.map_identity_largest(0xb000_0000, RAM_HI, RAM_LO, RWX, &mut |_, _| true)
+    });
+    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        s.map_identity_largest(1 << 40, 0, u64::MAX, RWX, &mut |_, _| true)
+    });
+    arena.set_alloc_budget(Some(0));
+    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |lo, hi| {
+            hi - lo == SIZE_4K
+        })
+    });
+    arena.set_alloc_budget(None);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn identity_map_reuses_an_emptied_table() {
+    let (arena, mut s2) = setup();
+    s2.set_annotation(0x4000_0000, 7).unwrap();
+    let live = arena.live_pages();
+    s2.clear_annotation(0x4000_0000).unwrap();
+    let m = s2
+        .map_identity_largest(0x4000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(m.size, SIZE_1G);
+    assert_eq!(arena.live_pages(), live - 2);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn destroy_frees_everything() {
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x1000, SIZE_4K, RWX).unwrap();
+    s2.map(0x80_0020_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
+    s2.set_annotation(0x4000_0000, 1).unwrap();
+    assert_eq!(arena.live_pages(), 2 + 2 + 1 + 2);
+    assert_eq!(s2.table_pages(), arena.live_pages());
+    let (arena2, tlb) = s2.destroy();
+    assert_eq!(
+        tlb.events.last(),
+        Some(&TlbEvent::InvalidateVmid { vmid: VMID })
+    );
+    assert!(tlb.violations.is_empty());
+    assert_eq!(arena2.live_pages(), 0);
+}
+
+#[test]
+fn the_tlb_model_catches_a_missing_break_before_make() {
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x5000, SIZE_4K, RWX).unwrap();
+    let (slot, desc) = s2.descriptor(0x1000, 3).unwrap();
+    // Change the output address in place, without break-before-make.
+    arena.write_u64(slot, desc ^ 0x1000);
+    s2.tlb_mut().publish();
+    assert_eq!(s2.tlb().violations.len(), 1);
+    // Break without invalidation, then make: also caught.
+    let (arena, mut s2) = setup();
+    s2.map(0x1000, 0x5000, SIZE_4K, RWX).unwrap();
+    let (slot, desc) = s2.descriptor(0x1000, 3).unwrap();
+    arena.write_u64(slot, 0);
+    s2.tlb_mut().publish();
+    arena.write_u64(slot, desc ^ 0x1000);
+    s2.tlb_mut().publish();
+    assert_eq!(s2.tlb().violations.len(), 1);
+}
