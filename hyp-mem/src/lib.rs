@@ -19,4 +19,6 @@ pub mod fake;
 pub use abi::Errno;
 
 #[cfg(test)]
+mod ownership_tests;
+#[cfg(test)]
 mod stage2_tests;

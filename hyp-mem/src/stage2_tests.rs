@@ -177,7 +177,7 @@ fn map_rejects_bad_arguments() {
         (0x800, 0, SIZE_4K),     // unaligned IPA
         (0, 0x10_0000, SIZE_2M), // unaligned PA
         (1 << 40, 0, SIZE_4K),   // beyond the IPA space
-        (u64::MAX & !0xfff, 0, SIZE_4K),
+        (!0xfffu64, 0, SIZE_4K),
         (0, 1 << 40, SIZE_4K), // beyond the PA space
         (0, (1 << 40) - SIZE_2M, SIZE_1G),
     ] {
@@ -523,7 +523,7 @@ fn unmap_rejects_bad_ranges() {
         (0, 0),
         (0, 0x800),
         ((1 << 40) - SIZE_4K, 2 * SIZE_4K),
-        (u64::MAX & !0xfff, SIZE_4K),
+        (!0xfffu64, SIZE_4K),
     ] {
         assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.unmap(ipa, size));
     }
