@@ -285,7 +285,7 @@ fn bad_addresses_are_einval() {
         Errno::EINVAL
     );
     assert_eq!(
-        Ownership::new(u64::MAX & !0xfff, vec![PageMeta::default(); 2]).unwrap_err(),
+        Ownership::new(!0xfffu64, vec![PageMeta::default(); 2]).unwrap_err(),
         Errno::EINVAL
     );
     for pa in [RAM - SIZE_4K, RAM + 4 * SIZE_4K, RAM + 8, 0, u64::MAX] {
