@@ -21,4 +21,6 @@ pub use abi::Errno;
 #[cfg(test)]
 mod ownership_tests;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod stage2_tests;
