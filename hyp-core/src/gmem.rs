@@ -243,6 +243,21 @@ impl GmemFile {
         Ok(index)
     }
 
+    /// Whether the hyp may let the host's stage-2 reach the page holding byte `offset`, whatever
+    /// the host's mmap view says (the defence against a host that skips the software check, e.g.
+    /// a raw read of the physical page): with tracking, only `ALL` pages; without tracking, only
+    /// the pages of a `plain` VM (a `pkvm` or `coco` VM's untracked gmem is private memory).
+    /// `false` beyond the file.
+    pub fn host_stage2_allowed(&self, offset: u64) -> bool {
+        if offset >= self.size {
+            return false;
+        }
+        match &self.share {
+            Some(store) => store.get(offset >> PAGE_SHIFT) == Some(Shareability::All),
+            None => self.owner_type == VmType::Plain,
+        }
+    }
+
     /// A host access through the mmap view at byte `offset` (`kvm_gmem_fault()`): applies
     /// [`GmemFile::host_access_check`] (`ENODEV`, `EFAULT` = SIGBUS) and returns the physical page,
     /// allocating it on first use (`ENOMEM`).

@@ -848,6 +848,29 @@ fn untracked_private_gmem_is_kept_from_the_host() {
     let vm = w.create_vm(VmType::Coco, IPA_BITS).unwrap();
     let g = w.create_gmem(vm, 2 * P, GmemFlags::MMAP.bits()).unwrap();
     assert_eq!(w.host_fault(g, 0, &mut a), Err(Errno::EFAULT));
+    assert!(!w.gmem(g).unwrap().host_stage2_allowed(0));
+    // Tracked: only ALL pages; plain untracked: every page, even without MMAP.
+    let t = w
+        .create_gmem(vm, 2 * P, (mt() | GmemFlags::INIT_SHARED).bits())
+        .unwrap();
+    assert!(w.gmem(t).unwrap().host_stage2_allowed(P));
+    assert!(!w.gmem(t).unwrap().host_stage2_allowed(2 * P));
+    w.convert(
+        t,
+        &req(
+            P,
+            P,
+            ConvertTo::Private,
+            ContentMode::Preserve,
+            Initiator::Host,
+        ),
+        &mut a,
+    )
+    .unwrap();
+    assert!(!w.gmem(t).unwrap().host_stage2_allowed(P));
+    let plain = w.create_vm(VmType::Plain, IPA_BITS).unwrap();
+    let p = w.create_gmem(plain, P, 0).unwrap();
+    assert!(w.gmem(p).unwrap().host_stage2_allowed(0));
 }
 
 // ---------------------------------------------------------------- faults
