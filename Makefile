@@ -26,10 +26,10 @@ QEMU_FLAGS  := -M virt,virtualization=on,gic-version=3 -cpu max -m $(QEMU_MEM_MI
 QEMU_RUN     = timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_FLAGS)
 
 HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem
-TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p ontarget \
+TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
-.PHONY: run test test-host miri test-target debug lint clean setup images test-images \
+.PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
         bench-host selfcheck
 
 ## ---- set-up: everything a fresh machine lacks ------------------------------------------------
@@ -41,14 +41,21 @@ setup:
 	@test -x "$(OBJCOPY)" || rustup component add llvm-tools
 
 ## ---- images -----------------------------------------------------------------------------------
-images: setup
-	HOST_LOG=$(LOG) $(CARGO_XT) -p host-shim
+GUEST_ENV = GUEST_IMAGE=$(abspath $(IMG)/step-guest.bin)
+
+guest-image: setup
+	$(CARGO_XT) -p guests
+	@mkdir -p $(IMG)
+	$(OBJCOPY) -O binary $(OUT)/step-guest $(IMG)/step-guest.bin
+
+images: guest-image
+	$(GUEST_ENV) HOST_LOG=$(LOG) $(CARGO_XT) -p host-shim
 	@mkdir -p $(IMG)
 	$(OBJCOPY) -O binary $(OUT)/host-shim $(IMG)/host-shim.bin
 	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HYP_LOG=$(LOG) $(CARGO_XT) -p hyp
 
-test-images: setup
-	HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1
+test-images: guest-image
+	$(GUEST_ENV) HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1
 	@mkdir -p $(IMG)
 	$(OBJCOPY) -O binary $(OUT)/host-tests $(IMG)/host-tests.bin
 	HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
@@ -100,8 +107,8 @@ bench-host: setup
 lint: images test-images
 	cargo fmt --all -- --check
 	cargo clippy $(HOST_CRATES) -p bench-host --all-targets -- -D warnings
-	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) \
-	  QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
+	$(GUEST_ENV) HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) \
+	  HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
 	  cargo clippy --release --target $(TARGET) $(TARGET_CRATES) -- -D warnings
 
 clean:

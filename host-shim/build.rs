@@ -12,4 +12,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", linker.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=HOST_LOG");
+    println!("cargo:rerun-if-env-changed=GUEST_IMAGE");
+    if let Ok(p) = std::env::var("GUEST_IMAGE") {
+        println!("cargo:rerun-if-changed={p}");
+    }
 }

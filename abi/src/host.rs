@@ -1,20 +1,85 @@
 //! Host -> hyp hypercalls: `HVC #0` from the host shim at EL1, function ID in `x0`, arguments in
 //! `x1..x6`. Results: `x0` = 0 or a non-negative value on success, `-(errno)` on failure;
-//! further results in `x1..x3`.
+//! further results in `x1..x5`. The hyp validates every argument; a refused call changes nothing.
 
 /// Base of the host call range (vendor-specific hypervisor service, fast call, 64-bit).
 pub const HOST_CALL_BASE: u64 = 0xC600_1000;
 
-/// Every host call the hyp answers.
+/// Every host call the hyp answers. Arguments are listed as `x1, x2, ...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum HostCall {
-    /// x0 <- ABI version, x1 <- feature bits.
+    /// -> x0 = ABI version ([`ABI_VERSION`]), x1 = RAM base, x2 = RAM size.
     Version = HOST_CALL_BASE,
+    /// x1 = [`crate::flags::VmType`] -> x0 = VM handle.
+    VmCreate,
+    /// x1 = VM. Every page the VM held goes back to the host, zeroed.
+    VmDestroy,
+    /// x1 = VM, x2 = size, x3 = [`crate::flags::GmemFlags`] -> x0 = gmem handle.
+    GmemCreate,
+    /// x1 = gmem.
+    GmemDestroy,
+    /// x1 = VM, x2 = GPA, x3 = size, x4 = gmem handle (0 = none), x5 = gmem offset,
+    /// x6 = [`crate::flags::MemslotFlags`] | userspace_addr kind << [`SLOT_UADDR_SHIFT`]
+    /// -> x0 = slot id.
+    MemslotCreate,
+    /// x1 = VM, x2 = slot id.
+    MemslotDelete,
+    /// x1 = VM, x2 = GPA, x3 = size, x4 = [`crate::flags::MemoryAttributes`].
+    SetMemoryAttributes,
+    /// x1 = gmem, x2 = offset, x3 = size, x4 = [`crate::flags::ConvertTo`],
+    /// x5 = [`crate::flags::ContentMode`]. On `EAGAIN`, x1 = `error_offset`.
+    Convert,
+    /// x1 = gmem, x2 = offset, x3 = size.
+    PunchHole,
+    /// x1 = gmem, x2 = offset: a long-term host reference to one page.
+    HostPin,
+    /// x1 = gmem, x2 = offset.
+    HostUnpin,
+    /// x1 = gmem, x2 = offset, x3 = 1 for a write: the host's mmap-view fault handler
+    /// (`kvm_gmem_fault`). -> x0 = physical address of the page, which the host then touches.
+    /// `ENODEV` without MMAP, `EFAULT` (SIGBUS) beyond the file or on a page the host may not see.
+    HostMapGmem,
+    /// x1 = VM, x2 = slot id, x3 = byte offset in the slot, x4 = 1 for a write: the host's
+    /// fault on the slot's `userspace_addr` -> x0 = physical address. `EFAULT` = SIGBUS.
+    HostMapUaddr,
+    /// x1 = VM, x2 = physical address, x3 = number of pages: host pages go to the VM's pool.
+    Donate,
+    /// x1 = VM, x2 = IPA, x3 = physical address, x4 = pages: share host pages with the guest
+    /// at `IPA` (guest code, stack: outside every memslot). The host keeps them.
+    MapHostShared,
+    /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest -> x0 = vCPU handle.
+    VcpuCreate,
+    /// x1 = vCPU, x2 = completion value 0, x3 = completion value 1 (see [`ExitReason`]):
+    /// runs the vCPU until an exit that needs the host. -> x0 = [`ExitReason`], x1..x5 = data.
+    VcpuRun,
+    /// x1 = VM -> x0 = faults served at EL2, x1 = exits to the host, x2 = pool pages left,
+    /// x3 = MMIO exits, x4 = memory-fault exits.
+    VmStats,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 1] = [HostCall::Version];
+    pub const ALL: [HostCall; 19] = [
+        HostCall::Version,
+        HostCall::VmCreate,
+        HostCall::VmDestroy,
+        HostCall::GmemCreate,
+        HostCall::GmemDestroy,
+        HostCall::MemslotCreate,
+        HostCall::MemslotDelete,
+        HostCall::SetMemoryAttributes,
+        HostCall::Convert,
+        HostCall::PunchHole,
+        HostCall::HostPin,
+        HostCall::HostUnpin,
+        HostCall::HostMapGmem,
+        HostCall::HostMapUaddr,
+        HostCall::Donate,
+        HostCall::MapHostShared,
+        HostCall::VcpuCreate,
+        HostCall::VcpuRun,
+        HostCall::VmStats,
+    ];
 
     pub fn from_id(id: u64) -> Option<HostCall> {
         Self::ALL.iter().copied().find(|c| *c as u64 == id)
@@ -27,3 +92,42 @@ impl HostCall {
 
 /// ABI version answered by [`HostCall::Version`]: major << 16 | minor.
 pub const ABI_VERSION: u64 = 1 << 16;
+
+/// Where the userspace_addr kind sits in `MemslotCreate`'s x6.
+pub const SLOT_UADDR_SHIFT: u32 = 32;
+
+/// Why `VcpuRun` returned. `x1..x5` carry the data listed; the completion values of the next
+/// `VcpuRun` (x2, x3) answer the exit as listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ExitReason {
+    /// x1 = IPA, x2 = size in bytes, x3 = 1 for a write, x4 = data written.
+    /// Completion: x2 = value a load returns.
+    Mmio = 1,
+    /// x1 = GPA (page aligned, no coco shared bit), x2 = size, x3 = [`crate::flags::MemoryFaultFlags`].
+    /// Completion: x2 = [`COMPLETE_INJECT_ABORT`] injects a data abort, 0 retries the access.
+    MemoryFault = 2,
+    /// The VM's page pool is empty: x1 = pages wanted. Donate and re-run; nothing changed.
+    NeedPages = 3,
+    /// A guest hypercall the host must handle: x1 = function ID, x2..x4 = guest x1..x3.
+    /// Completion: x2, x3 become the guest's x0, x1.
+    Hypercall = 4,
+    /// The guest took an exception it could not handle itself: x1 = ESR, x2 = ELR, x3 = FAR.
+    GuestException = 5,
+}
+
+impl ExitReason {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Mmio),
+            2 => Some(Self::MemoryFault),
+            3 => Some(Self::NeedPages),
+            4 => Some(Self::Hypercall),
+            5 => Some(Self::GuestException),
+            _ => None,
+        }
+    }
+}
+
+/// `VcpuRun` completion value for a memory-fault exit: inject a data abort into the guest.
+pub const COMPLETE_INJECT_ABORT: u64 = 1;

@@ -5,6 +5,7 @@
 //! error codes (Linux errno names, SMCCC return codes) and the layout of a vCPU exit.
 #![cfg_attr(not(test), no_std)]
 
+pub mod cmd;
 pub mod errno;
 pub mod flags;
 pub mod guest;

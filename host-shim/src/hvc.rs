@@ -6,8 +6,8 @@ use abi::Errno;
 /// Raw hypercall: returns `x0..x3` as the hyp left them.
 pub fn raw(id: u64, args: [u64; 6]) -> [u64; 4] {
     let (r0, r1, r2, r3);
-    // SAFETY: HVC traps to the hyp, which only writes x0..x3 of the caller; the other argument
-    // registers are declared clobbered-in only.
+    // SAFETY: HVC traps to the hyp, which writes x0..x5 of the caller (all declared) and
+    // preserves every other register.
     unsafe {
         core::arch::asm!(
             "hvc #0",
@@ -15,8 +15,8 @@ pub fn raw(id: u64, args: [u64; 6]) -> [u64; 4] {
             inout("x1") args[0] => r1,
             inout("x2") args[1] => r2,
             inout("x3") args[2] => r3,
-            in("x4") args[3],
-            in("x5") args[4],
+            inout("x4") args[3] => _,
+            inout("x5") args[4] => _,
             in("x6") args[5],
             options(nostack)
         );
@@ -36,4 +36,24 @@ pub fn call_id(id: u64, args: [u64; 6]) -> Result<[u64; 4], Errno> {
         Some(e) => Err(e),
         None => Ok(regs),
     }
+}
+
+/// Raw hypercall returning `x0..x5` (for calls with more than four results).
+pub fn raw6(id: u64, args: [u64; 6]) -> [u64; 6] {
+    let (r0, r1, r2, r3, r4, r5);
+    // SAFETY: HVC traps to the hyp, which writes x0..x5 of the caller only.
+    unsafe {
+        core::arch::asm!(
+            "hvc #0",
+            inout("x0") id => r0,
+            inout("x1") args[0] => r1,
+            inout("x2") args[1] => r2,
+            inout("x3") args[2] => r3,
+            inout("x4") args[3] => r4,
+            inout("x5") args[4] => r5,
+            in("x6") args[5],
+            options(nostack)
+        );
+    }
+    [r0, r1, r2, r3, r4, r5]
 }

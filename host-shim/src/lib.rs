@@ -6,8 +6,11 @@
 
 extern crate alloc;
 
+pub mod driver;
 pub mod exceptions;
 pub mod hvc;
+pub mod pages;
+pub mod vm;
 
 use buddy_system_allocator::LockedHeap;
 

@@ -11,6 +11,9 @@ use crate::arch::probe::ProbeFault;
 /// One CPU's private state.
 #[repr(C)]
 pub struct PerCpu {
+    /// The running guest's context while a guest runs on this CPU, else 0. Read by the
+    /// lower-EL vectors to tell a guest exit from a host trap.
+    guest_ctx: AtomicU64,
     cpu: AtomicUsize,
     probe_armed: AtomicBool,
     probe_hit: AtomicBool,
@@ -19,8 +22,12 @@ pub struct PerCpu {
 }
 
 impl PerCpu {
+    /// Offset of the running guest's context pointer, for the vectors and the world switch.
+    pub const GUEST_CTX_OFFSET: usize = core::mem::offset_of!(PerCpu, guest_ctx);
+
     const fn new() -> Self {
         Self {
+            guest_ctx: AtomicU64::new(0),
             cpu: AtomicUsize::new(0),
             probe_armed: AtomicBool::new(false),
             probe_hit: AtomicBool::new(false),

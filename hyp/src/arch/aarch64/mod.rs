@@ -3,8 +3,11 @@ pub mod boot;
 pub mod cache;
 pub mod el1;
 pub mod esr;
+pub mod exit;
 pub mod mmu;
 pub mod probe;
+pub mod switch;
+pub mod tlb;
 pub mod vectors;
 
 use aarch64_cpu::registers::{CurrentEL, Readable};

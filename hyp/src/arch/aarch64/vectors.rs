@@ -95,14 +95,20 @@ hyp_vectors:
     vslot 2, hyp_trap_common
     vslot 3, hyp_trap_common
     vslot 4, hyp_trap_common
-    vslot 5, hyp_trap_common
-    vslot 6, hyp_trap_common
-    vslot 7, hyp_trap_common
-    vslot 8, hyp_trap_common
+    vslot 5, hyp_lower_common
+    vslot 6, hyp_lower_common
+    vslot 7, hyp_lower_common
+    vslot 8, hyp_lower_common
     vslot 9, hyp_trap_common
     vslot 9, hyp_trap_common
     vslot 9, hyp_trap_common
     vslot 9, hyp_trap_common
+
+// From EL1: a guest exit if this CPU runs a guest (see switch.rs), else a host trap.
+hyp_lower_common:
+    mrs     x0, tpidr_el2
+    ldr     x0, [x0, #{guest}]
+    cbnz    x0, hyp_guest_exit
 
 hyp_trap_common:
     stp     x2, x3, [sp, #16]
@@ -149,6 +155,7 @@ hyp_trap_common:
     eret
 "#,
     frame = const size_of::<TrapFrame>(),
+    guest = const crate::percpu::PerCpu::GUEST_CTX_OFFSET,
     elr = const offset_of!(TrapFrame, elr),
     kind = const offset_of!(TrapFrame, kind),
 );

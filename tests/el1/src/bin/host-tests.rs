@@ -35,31 +35,31 @@ fn el1_unknown_host_call_is_enosys_and_host_goes_on() -> TestResult {
 }
 
 fn el1_host_call_preserves_callee_registers() -> TestResult {
-    let (x4, x9, x20, x28): (u64, u64, u64, u64);
+    let (x6, x9, x20, x28): (u64, u64, u64, u64);
     // SAFETY: a Version hypercall with known values in registers the hyp must not change; all
     // registers touched are declared.
     unsafe {
         core::arch::asm!(
-            "mov x4, #0x4444",
+            "mov x6, #0x6444",
             "mov x9, #0x9999",
             "mov x20, #0x2019",
             "mov x28, #0x2828",
             "hvc #0",
-            "mov {a}, x4",
+            "mov {a}, x6",
             "mov {b}, x9",
             "mov {c}, x20",
             "mov {d}, x28",
-            a = out(reg) x4,
+            a = out(reg) x6,
             b = out(reg) x9,
             c = out(reg) x20,
             d = out(reg) x28,
             inout("x0") HostCall::Version.id() => _,
-            out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x9") _,
+            out("x1") _, out("x2") _, out("x3") _, out("x6") _, out("x9") _,
             out("x20") _, out("x28") _,
             options(nostack)
         );
     }
-    ensure_eq!((x4, x9, x20, x28), (0x4444, 0x9999, 0x2019, 0x2828));
+    ensure_eq!((x6, x9, x20, x28), (0x6444, 0x9999, 0x2019, 0x2828));
     Ok(())
 }
 

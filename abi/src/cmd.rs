@@ -1,0 +1,33 @@
+//! The MMIO command device through which the host drives the step-interpreter guest, the way a
+//! VMM talks to a guest through a virtual device. It sits at [`crate::guest::CMD_DEVICE_IPA`],
+//! outside every memslot, so each access is an MMIO exit to the host.
+//!
+//! The guest loads `CMD` (the host answers with the next command), loads the arguments it needs,
+//! runs the step, stores results and finally stores `STATUS`, which ends the step.
+
+/// Register offsets.
+pub const REG_CMD: u64 = 0x00;
+pub const REG_ARG0: u64 = 0x08;
+pub const REG_ARG1: u64 = 0x10;
+pub const REG_ARG2: u64 = 0x18;
+pub const REG_ARG3: u64 = 0x20;
+pub const REG_RESULT0: u64 = 0x40;
+pub const REG_RESULT1: u64 = 0x48;
+pub const REG_STATUS: u64 = 0x50;
+
+/// Commands (value of `CMD`).
+pub const OP_READ: u64 = 1; // ARG0 = IPA -> RESULT0 = byte
+pub const OP_WRITE: u64 = 2; // ARG0 = IPA, ARG1 = byte
+pub const OP_HVC: u64 = 3; // ARG0 = function ID, ARG1..3 = x1..x3 -> RESULT0/1 = x0/x1
+pub const OP_TOUCH: u64 = 4; // ARG0 = IPA, ARG1 = count, ARG2 = stride: write 1 byte each
+pub const OP_UNDEF: u64 = 5; // execute an undefined instruction (a guest's own exception)
+pub const OP_HALT: u64 = 6; // stop: the guest parks
+
+/// `STATUS` values.
+pub const STATUS_OK: u64 = 0;
+/// The access took an abort the host injected (after a memory-fault exit).
+pub const STATUS_ABORTED: u64 = 1;
+/// The guest took an exception of its own (RESULT0 = ESR_EL1).
+pub const STATUS_EXCEPTION: u64 = 2;
+/// Unknown command.
+pub const STATUS_BAD_COMMAND: u64 = 3;

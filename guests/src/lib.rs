@@ -1,0 +1,119 @@
+//! Shared pieces of guest payloads: boot, the EL1 vectors that turn an injected abort or an
+//! exception of the guest's own into a status the host can see, and MMIO accessors that always
+//! produce a valid syndrome (plain `ldr`/`str`, no writeback), so the hyp can decode them.
+#![no_std]
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// ESR_EL1 of the last exception the guest took (0 = none since the last [`take_exception`]).
+static LAST_ESR: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    mov     x19, x0
+    ldr     x9, =__stack_top
+    mov     sp, x9
+    ldr     x9, =__bss_start
+    ldr     x10, =__bss_end
+1:  cmp     x9, x10
+    b.hs    2f
+    str     xzr, [x9], #8
+    b       1b
+2:  ldr     x9, =guest_vectors
+    msr     vbar_el1, x9
+    isb
+    mov     x0, x19
+    bl      guest_main
+3:  wfi
+    b       3b
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+guest_vectors:
+    .rept 16
+    .balign 0x80
+    b       guest_exception
+    .endr
+
+guest_exception:
+    sub     sp, sp, #32
+    stp     x0, x1, [sp]
+    str     x30, [sp, #16]
+    mrs     x0, esr_el1
+    bl      guest_record_exception
+    mrs     x0, elr_el1
+    add     x0, x0, #4
+    msr     elr_el1, x0
+    ldp     x0, x1, [sp]
+    ldr     x30, [sp, #16]
+    add     sp, sp, #32
+    eret
+    .ltorg
+"#
+);
+
+#[no_mangle]
+extern "C" fn guest_record_exception(esr: u64) {
+    LAST_ESR.store(esr | (1 << 63), Ordering::Relaxed);
+}
+
+/// The ESR of an exception taken since the last call (the faulting instruction was skipped).
+pub fn take_exception() -> Option<u64> {
+    let v = LAST_ESR.swap(0, Ordering::Relaxed);
+    (v != 0).then_some(v & !(1 << 63))
+}
+
+/// 64-bit MMIO load with a valid syndrome.
+pub fn mmio_read(addr: u64) -> u64 {
+    let v: u64;
+    // SAFETY: a single `ldr` from a device IPA; the hyp traps it and supplies the value.
+    unsafe { asm!("ldr {v}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack)) };
+    v
+}
+
+/// 64-bit MMIO store with a valid syndrome.
+pub fn mmio_write(addr: u64, value: u64) {
+    // SAFETY: a single `str` to a device IPA; the hyp traps it and hands it to the host.
+    unsafe { asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)) };
+}
+
+/// One-byte load from guest memory (may fault; an injected abort skips it and reads 0).
+pub fn read_byte(addr: u64) -> u8 {
+    let v: u64;
+    // SAFETY: a single byte load at a guest IPA; faults are handled by the hyp or the vectors.
+    unsafe {
+        asm!("mov {v}, #0", "ldrb {v:w}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack))
+    };
+    v as u8
+}
+
+/// One-byte store to guest memory.
+pub fn write_byte(addr: u64, value: u8) {
+    // SAFETY: a single byte store at a guest IPA; faults are handled by the hyp or the vectors.
+    unsafe {
+        asm!("strb {v:w}, [{a}]", a = in(reg) addr, v = in(reg) u32::from(value), options(nostack))
+    };
+}
+
+/// SMCCC call over `HVC #0`: returns x0..x3.
+pub fn hvc(func: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
+    let (r0, r1, r2, r3);
+    // SAFETY: HVC traps to the hyp, which writes x0..x3 only.
+    unsafe {
+        asm!("hvc #0", inout("x0") func => r0, inout("x1") a1 => r1, inout("x2") a2 => r2,
+             inout("x3") a3 => r3, options(nostack))
+    };
+    [r0, r1, r2, r3]
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {
+        // SAFETY: executing an undefined instruction makes the hyp see a guest exception.
+        unsafe { asm!("udf #0xdead", options(nostack)) };
+    }
+}

@@ -1,0 +1,180 @@
+//! Driving the step-interpreter guest: load it into a VM, then run one step at a time through
+//! its MMIO command device (`abi::cmd`), serving every exit on the way the way a VMM would.
+
+use abi::cmd::*;
+use abi::guest::CMD_DEVICE_IPA;
+use abi::host::COMPLETE_INJECT_ABORT;
+use abi::{Errno, PAGE_SIZE};
+
+use crate::pages::HostPages;
+use crate::vm::{self, Exit, VcpuId, VmId};
+
+/// IPA where guests' code, data and stack live (above the scenario window).
+pub const GUEST_CODE_IPA: u64 = 0x1_4000_0000;
+/// Pages mapped for a guest image (code + data + bss + stack).
+pub const GUEST_IMAGE_PAGES: u64 = 8;
+/// Pages donated at a time when the hyp asks for more.
+pub const TOP_UP_PAGES: u64 = 64;
+
+/// The step-interpreter guest, as a flat binary linked at [`GUEST_CODE_IPA`].
+pub static STEP_GUEST: &[u8] = include_bytes!(env!("GUEST_IMAGE"));
+
+/// Everything one step saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// `STATUS` the guest stored (`None`: the guest died on the way).
+    pub status: Option<u64>,
+    pub results: [u64; 2],
+    /// A memory-fault exit (gpa, size, flags); an abort was injected to end the access.
+    pub memory_fault: Option<(u64, u64, u64)>,
+    /// An MMIO exit outside the command device (ipa, write, data).
+    pub mmio: Option<(u64, bool, u64)>,
+    /// The guest took an exception the hyp could not hand to its own vectors (esr, elr, far).
+    pub exception: Option<(u64, u64, u64)>,
+    /// Exits to the host during the step.
+    pub exits: u64,
+    /// Pages donated because the pool ran dry.
+    pub topped_up: u64,
+}
+
+/// Answers a forwarded guest hypercall: (func, x1..x3) -> (x0, x1) for the guest.
+pub type HypercallHandler<'a> = &'a mut dyn FnMut(u64, [u64; 3]) -> (u64, u64);
+
+/// One VM running the step guest on one vCPU.
+#[derive(Debug)]
+pub struct GuestDriver {
+    pub vm: VmId,
+    pub vcpu: VcpuId,
+    /// Value an MMIO load outside the command device returns.
+    pub mmio_read_value: u64,
+    dead: bool,
+}
+
+impl GuestDriver {
+    /// Loads the step guest into `vm` (host pages shared at [`GUEST_CODE_IPA`]) and creates
+    /// its vCPU.
+    pub fn load(vm: VmId, pages: &mut HostPages) -> Result<Self, Errno> {
+        let pa = pages
+            .alloc_contiguous(GUEST_IMAGE_PAGES, PAGE_SIZE)
+            .ok_or(Errno::ENOMEM)?;
+        let len = (GUEST_IMAGE_PAGES * PAGE_SIZE) as usize;
+        if STEP_GUEST.len() > len {
+            return Err(Errno::E2BIG);
+        }
+        // SAFETY: the pages were just taken from the host's own free RAM and nothing else uses
+        // them; the host runs with its MMU off, so physical addresses are directly usable.
+        unsafe {
+            core::ptr::write_bytes(pa as *mut u8, 0, len);
+            core::ptr::copy_nonoverlapping(STEP_GUEST.as_ptr(), pa as *mut u8, STEP_GUEST.len());
+        }
+        vm::map_host_shared(vm, GUEST_CODE_IPA, pa, GUEST_IMAGE_PAGES)?;
+        let vcpu = vm::vcpu_create(vm, GUEST_CODE_IPA, 0)?;
+        Ok(Self {
+            vm,
+            vcpu,
+            mmio_read_value: 0,
+            dead: false,
+        })
+    }
+
+    /// Runs one command to its `STATUS` store.
+    pub fn step(
+        &mut self,
+        op: u64,
+        args: [u64; 4],
+        pages: &mut HostPages,
+        hypercall: HypercallHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        if self.dead {
+            return Err(Errno::ENODEV);
+        }
+        let mut report = StepReport::default();
+        let (mut c0, mut c1) = (0, 0);
+        loop {
+            let exit = vm::run(self.vcpu, c0, c1)?;
+            report.exits += 1;
+            (c0, c1) = (0, 0);
+            match exit {
+                Exit::Mmio {
+                    ipa, write, data, ..
+                } if (CMD_DEVICE_IPA..CMD_DEVICE_IPA + 0x100).contains(&ipa) => {
+                    match (ipa - CMD_DEVICE_IPA, write) {
+                        (REG_CMD, false) => c0 = op,
+                        (REG_ARG0, false) => c0 = args[0],
+                        (REG_ARG1, false) => c0 = args[1],
+                        (REG_ARG2, false) => c0 = args[2],
+                        (REG_ARG3, false) => c0 = args[3],
+                        (REG_RESULT0, true) => report.results[0] = data,
+                        (REG_RESULT1, true) => report.results[1] = data,
+                        (REG_STATUS, true) => {
+                            report.status = Some(data);
+                            return Ok(report);
+                        }
+                        _ => {}
+                    }
+                }
+                Exit::Mmio {
+                    ipa, write, data, ..
+                } => {
+                    report.mmio = Some((ipa, write, data));
+                    c0 = self.mmio_read_value;
+                }
+                Exit::MemoryFault { gpa, size, flags } => {
+                    report.memory_fault = Some((gpa, size, flags));
+                    c0 = COMPLETE_INJECT_ABORT;
+                }
+                Exit::NeedPages { pages: wanted } => {
+                    let n = wanted.max(TOP_UP_PAGES);
+                    let pa = pages.alloc_contiguous(n, PAGE_SIZE).ok_or(Errno::ENOMEM)?;
+                    vm::donate(self.vm, pa, n)?;
+                    report.topped_up += n;
+                }
+                Exit::Hypercall { func, args } => {
+                    (c0, c1) = hypercall(func, args);
+                }
+                Exit::GuestException { esr, elr, far } => {
+                    report.exception = Some((esr, elr, far));
+                    self.dead = true;
+                    return Ok(report);
+                }
+            }
+        }
+    }
+
+    /// Guest reads one byte.
+    pub fn read(
+        &mut self,
+        ipa: u64,
+        pages: &mut HostPages,
+        h: HypercallHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        self.step(OP_READ, [ipa, 0, 0, 0], pages, h)
+    }
+
+    /// Guest writes one byte.
+    pub fn write(
+        &mut self,
+        ipa: u64,
+        value: u8,
+        pages: &mut HostPages,
+        h: HypercallHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        self.step(OP_WRITE, [ipa, u64::from(value), 0, 0], pages, h)
+    }
+
+    /// Guest makes a hypercall; RESULT0/1 = its x0/x1.
+    pub fn hvc(
+        &mut self,
+        func: u64,
+        a: [u64; 3],
+        pages: &mut HostPages,
+        h: HypercallHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        self.step(OP_HVC, [func, a[0], a[1], a[2]], pages, h)
+    }
+}
+
+/// A hypercall handler for guests whose hypercalls the host does not expect.
+pub fn refuse_hypercalls(_func: u64, _args: [u64; 3]) -> (u64, u64) {
+    (abi::guest::SMCCC_NOT_SUPPORTED, 0)
+}

@@ -1,0 +1,239 @@
+//! Typed wrappers over the host calls that create and drive VMs: what Linux KVM's ioctls are to
+//! a VMM. Every call goes through `abi`; the hyp has the last word on every argument.
+
+use abi::flags::{ContentMode, ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::host::{ExitReason, HostCall, SLOT_UADDR_SHIFT};
+use abi::Errno;
+
+use crate::hvc;
+
+/// A VM handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmId(pub u64);
+/// A gmem handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GmemId(pub u64);
+/// A memslot id (per VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotId(pub u64);
+/// A vCPU handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuId(pub u64);
+
+/// Why `run` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Mmio {
+        ipa: u64,
+        size: u64,
+        write: bool,
+        data: u64,
+    },
+    MemoryFault {
+        gpa: u64,
+        size: u64,
+        flags: u64,
+    },
+    NeedPages {
+        pages: u64,
+    },
+    Hypercall {
+        func: u64,
+        args: [u64; 3],
+    },
+    GuestException {
+        esr: u64,
+        elr: u64,
+        far: u64,
+    },
+}
+
+/// Counters the hyp keeps for a VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub faults_served: u64,
+    pub exits: u64,
+    pub pool_free: u64,
+    pub mmio_exits: u64,
+    pub memory_fault_exits: u64,
+}
+
+fn call(c: HostCall, a: [u64; 6]) -> Result<[u64; 4], Errno> {
+    hvc::call(c, a)
+}
+
+/// RAM base and size, as the hyp reports them.
+pub fn ram() -> Result<(u64, u64), Errno> {
+    let r = call(HostCall::Version, [0; 6])?;
+    Ok((r[1], r[2]))
+}
+
+pub fn vm_create(t: VmType) -> Result<VmId, Errno> {
+    Ok(VmId(
+        call(HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])?[0],
+    ))
+}
+
+/// Destroys a VM: -> pages returned to the host.
+pub fn vm_destroy(vm: VmId) -> Result<u64, Errno> {
+    Ok(call(HostCall::VmDestroy, [vm.0, 0, 0, 0, 0, 0])?[0])
+}
+
+pub fn gmem_create(vm: VmId, size: u64, flags: GmemFlags) -> Result<GmemId, Errno> {
+    gmem_create_raw(vm, size, flags.bits())
+}
+
+pub fn gmem_create_raw(vm: VmId, size: u64, flags: u64) -> Result<GmemId, Errno> {
+    Ok(GmemId(
+        call(HostCall::GmemCreate, [vm.0, size, flags, 0, 0, 0])?[0],
+    ))
+}
+
+pub fn gmem_destroy(g: GmemId) -> Result<(), Errno> {
+    call(HostCall::GmemDestroy, [g.0, 0, 0, 0, 0, 0]).map(|_| ())
+}
+
+/// A memslot description.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotSpec {
+    pub gpa: u64,
+    pub size: u64,
+    pub gmem: Option<(GmemId, u64)>,
+    pub uaddr: UserspaceAddr,
+    pub flags: MemslotFlags,
+}
+
+pub fn memslot_create(vm: VmId, s: &SlotSpec) -> Result<SlotId, Errno> {
+    let (g, off) = s.gmem.map_or((0, 0), |(g, o)| (g.0, o));
+    let packed = s.flags.bits() | ((s.uaddr as u64) << SLOT_UADDR_SHIFT);
+    Ok(SlotId(
+        call(
+            HostCall::MemslotCreate,
+            [vm.0, s.gpa, s.size, g, off, packed],
+        )?[0],
+    ))
+}
+
+pub fn memslot_delete(vm: VmId, slot: SlotId) -> Result<(), Errno> {
+    call(HostCall::MemslotDelete, [vm.0, slot.0, 0, 0, 0, 0]).map(|_| ())
+}
+
+pub fn set_attributes(vm: VmId, gpa: u64, size: u64, private: bool) -> Result<(), Errno> {
+    let attrs = if private {
+        abi::flags::MemoryAttributes::PRIVATE.bits()
+    } else {
+        0
+    };
+    call(
+        HostCall::SetMemoryAttributes,
+        [vm.0, gpa, size, attrs, 0, 0],
+    )
+    .map(|_| ())
+}
+
+/// A host-initiated conversion. `Err((errno, error_offset))`.
+pub fn convert(
+    g: GmemId,
+    offset: u64,
+    size: u64,
+    to: ConvertTo,
+    mode: ContentMode,
+) -> Result<(), (Errno, u64)> {
+    let r = hvc::raw(
+        HostCall::Convert.id(),
+        [g.0, offset, size, to as u64, mode as u64, 0],
+    );
+    match Errno::from_reg(r[0]) {
+        Some(e) => Err((e, r[1])),
+        None => Ok(()),
+    }
+}
+
+pub fn punch(g: GmemId, offset: u64, size: u64) -> Result<(), Errno> {
+    call(HostCall::PunchHole, [g.0, offset, size, 0, 0, 0]).map(|_| ())
+}
+
+pub fn pin(g: GmemId, offset: u64) -> Result<(), Errno> {
+    call(HostCall::HostPin, [g.0, offset, 0, 0, 0, 0]).map(|_| ())
+}
+
+pub fn unpin(g: GmemId, offset: u64) -> Result<(), Errno> {
+    call(HostCall::HostUnpin, [g.0, offset, 0, 0, 0, 0]).map(|_| ())
+}
+
+/// The host's mmap-view fault on a gmem page: -> the physical page to touch.
+pub fn map_gmem(g: GmemId, offset: u64, write: bool) -> Result<u64, Errno> {
+    Ok(call(
+        HostCall::HostMapGmem,
+        [g.0, offset, u64::from(write), 0, 0, 0],
+    )?[0])
+}
+
+/// The host's fault on a memslot's userspace_addr: -> the physical page to touch.
+pub fn map_uaddr(vm: VmId, slot: SlotId, offset: u64, write: bool) -> Result<u64, Errno> {
+    Ok(call(
+        HostCall::HostMapUaddr,
+        [vm.0, slot.0, offset, u64::from(write), 0, 0],
+    )?[0])
+}
+
+/// Host pages to the VM's pool: -> free pages in the pool afterwards.
+pub fn donate(vm: VmId, pa: u64, pages: u64) -> Result<u64, Errno> {
+    Ok(call(HostCall::Donate, [vm.0, pa, pages, 0, 0, 0])?[0])
+}
+
+pub fn map_host_shared(vm: VmId, ipa: u64, pa: u64, pages: u64) -> Result<(), Errno> {
+    call(HostCall::MapHostShared, [vm.0, ipa, pa, pages, 0, 0]).map(|_| ())
+}
+
+pub fn vcpu_create(vm: VmId, entry: u64, arg: u64) -> Result<VcpuId, Errno> {
+    Ok(VcpuId(
+        call(HostCall::VcpuCreate, [vm.0, entry, arg, 0, 0, 0])?[0],
+    ))
+}
+
+pub fn stats(vm: VmId) -> Result<Stats, Errno> {
+    let r6 = hvc::raw6(HostCall::VmStats.id(), [vm.0, 0, 0, 0, 0, 0]);
+    if let Some(e) = Errno::from_reg(r6[0]) {
+        return Err(e);
+    }
+    Ok(Stats {
+        faults_served: r6[0],
+        exits: r6[1],
+        pool_free: r6[2],
+        mmio_exits: r6[3],
+        memory_fault_exits: r6[4],
+    })
+}
+
+/// Runs a vCPU; `c0`, `c1` complete the previous exit (see `abi::host::ExitReason`).
+pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
+    let r = hvc::raw6(HostCall::VcpuRun.id(), [vcpu.0, c0, c1, 0, 0, 0]);
+    if let Some(e) = Errno::from_reg(r[0]) {
+        return Err(e);
+    }
+    let reason = ExitReason::from_u64(r[0]).ok_or(Errno::EINVAL)?;
+    Ok(match reason {
+        ExitReason::Mmio => Exit::Mmio {
+            ipa: r[1],
+            size: r[2],
+            write: r[3] != 0,
+            data: r[4],
+        },
+        ExitReason::MemoryFault => Exit::MemoryFault {
+            gpa: r[1],
+            size: r[2],
+            flags: r[3],
+        },
+        ExitReason::NeedPages => Exit::NeedPages { pages: r[1] },
+        ExitReason::Hypercall => Exit::Hypercall {
+            func: r[1],
+            args: [r[2], r[3], r[4]],
+        },
+        ExitReason::GuestException => Exit::GuestException {
+            esr: r[1],
+            elr: r[2],
+            far: r[3],
+        },
+    })
+}

@@ -1,0 +1,700 @@
+//! VMs and vCPUs at EL2: the host calls that create and drive them, and the run loop that serves
+//! guest stage-2 faults without leaving EL2.
+//!
+//! The policy (which page answers a fault, what a conversion changes) is `hyp_core::World`; the
+//! tables are `hyp_mem::stage2::Stage2`; this module wires them to the world switch.
+//!
+//! Lock order: [`HYP`] (all VM, vCPU, gmem and ownership state) -> `mm::FRAMES` (the hyp's page
+//! allocator) -> the console lock. [`HYP`] is never held while a guest runs: the vCPU's context
+//! is taken out of the table for the run and put back at the exit.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use abi::flags::{ContentMode, ConvertTo, MemoryAttributes, UserspaceAddr, VmType};
+use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, SLOT_UADDR_SHIFT};
+use abi::{Errno, PAGE_SIZE};
+use board::layout::HYP_END;
+use hyp_core::{
+    Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle, Initiator,
+    Invalidation, MemslotSpec, SlotId, VmHandle, World,
+};
+use hyp_mem::ownership::{Ownership, PageMeta, Transition};
+use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
+
+use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
+use crate::arch::switch::{self, El1Sys, GuestContext};
+use crate::arch::tlb::HwTlb;
+use crate::guestcall::{self, GuestCall};
+use crate::hostcall::HostResult;
+use crate::pool::VmPool;
+
+/// IPA size of every VM (the coco shared bit is bit 39).
+pub const IPA: IpaSize = IpaSize::Bits40;
+/// Largest VMID handed out (8-bit VMIDs).
+const MAX_VMID: u32 = 255;
+
+/// Counters of one VM, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmStats {
+    pub faults_served: u64,
+    pub exits: u64,
+    pub mmio_exits: u64,
+    pub memory_fault_exits: u64,
+}
+
+struct HypVm {
+    stage2: Stage2<VmPool, HwTlb>,
+    /// Host pages shared with the guest outside its memslots (code, stack): IPA -> PA.
+    host_shared: BTreeMap<u64, u64>,
+    stats: VmStats,
+}
+
+/// What the host must complete before a vCPU runs again.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    None,
+    Mmio(MmioAccess),
+    MemoryFault { ipa: u64 },
+    Hypercall,
+}
+
+struct Vcpu {
+    vm: VmHandle,
+    /// `None` while the vCPU runs (the context is out of the table).
+    ctx: Option<Box<GuestContext>>,
+    pending: Pending,
+}
+
+/// The hyp's state of every VM and of page ownership.
+pub struct Hyp {
+    world: World,
+    vms: BTreeMap<u32, HypVm>,
+    vcpus: BTreeMap<u32, Vcpu>,
+    next_vcpu: u32,
+    owners: Ownership<Vec<PageMeta>>,
+}
+
+/// All VM state, behind one lock (first in the lock order).
+pub static HYP: spin::Mutex<Option<Hyp>> = spin::Mutex::new(None);
+
+/// Sets up the VM manager (once, at boot): every RAM page is the host's except the hyp's own
+/// region `[ram_base, HYP_END)`.
+pub fn init(ram_base: usize, ram_size: usize) -> Result<(), Errno> {
+    let pages = ram_size / PAGE_SIZE as usize;
+    let mut owners = Ownership::new(ram_base as u64, alloc::vec![PageMeta::default(); pages])?;
+    let mut pa = ram_base as u64;
+    while pa < HYP_END as u64 {
+        owners.host_donate_to_hyp(pa)?;
+        pa += PAGE_SIZE;
+    }
+    *HYP.lock() = Some(Hyp {
+        world: World::new(),
+        vms: BTreeMap::new(),
+        vcpus: BTreeMap::new(),
+        next_vcpu: 0,
+        owners,
+    });
+    Ok(())
+}
+
+fn with_hyp<R>(f: impl FnOnce(&mut Hyp) -> Result<R, Errno>) -> Result<R, Errno> {
+    let mut guard = HYP.lock();
+    let hyp = guard.as_mut().ok_or(Errno::ENODEV)?;
+    f(hyp)
+}
+
+fn handle32(v: u64) -> Result<u32, Errno> {
+    u32::try_from(v).map_err(|_| Errno::ENOENT)
+}
+
+fn ok(v: u64) -> HostResult {
+    Ok([v, 0, 0, 0, 0, 0])
+}
+
+/// Checks a host-named run of pages: aligned, non-empty, no overflow.
+fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
+    let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+    pa.checked_add(size).ok_or(Errno::EINVAL)?;
+    if pages == 0 || pa % PAGE_SIZE != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(size)
+}
+
+impl Hyp {
+    fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm, Errno> {
+        self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
+    }
+
+    /// Rule 5: removes every stage-2 mapping the change invalidated, both coco aliases.
+    fn apply(&mut self, inv: &Invalidation) {
+        for u in &inv.stage2_unmap {
+            let shared_bit = self.world.vm(u.vm).ok().and_then(|vm| vm.shared_bit());
+            let Some(v) = self.vms.get_mut(&u.vm.0) else {
+                continue;
+            };
+            if let Err(e) = v.stage2.unmap(u.gpa, u.size) {
+                log::error!("stage-2 unmap 0x{:x}+0x{:x} failed: {e}", u.gpa, u.size);
+            }
+            if let Some(bit) = shared_bit {
+                if let Err(e) = v.stage2.unmap(u.gpa | bit, u.size) {
+                    log::error!("stage-2 unmap of the shared alias failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Checks a transition on every page of a run before any page changes, then applies it.
+    fn transition_all(
+        &mut self,
+        pa: u64,
+        pages: u64,
+        t: Transition,
+        mut f: impl FnMut(&mut Ownership<Vec<PageMeta>>, u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        for i in 0..pages {
+            self.owners.check(pa + i * PAGE_SIZE, t)?;
+        }
+        for i in 0..pages {
+            f(&mut self.owners, pa + i * PAGE_SIZE)?;
+        }
+        Ok(())
+    }
+}
+
+/// Host calls that create and drive VMs.
+pub mod calls {
+    use super::*;
+
+    pub fn vm_create(vm_type: u64) -> HostResult {
+        let t = VmType::from_u64(vm_type).ok_or(Errno::EINVAL)?;
+        with_hyp(|hyp| {
+            let h = hyp.world.create_vm(t, IPA.bits())?;
+            let stage2 = if h.0 > MAX_VMID {
+                Err(Errno::ENOSPC)
+            } else {
+                Stage2::new(VmPool::default(), HwTlb, h.0 as u16, IPA).map_err(|(e, _, _)| e)
+            };
+            let stage2 = match stage2 {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = hyp.world.destroy_vm(h, &mut VmPool::default());
+                    return Err(e);
+                }
+            };
+            hyp.vms.insert(
+                h.0,
+                HypVm {
+                    stage2,
+                    host_shared: BTreeMap::new(),
+                    stats: VmStats::default(),
+                },
+            );
+            log::debug!("VM {} created ({})", h.0, t.name());
+            ok(u64::from(h.0))
+        })
+    }
+
+    /// Tears a VM down; every page it held goes back to the host zeroed. -> x0 = pages returned.
+    pub fn vm_destroy(vm: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            if !hyp.vms.contains_key(&h.0) {
+                return Err(Errno::ENOENT);
+            }
+            if hyp.vcpus.values().any(|c| c.vm == h && c.ctx.is_none()) {
+                return Err(Errno::EBUSY);
+            }
+            let Some(mut v) = hyp.vms.remove(&h.0) else {
+                return Err(Errno::ENOENT);
+            };
+            // The core zeroes every page that held data as it frees it into the pool.
+            hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
+            let (mut pool, _) = v.stage2.destroy();
+            let pages = pool.drain();
+            for &pa in &pages {
+                if let Err(e) = hyp.owners.hyp_donate_to_host(pa) {
+                    log::error!("returning page 0x{pa:x} to the host: {e}");
+                }
+            }
+            for (_, &pa) in v.host_shared.iter() {
+                let _ = hyp.owners.host_unshare_from_guest(pa, h.0 as u16);
+            }
+            hyp.vcpus.retain(|_, c| c.vm != h);
+            log::debug!(
+                "VM {} destroyed: {} pages back to the host",
+                h.0,
+                pages.len()
+            );
+            ok(pages.len() as u64)
+        })
+    }
+
+    pub fn gmem_create(vm: u64, size: u64, flags: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let g = hyp
+                .world
+                .create_gmem(VmHandle(handle32(vm)?), size, flags)?;
+            ok(u64::from(g.0))
+        })
+    }
+
+    pub fn gmem_destroy(gmem: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let g = GmemHandle(handle32(gmem)?);
+            let owner = hyp.world.gmem_owner(g)?;
+            let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+            hyp.world.destroy_gmem(g, v.stage2.mm_mut())?;
+            ok(0)
+        })
+    }
+
+    pub fn memslot_create(a: [u64; 6]) -> HostResult {
+        let [vm, gpa, size, gmem, offset, packed] = a;
+        let uaddr = UserspaceAddr::from_u64(packed >> SLOT_UADDR_SHIFT).ok_or(Errno::EINVAL)?;
+        with_hyp(|hyp| {
+            let binding = if gmem == 0 {
+                None
+            } else {
+                Some(GmemBinding {
+                    gmem: GmemHandle(handle32(gmem)?),
+                    offset,
+                })
+            };
+            let spec = MemslotSpec {
+                gpa,
+                size,
+                gmem: binding,
+                userspace_addr: uaddr,
+                flags: packed & 0xffff_ffff,
+            };
+            let slot = hyp.world.create_memslot(VmHandle(handle32(vm)?), &spec)?;
+            ok(u64::from(slot.0))
+        })
+    }
+
+    pub fn memslot_delete(vm: u64, slot: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+            let inv = hyp
+                .world
+                .delete_memslot(h, SlotId(handle32(slot)?), v.stage2.mm_mut())?;
+            hyp.apply(&inv);
+            ok(0)
+        })
+    }
+
+    pub fn set_memory_attributes(vm: u64, gpa: u64, size: u64, attrs: u64) -> HostResult {
+        let attrs = MemoryAttributes::from_bits(attrs).ok_or(Errno::EINVAL)?;
+        with_hyp(|hyp| {
+            let private = attrs.contains(MemoryAttributes::PRIVATE);
+            let inv = hyp
+                .world
+                .set_attributes(VmHandle(handle32(vm)?), gpa, size, private)?;
+            hyp.apply(&inv);
+            ok(0)
+        })
+    }
+
+    /// Converts a gmem range at the host's initiative. `Err((errno, error_offset))`.
+    pub fn convert(a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
+        let [gmem, offset, size, to, mode, _] = a;
+        let to = match to {
+            0 => ConvertTo::Private,
+            1 => ConvertTo::Shared,
+            _ => return Err((Errno::EINVAL, 0)),
+        };
+        let mode = match mode {
+            0 => ContentMode::Preserve,
+            1 => ContentMode::Zero,
+            _ => return Err((Errno::EINVAL, 0)),
+        };
+        let req = ConvertRequest {
+            offset,
+            size,
+            to,
+            mode,
+            initiator: Initiator::Host,
+        };
+        let mut guard = HYP.lock();
+        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
+        let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
+        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
+        let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
+        let inv = hyp
+            .world
+            .convert(g, &req, v.stage2.mm_mut())
+            .map_err(|e| (e.errno, e.error_offset))?;
+        hyp.apply(&inv);
+        Ok([0; 6])
+    }
+
+    pub fn punch_hole(gmem: u64, offset: u64, size: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let g = GmemHandle(handle32(gmem)?);
+            let owner = hyp.world.gmem_owner(g)?;
+            let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+            let inv = hyp.world.punch(g, offset, size, v.stage2.mm_mut())?;
+            hyp.apply(&inv);
+            ok(0)
+        })
+    }
+
+    pub fn host_pin(gmem: u64, offset: u64, pin: bool) -> HostResult {
+        with_hyp(|hyp| {
+            let g = GmemHandle(handle32(gmem)?);
+            if !pin {
+                hyp.world.unpin(g, offset)?;
+                return ok(0);
+            }
+            let owner = hyp.world.gmem_owner(g)?;
+            let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+            ok(hyp.world.pin(g, offset, v.stage2.mm_mut())?)
+        })
+    }
+
+    /// The host's mmap-view fault: the physical page the host may touch, after the checks.
+    pub fn host_map_gmem(gmem: u64, offset: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let g = GmemHandle(handle32(gmem)?);
+            let owner = hyp.world.gmem_owner(g)?;
+            let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+            ok(hyp.world.host_fault(g, offset, v.stage2.mm_mut())?)
+        })
+    }
+
+    /// The host's fault on a memslot's `userspace_addr`.
+    pub fn host_map_uaddr(vm: u64, slot: u64, offset: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+            let slot = SlotId(handle32(slot)?);
+            ok(hyp
+                .world
+                .host_uaddr_fault(h, slot, offset, v.stage2.mm_mut())?)
+        })
+    }
+
+    /// Host pages join a VM's pool (host OWNED -> hyp OWNED). All or nothing.
+    pub fn donate(vm: u64, pa: u64, pages: u64) -> HostResult {
+        with_hyp(|hyp| {
+            page_run(pa, pages)?;
+            hyp.vm_mut(vm)?;
+            hyp.transition_all(pa, pages, Transition::HostDonateToHyp, |o, p| {
+                o.host_donate_to_hyp(p)
+            })?;
+            let v = hyp.vm_mut(vm)?;
+            for i in 0..pages {
+                v.stage2.mm_mut().add(pa + i * PAGE_SIZE);
+            }
+            ok(v.stage2.mm().free_pages() as u64)
+        })
+    }
+
+    /// Host pages shared with the guest at `ipa` (host SHARED_OWNED, guest SHARED_BORROWED),
+    /// outside every memslot: the guest's code and stack.
+    pub fn map_host_shared(vm: u64, ipa: u64, pa: u64, pages: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let size = page_run(pa, pages)?;
+            let h = VmHandle(handle32(vm)?);
+            hyp.vm_mut(vm)?;
+            let end = ipa.checked_add(size).ok_or(Errno::EINVAL)?;
+            if ipa % PAGE_SIZE != 0 || end > IPA.limit() {
+                return Err(Errno::EINVAL);
+            }
+            if (0..pages).any(|i| hyp.world.gpa_to_gmem(h, ipa + i * PAGE_SIZE).is_ok()) {
+                return Err(Errno::EEXIST);
+            }
+            let t = Transition::HostShareWithGuest(h.0 as u16);
+            hyp.transition_all(pa, pages, t, |_, _| Ok(()))?;
+            let v = hyp.vm_mut(vm)?;
+            for i in 0..pages {
+                if v.host_shared.contains_key(&(ipa + i * PAGE_SIZE))
+                    || v.stage2.walk(ipa + i * PAGE_SIZE).is_some()
+                {
+                    return Err(Errno::EEXIST);
+                }
+            }
+            for i in 0..pages {
+                let (ipa_i, pa_i) = (ipa + i * PAGE_SIZE, pa + i * PAGE_SIZE);
+                if let Err(e) = v.stage2.map(ipa_i, pa_i, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
+                    let _ = v.stage2.unmap(ipa, i * PAGE_SIZE);
+                    v.host_shared.retain(|&k, _| k < ipa || k >= ipa_i);
+                    return Err(e);
+                }
+                v.host_shared.insert(ipa_i, pa_i);
+            }
+            hyp.transition_all(pa, pages, t, |o, p| o.host_share_with_guest(p, h.0 as u16))?;
+            ok(0)
+        })
+    }
+
+    pub fn vcpu_create(vm: u64, entry: u64, arg: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            hyp.vm_mut(vm)?;
+            if entry >= IPA.limit() || entry % 4 != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;
+            hyp.next_vcpu = id;
+            hyp.vcpus.insert(
+                id,
+                Vcpu {
+                    vm: h,
+                    ctx: Some(Box::new(GuestContext::new(entry, arg))),
+                    pending: Pending::None,
+                },
+            );
+            ok(u64::from(id))
+        })
+    }
+
+    pub fn vm_stats(vm: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let v = hyp.vm_mut(vm)?;
+            let s = v.stats;
+            let free = v.stage2.mm().free_pages() as u64;
+            Ok([
+                s.faults_served,
+                s.exits,
+                free,
+                s.mmio_exits,
+                s.memory_fault_exits,
+                0,
+            ])
+        })
+    }
+}
+
+// ---- the run loop --------------------------------------------------------------------------
+
+/// An exit to report to the host: reason and `x1..x5`.
+type HostExit = (ExitReason, [u64; 5]);
+
+/// Applies the host's completion of the last exit to the guest's registers.
+fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
+    match pending {
+        Pending::None => {}
+        Pending::Mmio(m) => {
+            if !m.write {
+                let bits = u32::from(m.size) * 8;
+                let mut v = if bits >= 64 {
+                    c0
+                } else {
+                    c0 & ((1u64 << bits) - 1)
+                };
+                if m.sign_extend && bits < 64 && v & (1 << (bits - 1)) != 0 {
+                    v |= !((1u64 << bits) - 1);
+                }
+                if !m.sixty_four {
+                    v &= 0xffff_ffff;
+                }
+                ctx.set_reg(usize::from(m.reg), v);
+            }
+            ctx.pc += 4;
+        }
+        Pending::MemoryFault { ipa } => {
+            if c0 == COMPLETE_INJECT_ABORT {
+                ctx.inject_data_abort(ipa);
+            }
+        }
+        Pending::Hypercall => {
+            ctx.set_reg(0, c0);
+            ctx.set_reg(1, c1);
+        }
+    }
+}
+
+enum Step {
+    Resume,
+    Exit(HostExit, Pending),
+}
+
+/// Handles one exit under the lock: serve it at EL2 (`Resume`) or hand it to the host.
+fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
+    let exit = guest_exit::decode(ctx);
+    match exit {
+        GuestExit::Stage2Abort { ipa, access, mmio } => {
+            let Some(v) = hyp.vms.get_mut(&h.0) else {
+                return Step::Exit(
+                    (
+                        ExitReason::GuestException,
+                        [ctx.exit_esr, ctx.pc, ipa, 0, 0],
+                    ),
+                    Pending::None,
+                );
+            };
+            let acc = match access {
+                AbortAccess::Read => Access::Read,
+                AbortAccess::Write => Access::Write,
+                AbortAccess::Exec => Access::Exec,
+            };
+            // Host pages shared with the guest outside every memslot are mapped up front; a
+            // fault on one means it was unmapped meanwhile: treat like any other IPA.
+            match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
+                Ok(FaultResolution::Map {
+                    ipa: page,
+                    pa,
+                    source,
+                    ..
+                }) => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
+                    Ok(()) => {
+                        v.stats.faults_served += 1;
+                        log::debug!(
+                            "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
+                            h.0,
+                            source_name(source)
+                        );
+                        Step::Resume
+                    }
+                    Err(Errno::ENOMEM) => {
+                        Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+                    }
+                    Err(e) => {
+                        log::error!("stage-2 map of 0x{page:x} failed: {e}");
+                        Step::Exit(
+                            (
+                                ExitReason::GuestException,
+                                [ctx.exit_esr, ctx.pc, ipa, 0, 0],
+                            ),
+                            Pending::None,
+                        )
+                    }
+                },
+                Ok(FaultResolution::MemoryFault { gpa, size, flags }) => {
+                    v.stats.memory_fault_exits += 1;
+                    log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);
+                    Step::Exit(
+                        (ExitReason::MemoryFault, [gpa, size, flags.bits(), 0, 0]),
+                        Pending::MemoryFault { ipa },
+                    )
+                }
+                Ok(FaultResolution::Mmio { ipa }) => match mmio {
+                    Some(m) => {
+                        v.stats.mmio_exits += 1;
+                        let data = if m.write {
+                            ctx.reg(usize::from(m.reg))
+                        } else {
+                            0
+                        };
+                        Step::Exit(
+                            (
+                                ExitReason::Mmio,
+                                [ipa, u64::from(m.size), u64::from(m.write), data, 0],
+                            ),
+                            Pending::Mmio(m),
+                        )
+                    }
+                    None => Step::Exit(
+                        (
+                            ExitReason::GuestException,
+                            [ctx.exit_esr, ctx.pc, ipa, 0, 0],
+                        ),
+                        Pending::None,
+                    ),
+                },
+                Ok(FaultResolution::NeedPages) => {
+                    Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+                }
+                Err(_) => Step::Exit(
+                    (
+                        ExitReason::GuestException,
+                        [ctx.exit_esr, ctx.pc, ipa, 0, 0],
+                    ),
+                    Pending::None,
+                ),
+            }
+        }
+        GuestExit::Hvc { .. } => {
+            let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
+            match guestcall::decide(x) {
+                GuestCall::Answer(r) => {
+                    ctx.x[..4].copy_from_slice(&r);
+                    Step::Resume
+                }
+                GuestCall::Forward => Step::Exit(
+                    (ExitReason::Hypercall, [x[0], x[1], x[2], x[3], 0]),
+                    Pending::Hypercall,
+                ),
+            }
+        }
+        GuestExit::Smc => {
+            ctx.x[0] = abi::guest::SMCCC_NOT_SUPPORTED;
+            ctx.pc += 4;
+            Step::Resume
+        }
+        GuestExit::Interrupt => Step::Resume,
+        GuestExit::Other { esr } => Step::Exit(
+            (
+                ExitReason::GuestException,
+                [esr, ctx.pc, ctx.exit_far, 0, 0],
+            ),
+            Pending::None,
+        ),
+    }
+}
+
+fn source_name(s: FaultSource) -> &'static str {
+    match s {
+        FaultSource::Gmem => "gmem",
+        FaultSource::UserspaceAnon => "userspace_addr(anon)",
+        FaultSource::UserspaceGmem => "userspace_addr(gmem)",
+    }
+}
+
+/// Runs a vCPU until an exit the host must see. `c0`, `c1` complete the previous exit.
+pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
+    let id = u32::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
+    // Take the context out of the table: the lock is not held while the guest runs.
+    let (h, mut ctx, vttbr, vtcr) = with_hyp(|hyp| {
+        let c = hyp.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
+        let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
+        complete(&mut ctx, c.pending, c0, c1);
+        c.pending = Pending::None;
+        let h = c.vm;
+        let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
+        Ok((h, ctx, v.stage2.vttbr(), v.stage2.vtcr()))
+    })?;
+
+    let mut host_sys = El1Sys::default();
+    switch::save_el1(&mut host_sys);
+    switch::restore_el1(&ctx.sys);
+    let host_hcr = crate::arch::el1::host_hcr();
+    switch::load_stage2(switch::guest_hcr(), vttbr, vtcr);
+
+    let (exit, pending) = loop {
+        // SAFETY: the context is ours for the run, the guest's stage-2, HCR_EL2 and EL1 state
+        // are loaded.
+        unsafe { switch::enter_guest(&mut *ctx) };
+        let mut guard = HYP.lock();
+        let Some(hyp) = guard.as_mut() else {
+            break ((ExitReason::GuestException, [0; 5]), Pending::None);
+        };
+        match handle_exit(hyp, h, &mut ctx) {
+            Step::Resume => continue,
+            Step::Exit(e, p) => {
+                if let Some(v) = hyp.vms.get_mut(&h.0) {
+                    v.stats.exits += 1;
+                }
+                break (e, p);
+            }
+        }
+    };
+
+    switch::save_el1(&mut ctx.sys);
+    switch::restore_el1(&host_sys);
+    switch::load_stage2(host_hcr, 0, vtcr);
+    log::debug!("vcpu {id} exit {:?} {:x?}", exit.0, exit.1);
+
+    let mut guard = HYP.lock();
+    if let Some(c) = guard.as_mut().and_then(|hyp| hyp.vcpus.get_mut(&id)) {
+        c.ctx = Some(ctx);
+        c.pending = pending;
+    }
+    let (reason, d) = exit;
+    Ok([reason as u64, d[0], d[1], d[2], d[3], d[4]])
+}
