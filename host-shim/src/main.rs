@@ -2,8 +2,13 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::HostCall;
-use host_shim::hvc;
+use host_shim::driver::{refuse_hypercalls, GuestDriver};
+use host_shim::pages::HostPages;
+use host_shim::{hvc, vm};
 
 #[no_mangle]
 fn host_image_main(_args: [u64; 4]) -> ! {
@@ -11,7 +16,13 @@ fn host_image_main(_args: [u64; 4]) -> ! {
     let code = match hvc::call(HostCall::Version, [0; 6]) {
         Ok([v, ..]) => {
             log::info!("hyp answers VERSION: ABI {}.{}", v >> 16, v & 0xffff);
-            0
+            match demo() {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("demo failed: {e}");
+                    1
+                }
+            }
         }
         Err(e) => {
             log::error!("VERSION call failed: {e}");
@@ -19,4 +30,34 @@ fn host_image_main(_args: [u64; 4]) -> ! {
         }
     };
     board::semihost::exit(code)
+}
+
+fn demo() -> Result<(), abi::Errno> {
+    let (base, size) = vm::ram()?;
+    let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
+    let v = vm::vm_create(VmType::Plain)?;
+    let g = vm::gmem_create(v, 64 << 10, GmemFlags::MMAP | GmemFlags::NO_DIRECT_MAP)?;
+    vm::memslot_create(
+        v,
+        &vm::SlotSpec {
+            gpa: 0x8000_0000,
+            size: 64 << 10,
+            gmem: Some((g, 0)),
+            uaddr: UserspaceAddr::None,
+            flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES,
+        },
+    )?;
+    let pool = pages.alloc_contiguous(32, 4096).ok_or(abi::Errno::ENOMEM)?;
+    vm::donate(v, pool, 32)?;
+    let mut d = GuestDriver::load(v, &mut pages)?;
+    let r = d.write(0x8000_1000, 0x5a, &mut pages, &mut refuse_hypercalls)?;
+    log::info!("guest write: {r:?}");
+    let r = d.read(0x8000_1000, &mut pages, &mut refuse_hypercalls)?;
+    log::info!("guest read: {r:?}");
+    let pa = vm::map_gmem(g, 0x1000, false)?;
+    // SAFETY: the hyp handed out this page of the gmem's mmap view; the host reads one byte.
+    let b = unsafe { core::ptr::read_volatile(pa as *const u8) };
+    log::info!("host reads gmem offset 0x1000 at pa 0x{pa:x}: 0x{b:02x}");
+    log::info!("stats {:?}", vm::stats(v)?);
+    Ok(())
 }
