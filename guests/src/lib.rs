@@ -39,18 +39,38 @@ guest_vectors:
     b       guest_exception
     .endr
 
+// Saves every caller-saved register (the handler is a Rust call), records the syndrome and
+// steps over the faulting instruction.
 guest_exception:
-    sub     sp, sp, #32
-    stp     x0, x1, [sp]
-    str     x30, [sp, #16]
+    sub     sp, sp, #176
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x29, [sp, #144]
+    str     x30, [sp, #160]
     mrs     x0, esr_el1
     bl      guest_record_exception
     mrs     x0, elr_el1
     add     x0, x0, #4
     msr     elr_el1, x0
-    ldp     x0, x1, [sp]
-    ldr     x30, [sp, #16]
-    add     sp, sp, #32
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x29, [sp, #144]
+    ldr     x30, [sp, #160]
+    add     sp, sp, #176
     eret
     .ltorg
 "#

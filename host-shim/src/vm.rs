@@ -237,3 +237,8 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
         },
     })
 }
+
+/// `vm_create` with a raw type number (for testing refusals).
+pub fn vm_create_raw(t: u64) -> Result<VmId, Errno> {
+    Ok(VmId(call(HostCall::VmCreate, [t, 0, 0, 0, 0, 0])?[0]))
+}

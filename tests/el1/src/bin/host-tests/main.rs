@@ -10,6 +10,8 @@ use abi::Errno;
 use host_shim::hvc;
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
+mod vms;
+
 /// Must match `target_tests_el2::HANDOFF_MAGIC`.
 const HANDOFF_MAGIC: u64 = 0x7e57_0c0d;
 
@@ -91,6 +93,7 @@ register!(
 #[no_mangle]
 fn host_image_main(args: [u64; 4]) -> ! {
     host_shim::exceptions::set_crash_hook(ontarget::report_crash);
+    vms::init_pages();
     let prior = if args[2] == HANDOFF_MAGIC {
         Totals {
             passed: args[0] as usize,
