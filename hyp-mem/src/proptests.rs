@@ -164,11 +164,11 @@ fn real_runs(s2: &Stage2<FakeArena, RecordingTlb>) -> Vec<(u64, u64, u64, S2Attr
 }
 
 proptest! {
-    #![proptest_config(config(256, 3))]
+    #![proptest_config(config(256, 2))]
 
     #[test]
-    fn stage2_matches_the_model(ops in prop::collection::vec(s2_op(), 1..if cfg!(miri) { 10 } else { 40 })) {
-        let arena = FakeArena::new(512);
+    fn stage2_matches_the_model(ops in prop::collection::vec(s2_op(), 1..if cfg!(miri) { 8 } else { 40 })) {
+        let arena = FakeArena::new(if cfg!(miri) { 96 } else { 512 });
         let mut s2 = Stage2::new(arena.clone(), RecordingTlb::new(), 9, IpaSize::Bits40).unwrap();
         if !cfg!(miri) {
             let root = s2.root_pa();

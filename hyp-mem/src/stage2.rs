@@ -278,9 +278,12 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// The PA that `ipa` (inside this leaf) translates to.
-    pub const fn pa_of(&self, ipa: u64) -> u64 {
-        self.pa_base + (ipa - self.ipa_base)
+    /// The PA that `ipa` translates to, `None` if `ipa` is outside this leaf.
+    pub const fn pa_of(&self, ipa: u64) -> Option<u64> {
+        match ipa.checked_sub(self.ipa_base) {
+            Some(off) if off < self.size => Some(self.pa_base + off),
+            _ => None,
+        }
     }
 }
 
@@ -749,7 +752,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
             Kind::Leaf if new_valid => {
                 // A bigger leaf covers the range: fine only if it says the same.
                 let m = mapping_of(desc, l, ipa);
-                let same_pa = m.pa_of(ipa) == new & OA_MASK;
+                let same_pa = m.pa_of(ipa) == Some(new & OA_MASK);
                 if same_pa && leaf_attr_bits(desc) == leaf_attr_bits(new) {
                     Ok(())
                 } else {
