@@ -21,16 +21,22 @@ TEST_LOG    ?= warn
 QEMU_MEM_MIB ?= 512
 TIMEOUT     ?= 60
 QEMU        := qemu-system-aarch64
-QEMU_FLAGS  := -M virt,virtualization=on,gic-version=3 -cpu max -m $(QEMU_MEM_MIB)M \
-               -nographic -semihosting -no-reboot
+QEMU_BASE   := -M virt,virtualization=on,gic-version=3 -cpu max -m $(QEMU_MEM_MIB)M \
+               -nographic -no-reboot
+QEMU_FLAGS  := $(QEMU_BASE) -semihosting
 QEMU_RUN     = timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_FLAGS)
+# The host shim reads its mode and files from the semihosting command line.
+semi_args    = -semihosting-config enable=on,target=native,arg=hyp$(subst $(space),,$(patsubst %,$(comma)arg=%,$(1)))
+comma       := ,
+space       := $(subst ,, )
+SCENARIOS   ?= $(sort $(wildcard scenarios/*.scn))
 
 HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
-        bench-host selfcheck
+        bench-host selfcheck scenario scenarios
 
 ## ---- set-up: everything a fresh machine lacks ------------------------------------------------
 setup:
@@ -65,6 +71,17 @@ test-images: guest-image
 run: images
 	$(QEMU_RUN) -kernel $(OUT)/hyp
 
+# One scenario file: exits 0 only if every statement held.
+scenario: images
+	@test -n "$(FILE)" || { echo "usage: make scenario FILE=path/to/file.scn"; exit 2; }
+	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario $(FILE)) \
+	  -kernel $(OUT)/hyp
+
+# Every file in scenarios/ (one boot, one VM per file).
+scenarios: images
+	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario $(SCENARIOS)) \
+	  -kernel $(OUT)/hyp
+
 debug: images
 	@echo "QEMU waits for gdb on :1234. In another shell:"
 	@echo "  gdb-multiarch $(OUT)/hyp -ex 'target remote :1234'"
@@ -72,7 +89,7 @@ debug: images
 	$(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target
+test: test-host miri test-target scenarios
 
 test-host: setup
 	cargo test $(HOST_CRATES)

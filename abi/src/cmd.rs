@@ -22,6 +22,10 @@ pub const OP_HVC: u64 = 3; // ARG0 = function ID, ARG1..3 = x1..x3 -> RESULT0/1 
 pub const OP_TOUCH: u64 = 4; // ARG0 = IPA, ARG1 = count, ARG2 = stride: write 1 byte each
 pub const OP_UNDEF: u64 = 5; // execute an undefined instruction (a guest's own exception)
 pub const OP_HALT: u64 = 6; // stop: the guest parks
+/// A pKVM range call the way a Linux guest makes it: ARG0 = function ID (MEM_SHARE,
+/// MEM_UNSHARE, MEM_RELINQUISH), ARG1 = IPA, ARG2 = pages. Calls again from where the hyp
+/// stopped until done or refused. RESULT0 = the last x0, RESULT1 = pages done in all.
+pub const OP_MEM_RANGE: u64 = 7;
 
 /// `STATUS` values.
 pub const STATUS_OK: u64 = 0;

@@ -56,10 +56,16 @@ pub enum HostCall {
     /// x1 = VM -> x0 = faults served at EL2, x1 = exits to the host, x2 = pool pages left,
     /// x3 = MMIO exits, x4 = memory-fault exits.
     VmStats,
+    /// x1 = VM, x2 = IPA -> x0 = the physical address the VM's stage-2 maps it to (`ENOENT` if
+    /// unmapped). Introspection: how a run shows which page served a guest access.
+    VmWalk,
+    /// x1 = gmem, x2 = offset -> x0 = the physical address backing it (`ENOENT` if none yet),
+    /// with no access check: what a malicious host could learn anyway, used by `host raw-read`.
+    GmemPhys,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 19] = [
+    pub const ALL: [HostCall; 21] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -79,6 +85,8 @@ impl HostCall {
         HostCall::VcpuCreate,
         HostCall::VcpuRun,
         HostCall::VmStats,
+        HostCall::VmWalk,
+        HostCall::GmemPhys,
     ];
 
     pub fn from_id(id: u64) -> Option<HostCall> {

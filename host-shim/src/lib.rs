@@ -10,6 +10,7 @@ pub mod driver;
 pub mod exceptions;
 pub mod hvc;
 pub mod pages;
+pub mod runner;
 pub mod vm;
 
 use buddy_system_allocator::LockedHeap;

@@ -4,6 +4,9 @@
 
 extern crate alloc;
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::HostCall;
 use host_shim::driver::{refuse_hypercalls, GuestDriver};
@@ -13,6 +16,11 @@ use host_shim::{hvc, vm};
 #[no_mangle]
 fn host_image_main(_args: [u64; 4]) -> ! {
     log::info!("host shim up at EL{}", host_shim::current_el());
+    let mut args: Vec<String> = Vec::new();
+    board::semihost::for_each_arg(|a| args.push(a.to_string()));
+    if args.get(1).map(String::as_str) == Some("scenario") {
+        board::semihost::exit(run_scenarios(&args[2..]));
+    }
     let code = match hvc::call(HostCall::Version, [0; 6]) {
         Ok([v, ..]) => {
             log::info!("hyp answers VERSION: ABI {}.{}", v >> 16, v & 0xffff);
@@ -60,4 +68,45 @@ fn demo() -> Result<(), abi::Errno> {
     log::info!("host reads gmem offset 0x1000 at pa 0x{pa:x}: 0x{b:02x}");
     log::info!("stats {:?}", vm::stats(v)?);
     Ok(())
+}
+
+/// `make scenario` / `make scenarios`: parse every file first (a parse error runs nothing), then
+/// run each against its own VM. Exit status 0 only if every statement held.
+fn run_scenarios(files: &[String]) -> i32 {
+    let mut parsed = Vec::new();
+    let mut buf = alloc::vec![0u8; 256 << 10];
+    for f in files {
+        let n = match board::semihost::read_file(f, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                board::println!("{f}: {e}");
+                return 2;
+            }
+        };
+        let Ok(text) = core::str::from_utf8(&buf[..n]) else {
+            board::println!("{f}: not UTF-8");
+            return 2;
+        };
+        match scenario::parse(text) {
+            Ok(sc) => parsed.push((f, sc)),
+            Err(e) => {
+                board::println!("{f}: {e}");
+                board::println!("0 passed, 1 failed");
+                return 2;
+            }
+        }
+    }
+    let Ok((base, size)) = vm::ram() else {
+        return 2;
+    };
+    let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
+    let mut total = host_shim::runner::Counts::default();
+    for (f, sc) in &parsed {
+        let c = host_shim::runner::run(f, sc, &mut pages);
+        board::println!("   {}: {} passed, {} failed", f, c.passed, c.failed);
+        total.passed += c.passed;
+        total.failed += c.failed;
+    }
+    board::println!("{} passed, {} failed", total.passed, total.failed);
+    i32::from(total.failed != 0)
 }

@@ -36,6 +36,8 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
         HostCall::VcpuCreate => calls::vcpu_create(a[0], a[1], a[2]),
         HostCall::VcpuRun => crate::vmm::vcpu_run(a[0], a[1], a[2]),
         HostCall::VmStats => calls::vm_stats(a[0]),
+        HostCall::VmWalk => calls::vm_walk(a[0], a[1]),
+        HostCall::GmemPhys => calls::gmem_phys(a[0], a[1]),
     };
     r.map_err(|e| (e, 0))
 }

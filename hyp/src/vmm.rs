@@ -453,6 +453,24 @@ pub mod calls {
         })
     }
 
+    /// The physical address `ipa` maps to in the VM's stage-2.
+    pub fn vm_walk(vm: u64, ipa: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let v = hyp.vm_mut(vm)?;
+            let m = v.stage2.walk(ipa).ok_or(Errno::ENOENT)?;
+            ok(m.pa_of(ipa).ok_or(Errno::ENOENT)?)
+        })
+    }
+
+    /// The physical page behind a gmem offset, without any check (introspection).
+    pub fn gmem_phys(gmem: u64, offset: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let f = hyp.world.gmem(GmemHandle(handle32(gmem)?))?;
+            let pa = f.page_pa(offset).ok_or(Errno::ENOENT)?;
+            ok(pa + offset % PAGE_SIZE)
+        })
+    }
+
     pub fn vm_stats(vm: u64) -> HostResult {
         with_hyp(|hyp| {
             let v = hyp.vm_mut(vm)?;

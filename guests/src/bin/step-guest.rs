@@ -22,6 +22,32 @@ fn finish_step() {
     }
 }
 
+/// Issues a range hypercall until every page is done or the hyp refuses; (last x0, pages done).
+fn mem_range(func: u64, mut ipa: u64, pages: u64) -> (u64, u64) {
+    use abi::guest::{MEM_RELINQUISH, SMCCC_SUCCESS};
+    let mut left = pages.max(1);
+    let mut total = 0;
+    loop {
+        let r = if func == MEM_RELINQUISH {
+            // One granule per call; x2 must be zero.
+            let r = hvc(func, ipa, 0, 0);
+            [r[0], 1, 0, 0]
+        } else {
+            hvc(func, ipa, if total == 0 { pages } else { left }, 0)
+        };
+        if r[0] != SMCCC_SUCCESS {
+            return (r[0], total);
+        }
+        let done = r[1].clamp(1, left);
+        total += done;
+        left -= done;
+        if left == 0 {
+            return (SMCCC_SUCCESS, total);
+        }
+        ipa += done * abi::PAGE_SIZE;
+    }
+}
+
 #[no_mangle]
 extern "C" fn guest_main(_arg: u64) -> ! {
     loop {
@@ -51,6 +77,14 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 for i in 0..count {
                     write_byte(base + i * stride, 1);
                 }
+            }
+            OP_MEM_RANGE => {
+                let func = mmio_read(reg(REG_ARG0));
+                let ipa = mmio_read(reg(REG_ARG1));
+                let pages = mmio_read(reg(REG_ARG2));
+                let (x0, done) = mem_range(func, ipa, pages);
+                mmio_write(reg(REG_RESULT0), x0);
+                mmio_write(reg(REG_RESULT1), done);
             }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.
