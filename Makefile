@@ -36,7 +36,7 @@ TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p g
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
-        bench-host selfcheck scenario scenarios
+        bench-host selfcheck scenario scenarios scenario-selfcheck
 
 ## ---- set-up: everything a fresh machine lacks ------------------------------------------------
 setup:
@@ -82,6 +82,21 @@ scenarios: images
 	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario $(SCENARIOS)) \
 	  -kernel $(OUT)/hyp
 
+# The runner must be able to fail: a wrong expectation and a parse error.
+scenario-selfcheck: images
+	@echo "== scenario self-check: a wrong expectation and a parse error must fail"
+	@set +e; timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) \
+	  $(call semi_args,scenario tests/scenarios/wrong-expectation.scn) -kernel $(OUT)/hyp \
+	  > target/scn-wrong.log 2>&1; st=$$?; sed 's/^/    wrong| /' target/scn-wrong.log | grep -v INFO; \
+	  [ $$st -ne 0 ] && grep -q '^FAIL   6: host read g offset=0 expect=0x5b .*expected 0x5b .*got 0x5a' target/scn-wrong.log || \
+	  { echo "FAIL: a wrong expectation was not reported"; exit 1; }
+	@set +e; timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) \
+	  $(call semi_args,scenario tests/scenarios/parse-error.scn) -kernel $(OUT)/hyp \
+	  > target/scn-parse.log 2>&1; st=$$?; sed 's/^/    parse| /' target/scn-parse.log | grep -v INFO; \
+	  [ $$st -ne 0 ] && grep -q 'line 5: ' target/scn-parse.log && ! grep -q '^ok ' target/scn-parse.log || \
+	  { echo "FAIL: a parse error was not reported, or statements ran"; exit 1; }
+	@echo "== scenario self-check: both failed as they must"
+
 debug: images
 	@echo "QEMU waits for gdb on :1234. In another shell:"
 	@echo "  gdb-multiarch $(OUT)/hyp -ex 'target remote :1234'"
@@ -89,7 +104,7 @@ debug: images
 	$(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target scenarios
+test: test-host miri test-target scenario-selfcheck scenarios
 
 test-host: setup
 	cargo test $(HOST_CRATES)
