@@ -31,8 +31,8 @@ comma       := ,
 space       := $(subst ,, )
 SCENARIOS   ?= $(sort $(wildcard scenarios/*.scn))
 
-HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem
-TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp -p host-shim -p guests -p ontarget \
+HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p scenario
+TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \

@@ -125,7 +125,10 @@ impl<'p> Runner<'p> {
             Ok(o) => done(o, format!("host touched pa 0x{pa:x}")),
             Err(f) => done(
                 Outcome::Sigbus,
-                format!("abort injected by the hyp at pa 0x{pa:x} (ESR 0x{:x})", f.esr),
+                format!(
+                    "abort injected by the hyp at pa 0x{pa:x} (ESR 0x{:x})",
+                    f.esr
+                ),
             ),
         }
     }
@@ -155,7 +158,10 @@ impl<'p> Runner<'p> {
         if let Some((mipa, write, _)) = r.mmio {
             return done(
                 Outcome::Mmio,
-                format!("MMIO exit at 0x{mipa:x} ({})", if write { "store" } else { "load" }),
+                format!(
+                    "MMIO exit at 0x{mipa:x} ({})",
+                    if write { "store" } else { "load" }
+                ),
             );
         }
         if let Some((esr, elr, far)) = r.exception {
@@ -208,7 +214,14 @@ impl<'p> Runner<'p> {
                     Err(e) => errno(e),
                 }
             }
-            StatementKind::Slot { name, gpa, size, gmem, uaddr, flags } => {
+            StatementKind::Slot {
+                name,
+                gpa,
+                size,
+                gmem,
+                uaddr,
+                flags,
+            } => {
                 let binding = match gmem {
                     Some((g, off)) => match self.gmem(g) {
                         Ok(id) => Some((id, *off)),
@@ -216,7 +229,13 @@ impl<'p> Runner<'p> {
                     },
                     None => None,
                 };
-                let spec = SlotSpec { gpa: *gpa, size: *size, gmem: binding, uaddr: *uaddr, flags: *flags };
+                let spec = SlotSpec {
+                    gpa: *gpa,
+                    size: *size,
+                    gmem: binding,
+                    uaddr: *uaddr,
+                    flags: *flags,
+                };
                 match vm::memslot_create(self.vm, &spec) {
                     Ok(s) => {
                         self.slots.insert(name.clone(), s);
@@ -231,16 +250,29 @@ impl<'p> Runner<'p> {
                     Err(e) => errno(e),
                 }
             }
-            StatementKind::Convert { gmem, to, offset, size, mode } => {
+            StatementKind::Convert {
+                gmem,
+                to,
+                offset,
+                size,
+                mode,
+            } => {
                 let g = match self.gmem(gmem) {
                     Ok(g) => g,
                     Err(e) => return errno(e),
                 };
-                match vm::convert(g, *offset, *size, *to, mode.unwrap_or(ContentMode::Preserve)) {
+                match vm::convert(
+                    g,
+                    *offset,
+                    *size,
+                    *to,
+                    mode.unwrap_or(ContentMode::Preserve),
+                ) {
                     Ok(()) => done(Outcome::Ok, "converted"),
-                    Err((Errno::EAGAIN, off)) => {
-                        done(Outcome::Eagain(off), format!("pinned page at offset 0x{off:x}"))
-                    }
+                    Err((Errno::EAGAIN, off)) => done(
+                        Outcome::Eagain(off),
+                        format!("pinned page at offset 0x{off:x}"),
+                    ),
                     Err((e, _)) => errno(e),
                 }
             }
@@ -251,16 +283,21 @@ impl<'p> Runner<'p> {
                 }
             }
             StatementKind::HostRead { target, offset } => self.host_access(target, *offset, None),
-            StatementKind::HostWrite { target, offset, value } => {
-                self.host_access(target, *offset, Some(*value))
-            }
+            StatementKind::HostWrite {
+                target,
+                offset,
+                value,
+            } => self.host_access(target, *offset, Some(*value)),
             StatementKind::HostRawRead { gmem, offset } => {
                 let pa = match self.gmem(gmem).and_then(|g| gmem_phys(g, *offset)) {
                     Ok(pa) => pa,
                     Err(e) => return errno(e),
                 };
                 match probe_read(pa as usize) {
-                    Ok(b) => done(Outcome::Byte(b), format!("raw read of pa 0x{pa:x} went through")),
+                    Ok(b) => done(
+                        Outcome::Byte(b),
+                        format!("raw read of pa 0x{pa:x} went through"),
+                    ),
                     Err(f) => done(
                         Outcome::Abort,
                         format!("stage-2 abort at pa 0x{pa:x} (ESR 0x{:x})", f.esr),

@@ -117,7 +117,7 @@ fn ok(v: u64) -> HostResult {
 fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
     let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
     pa.checked_add(size).ok_or(Errno::EINVAL)?;
-    if pages == 0 || pa % PAGE_SIZE != 0 {
+    if pages == 0 || !pa.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     Ok(size)
@@ -402,7 +402,7 @@ pub mod calls {
             let h = VmHandle(handle32(vm)?);
             hyp.vm_mut(vm)?;
             let end = ipa.checked_add(size).ok_or(Errno::EINVAL)?;
-            if ipa % PAGE_SIZE != 0 || end > IPA.limit() {
+            if !ipa.is_multiple_of(PAGE_SIZE) || end > IPA.limit() {
                 return Err(Errno::EINVAL);
             }
             if (0..pages).any(|i| hyp.world.gpa_to_gmem(h, ipa + i * PAGE_SIZE).is_ok()) {
@@ -436,7 +436,7 @@ pub mod calls {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
             hyp.vm_mut(vm)?;
-            if entry >= IPA.limit() || entry % 4 != 0 {
+            if entry >= IPA.limit() || !entry.is_multiple_of(4) {
                 return Err(Errno::EINVAL);
             }
             let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;

@@ -17,7 +17,7 @@ pub struct TrapFrame {
     pub kind: u64,
 }
 
-const _: () = assert!(size_of::<TrapFrame>() % 16 == 0);
+const _: () = assert!(size_of::<TrapFrame>().is_multiple_of(16));
 
 /// The vector that was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
