@@ -62,10 +62,17 @@ pub enum HostCall {
     /// x1 = gmem, x2 = offset -> x0 = the physical address backing it (`ENOENT` if none yet),
     /// with no access check: what a malicious host could learn anyway, used by `host raw-read`.
     GmemPhys,
+    /// x1 = vCPU whose last exit was a guest MEM_SHARE / MEM_UNSHARE: carry it out (convert the
+    /// gmem range the hyp validated, with the guest as initiator). -> x1 = pages converted.
+    /// On `EAGAIN`, x1 = `error_offset` of the first pinned page; nothing changed.
+    GuestConvert,
+    /// -> x0 = number of ownership invariant violations (0 = every page reachable by a component
+    /// is owned or borrowed by it, no page owned twice, every share marked on both sides).
+    CheckInvariants,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 21] = [
+    pub const ALL: [HostCall; 23] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -87,6 +94,8 @@ impl HostCall {
         HostCall::VmStats,
         HostCall::VmWalk,
         HostCall::GmemPhys,
+        HostCall::GuestConvert,
+        HostCall::CheckInvariants,
     ];
 
     pub fn from_id(id: u64) -> Option<HostCall> {

@@ -187,9 +187,12 @@ pub fn enter_host(image: &[u8], args: [u64; 4]) -> ! {
     }
     cache::clean_invalidate_dcache(HOST_BASE, image.len());
     cache::invalidate_icache();
+    let Some((vttbr, vtcr)) = crate::vmm::host_stage2_regs() else {
+        fatal(format_args!("no host stage-2"));
+    };
     log::info!(
-        "entering the host at EL1: 0x{HOST_BASE:x} ({} KiB image)",
+        "entering the host at EL1 under its stage-2: 0x{HOST_BASE:x} ({} KiB image)",
         image.len() / 1024
     );
-    el1::enter(HOST_BASE as u64, args, info.el2_stack_top as u64)
+    el1::enter(HOST_BASE as u64, args, info.el2_stack_top as u64, vttbr, vtcr)
 }

@@ -43,6 +43,13 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
         }
         VectorKind::LowerSync => match esr::ec(syn.esr) {
             esr::EC_HVC64 => hostcall::handle(frame),
+            ec @ (esr::EC_DABT_LOW | esr::EC_IABT_LOW) => {
+                // A host stage-2 fault: the host's IPA is the PA.
+                let ipa = ((syn.hpfar >> 4) << 12) | (syn.far & 0xfff);
+                if !crate::vmm::host_abort(ipa) {
+                    crate::arch::el1::inject_host_abort(frame, syn.far, ec == esr::EC_IABT_LOW);
+                }
+            }
             _ => fatal_exception(frame, syn),
         },
         VectorKind::LowerIrq | VectorKind::LowerFiq => {

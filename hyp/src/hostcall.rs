@@ -38,6 +38,8 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
         HostCall::VmStats => calls::vm_stats(a[0]),
         HostCall::VmWalk => calls::vm_walk(a[0], a[1]),
         HostCall::GmemPhys => calls::gmem_phys(a[0], a[1]),
+        HostCall::GuestConvert => return calls::guest_convert(a[0]),
+        HostCall::CheckInvariants => calls::check_invariants(),
     };
     r.map_err(|e| (e, 0))
 }

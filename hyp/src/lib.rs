@@ -15,4 +15,5 @@ pub mod hostcall;
 pub mod mm;
 pub mod percpu;
 pub mod pool;
+pub mod protect;
 pub mod vmm;

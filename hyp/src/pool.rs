@@ -47,6 +47,19 @@ impl VmPool {
         self.donated
     }
 
+    /// Takes a free page out of the pool for good (it goes back to the host). `false` if it
+    /// is not a free page of this pool.
+    pub fn remove(&mut self, pa: u64) -> bool {
+        match self.free.iter().position(|&p| p == pa) {
+            Some(i) => {
+                self.free.swap_remove(i);
+                self.donated = self.donated.saturating_sub(1);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Empties the pool, for teardown: every page, zeroed.
     pub fn drain(&mut self) -> Vec<u64> {
         self.donated = 0;

@@ -9,7 +9,7 @@
 //! is taken out of the table for the run and put back at the exit.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use abi::flags::{ContentMode, ConvertTo, MemoryAttributes, UserspaceAddr, VmType};
@@ -17,16 +17,23 @@ use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
 use board::layout::HYP_END;
 use hyp_core::{
-    Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle, Initiator,
-    Invalidation, MemslotSpec, SlotId, VmHandle, World,
+    Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle,
+    GuestRangePiece, Initiator, Invalidation, MemslotSpec, SlotId, VmHandle, World,
 };
-use hyp_mem::ownership::{Ownership, PageMeta, Transition};
+use hyp_mem::ownership::{Ownership, PageMeta, PageState, Transition};
+
+use crate::protect::{self, HostStage2};
 use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
 
 use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
 use crate::arch::switch::{self, El1Sys, GuestContext};
 use crate::arch::tlb::HwTlb;
 use crate::guestcall::{self, GuestCall};
+use abi::guest::{
+    MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_ENROLL, MMIO_GUARD_MAP,
+    MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, RANGE_CALL_MAX_GRANULES,
+    SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+};
 use crate::hostcall::HostResult;
 use crate::pool::VmPool;
 
@@ -44,11 +51,13 @@ pub struct VmStats {
     pub memory_fault_exits: u64,
 }
 
-struct HypVm {
-    stage2: Stage2<VmPool, HwTlb>,
+pub(crate) struct HypVm {
+    pub(crate) stage2: Stage2<VmPool, HwTlb>,
     /// Host pages shared with the guest outside its memslots (code, stack): IPA -> PA.
     host_shared: BTreeMap<u64, u64>,
     stats: VmStats,
+    /// MMIO guard: once enrolled, only guarded IPAs (pages) exit as MMIO.
+    mmio_guard: Option<BTreeSet<u64>>,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -58,6 +67,17 @@ enum Pending {
     Mmio(MmioAccess),
     MemoryFault { ipa: u64 },
     Hypercall,
+    /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
+    GuestRequest(GuestRequest),
+}
+
+/// The one piece of a guest's share/unshare request this exit covers.
+#[derive(Clone, Copy, Debug)]
+struct GuestRequest {
+    to: ConvertTo,
+    piece: GuestRangePiece,
+    /// Set once the host carried it out.
+    converted: bool,
 }
 
 struct Vcpu {
@@ -69,11 +89,12 @@ struct Vcpu {
 
 /// The hyp's state of every VM and of page ownership.
 pub struct Hyp {
-    world: World,
-    vms: BTreeMap<u32, HypVm>,
+    pub(crate) world: World,
+    pub(crate) vms: BTreeMap<u32, HypVm>,
     vcpus: BTreeMap<u32, Vcpu>,
     next_vcpu: u32,
-    owners: Ownership<Vec<PageMeta>>,
+    pub(crate) owners: Ownership<Vec<PageMeta>>,
+    pub(crate) host_s2: HostStage2,
 }
 
 /// All VM state, behind one lock (first in the lock order).
@@ -82,21 +103,31 @@ pub static HYP: spin::Mutex<Option<Hyp>> = spin::Mutex::new(None);
 /// Sets up the VM manager (once, at boot): every RAM page is the host's except the hyp's own
 /// region `[ram_base, HYP_END)`.
 pub fn init(ram_base: usize, ram_size: usize) -> Result<(), Errno> {
-    let pages = ram_size / PAGE_SIZE as usize;
-    let mut owners = Ownership::new(ram_base as u64, alloc::vec![PageMeta::default(); pages])?;
-    let mut pa = ram_base as u64;
-    while pa < HYP_END as u64 {
-        owners.host_donate_to_hyp(pa)?;
-        pa += PAGE_SIZE;
-    }
+    let owners = protect::new_ownership(ram_base as u64, ram_size as u64, HYP_END as u64)?;
+    let host_s2 = protect::new_host_stage2()?;
     *HYP.lock() = Some(Hyp {
         world: World::new(),
         vms: BTreeMap::new(),
         vcpus: BTreeMap::new(),
         next_vcpu: 0,
         owners,
+        host_s2,
     });
     Ok(())
+}
+
+/// `VTTBR_EL2` and `VTCR_EL2` of the host's stage-2.
+pub fn host_stage2_regs() -> Option<(u64, u64)> {
+    HYP.lock()
+        .as_ref()
+        .map(|h| (h.host_s2.vttbr(), h.host_s2.vtcr()))
+}
+
+/// A stage-2 abort taken by the host: maps what the host may reach; `false` if it may not.
+pub fn host_abort(ipa: u64) -> bool {
+    HYP.lock()
+        .as_mut()
+        .is_some_and(|h| h.host_stage2_fault(ipa))
 }
 
 fn with_hyp<R>(f: impl FnOnce(&mut Hyp) -> Result<R, Errno>) -> Result<R, Errno> {
@@ -126,6 +157,13 @@ fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
 impl Hyp {
     fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm, Errno> {
         self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
+    }
+
+    /// Rule 5, then ownership: removes every stage-2 mapping the change invalidated (both coco
+    /// aliases), then brings the pages' ownership in line (`owner` = the gmem's VM).
+    fn apply_and_sync(&mut self, owner: VmHandle, inv: &Invalidation) {
+        self.apply(inv);
+        self.sync_after(owner, inv);
     }
 
     /// Rule 5: removes every stage-2 mapping the change invalidated, both coco aliases.
@@ -190,6 +228,7 @@ pub mod calls {
                     stage2,
                     host_shared: BTreeMap::new(),
                     stats: VmStats::default(),
+                    mmio_guard: None,
                 },
             );
             log::debug!("VM {} created ({})", h.0, t.name());
@@ -210,8 +249,12 @@ pub mod calls {
             let Some(mut v) = hyp.vms.remove(&h.0) else {
                 return Err(Errno::ENOENT);
             };
-            // The core zeroes every page that held data as it frees it into the pool.
-            hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
+            // The core zeroes every page that held data as it frees it into the pool; each
+            // goes back to the hyp's ownership, then the whole pool back to the host.
+            let freed = hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
+            for &pa in &freed {
+                hyp.reclaim_to_pool(h, pa);
+            }
             let (mut pool, _) = v.stage2.destroy();
             let pages = pool.drain();
             for &pa in &pages {
@@ -246,7 +289,10 @@ pub mod calls {
             let g = GmemHandle(handle32(gmem)?);
             let owner = hyp.world.gmem_owner(g)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
-            hyp.world.destroy_gmem(g, v.stage2.mm_mut())?;
+            let freed = hyp.world.destroy_gmem(g, v.stage2.mm_mut())?;
+            for pa in freed {
+                hyp.reclaim_to_pool(owner, pa);
+            }
             ok(0)
         })
     }
@@ -282,7 +328,7 @@ pub mod calls {
             let inv = hyp
                 .world
                 .delete_memslot(h, SlotId(handle32(slot)?), v.stage2.mm_mut())?;
-            hyp.apply(&inv);
+            hyp.apply_and_sync(h, &inv);
             ok(0)
         })
     }
@@ -328,7 +374,7 @@ pub mod calls {
             .world
             .convert(g, &req, v.stage2.mm_mut())
             .map_err(|e| (e.errno, e.error_offset))?;
-        hyp.apply(&inv);
+        hyp.apply_and_sync(owner, &inv);
         Ok([0; 6])
     }
 
@@ -338,7 +384,7 @@ pub mod calls {
             let owner = hyp.world.gmem_owner(g)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
             let inv = hyp.world.punch(g, offset, size, v.stage2.mm_mut())?;
-            hyp.apply(&inv);
+            hyp.apply_and_sync(owner, &inv);
             ok(0)
         })
     }
@@ -352,7 +398,9 @@ pub mod calls {
             }
             let owner = hyp.world.gmem_owner(g)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
-            ok(hyp.world.pin(g, offset, v.stage2.mm_mut())?)
+            let pa = hyp.world.pin(g, offset, v.stage2.mm_mut())?;
+            hyp.sync_gmem_range(g, offset, PAGE_SIZE);
+            ok(pa)
         })
     }
 
@@ -362,7 +410,9 @@ pub mod calls {
             let g = GmemHandle(handle32(gmem)?);
             let owner = hyp.world.gmem_owner(g)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
-            ok(hyp.world.host_fault(g, offset, v.stage2.mm_mut())?)
+            let pa = hyp.world.host_fault(g, offset, v.stage2.mm_mut())?;
+            hyp.sync_gmem_range(g, offset, PAGE_SIZE);
+            ok(pa)
         })
     }
 
@@ -372,9 +422,15 @@ pub mod calls {
             let h = VmHandle(handle32(vm)?);
             let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
             let slot = SlotId(handle32(slot)?);
-            ok(hyp
+            let pa = hyp
                 .world
-                .host_uaddr_fault(h, slot, offset, v.stage2.mm_mut())?)
+                .host_uaddr_fault(h, slot, offset, v.stage2.mm_mut())?;
+            let s = hyp.world.vm(h)?.slot(slot).ok_or(Errno::ENOENT)?;
+            match (s.userspace_addr(), s.gmem_offset(s.gpa() + offset)) {
+                (UserspaceAddr::Gmem, Some((g, off))) => hyp.sync_gmem_range(g, off, PAGE_SIZE),
+                _ => hyp.sync_anon_page(h, pa)?,
+            }
+            ok(pa)
         })
     }
 
@@ -383,9 +439,7 @@ pub mod calls {
         with_hyp(|hyp| {
             page_run(pa, pages)?;
             hyp.vm_mut(vm)?;
-            hyp.transition_all(pa, pages, Transition::HostDonateToHyp, |o, p| {
-                o.host_donate_to_hyp(p)
-            })?;
+            hyp.take_from_host(pa, pages)?;
             let v = hyp.vm_mut(vm)?;
             for i in 0..pages {
                 v.stage2.mm_mut().add(pa + i * PAGE_SIZE);
@@ -471,6 +525,57 @@ pub mod calls {
         })
     }
 
+    /// Carries out the share/unshare the vCPU's last exit asked for (the host cannot name any
+    /// other range). `Err((EAGAIN, error_offset))` if a page is pinned; nothing changes then.
+    /// -> x0 = 0, x1 = pages converted.
+    pub fn guest_convert(vcpu: u64) -> Result<[u64; 6], (Errno, u64)> {
+        let mut guard = HYP.lock();
+        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
+        let id = handle32(vcpu).map_err(|e| (e, 0))?;
+        let c = hyp.vcpus.get_mut(&id).ok_or((Errno::ENOENT, 0))?;
+        let Pending::GuestRequest(req) = c.pending else {
+            return Err((Errno::EINVAL, 0));
+        };
+        if req.converted {
+            return Err((Errno::EINVAL, 0));
+        }
+        let vm = c.vm;
+        let pages = req.piece.size / PAGE_SIZE;
+        if let (true, Some((g, offset))) = (req.piece.tracked, req.piece.gmem) {
+            let v = hyp.vms.get_mut(&vm.0).ok_or((Errno::ENOENT, 0))?;
+            let creq = ConvertRequest {
+                offset,
+                size: req.piece.size,
+                to: req.to,
+                mode: ContentMode::Preserve,
+                initiator: Initiator::Guest,
+            };
+            let inv = hyp
+                .world
+                .convert(g, &creq, v.stage2.mm_mut())
+                .map_err(|e| (e.errno, e.error_offset))?;
+            hyp.apply_and_sync(vm, &inv);
+        }
+        if let Some(c) = hyp.vcpus.get_mut(&id) {
+            c.pending = Pending::GuestRequest(GuestRequest {
+                converted: true,
+                ..req
+            });
+        }
+        Ok([0, pages, 0, 0, 0, 0])
+    }
+
+    /// Runs the invariant checker: -> x0 = number of violations (each logged).
+    pub fn check_invariants() -> HostResult {
+        with_hyp(|hyp| {
+            let v = hyp.check_invariants();
+            for violation in v.iter().take(16) {
+                log::error!("invariant violated: {violation:?}");
+            }
+            ok(v.len() as u64)
+        })
+    }
+
     pub fn vm_stats(vm: u64) -> HostResult {
         with_hyp(|hyp| {
             let v = hyp.vm_mut(vm)?;
@@ -520,7 +625,7 @@ fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
                 ctx.inject_data_abort(ipa);
             }
         }
-        Pending::Hypercall => {
+        Pending::Hypercall | Pending::GuestRequest(_) => {
             ctx.set_reg(0, c0);
             ctx.set_reg(1, c1);
         }
@@ -532,125 +637,259 @@ enum Step {
     Exit(HostExit, Pending),
 }
 
-/// Handles one exit under the lock: serve it at EL2 (`Resume`) or hand it to the host.
-fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
-    let exit = guest_exit::decode(ctx);
-    match exit {
-        GuestExit::Stage2Abort { ipa, access, mmio } => {
-            let Some(v) = hyp.vms.get_mut(&h.0) else {
-                return Step::Exit(
-                    (
-                        ExitReason::GuestException,
-                        [ctx.exit_esr, ctx.pc, ipa, 0, 0],
-                    ),
-                    Pending::None,
+fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
+    Step::Exit(
+        (ExitReason::GuestException, [ctx.exit_esr, ctx.pc, far, 0, 0]),
+        Pending::None,
+    )
+}
+
+/// Ownership of a page just mapped for the guest (only fresh pool pages need work).
+fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: FaultSource) {
+    let fresh = hyp
+        .owners
+        .info(pa)
+        .is_ok_and(|i| i.state_of(hyp_mem::ownership::Component::Hyp) == PageState::Owned);
+    if !fresh {
+        return;
+    }
+    let r = match source {
+        FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
+        FaultSource::Gmem | FaultSource::UserspaceGmem => {
+            let allowed = match hyp.world.gpa_to_gmem(h, gpa) {
+                Ok((_, Some((g, off)))) => hyp
+                    .world
+                    .gmem(g)
+                    .is_ok_and(|f| f.host_stage2_allowed(off)),
+                _ => false,
+            };
+            hyp.sync_gmem_page(h, pa, allowed)
+        }
+    };
+    if let Err(e) = r {
+        log::error!("ownership of page 0x{pa:x} for VM {}: {e}", h.0);
+    }
+}
+
+/// A stage-2 abort of the guest: served at EL2 or handed to the host.
+fn stage2_abort(
+    hyp: &mut Hyp,
+    h: VmHandle,
+    ctx: &mut GuestContext,
+    ipa: u64,
+    access: AbortAccess,
+    mmio: Option<MmioAccess>,
+) -> Step {
+    let acc = match access {
+        AbortAccess::Read => Access::Read,
+        AbortAccess::Write => Access::Write,
+        AbortAccess::Exec => Access::Exec,
+    };
+    let Some(v) = hyp.vms.get_mut(&h.0) else {
+        return guest_exception(ctx, ipa);
+    };
+    let resolution = match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
+        Ok(r) => r,
+        Err(_) => return guest_exception(ctx, ipa),
+    };
+    match resolution {
+        FaultResolution::Map {
+            ipa: page,
+            gpa,
+            pa,
+            source,
+            ..
+        } => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
+            Ok(()) => {
+                v.stats.faults_served += 1;
+                sync_mapped_page(hyp, h, gpa, pa, source);
+                log::debug!(
+                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
+                    h.0,
+                    source_name(source)
                 );
-            };
-            let acc = match access {
-                AbortAccess::Read => Access::Read,
-                AbortAccess::Write => Access::Write,
-                AbortAccess::Exec => Access::Exec,
-            };
-            // Host pages shared with the guest outside every memslot are mapped up front; a
-            // fault on one means it was unmapped meanwhile: treat like any other IPA.
-            match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
-                Ok(FaultResolution::Map {
-                    ipa: page,
-                    pa,
-                    source,
-                    ..
-                }) => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
-                    Ok(()) => {
-                        v.stats.faults_served += 1;
-                        log::debug!(
-                            "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
-                            h.0,
-                            source_name(source)
-                        );
-                        Step::Resume
-                    }
-                    Err(Errno::ENOMEM) => {
-                        Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-                    }
-                    Err(e) => {
-                        log::error!("stage-2 map of 0x{page:x} failed: {e}");
-                        Step::Exit(
-                            (
-                                ExitReason::GuestException,
-                                [ctx.exit_esr, ctx.pc, ipa, 0, 0],
-                            ),
-                            Pending::None,
-                        )
-                    }
-                },
-                Ok(FaultResolution::MemoryFault { gpa, size, flags }) => {
-                    v.stats.memory_fault_exits += 1;
-                    log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);
+                Step::Resume
+            }
+            Err(Errno::ENOMEM) => {
+                Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+            }
+            Err(e) => {
+                log::error!("stage-2 map of 0x{page:x} failed: {e}");
+                guest_exception(ctx, ipa)
+            }
+        },
+        FaultResolution::MemoryFault { gpa, size, flags } => {
+            v.stats.memory_fault_exits += 1;
+            log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);
+            Step::Exit(
+                (ExitReason::MemoryFault, [gpa, size, flags.bits(), 0, 0]),
+                Pending::MemoryFault { ipa },
+            )
+        }
+        FaultResolution::Mmio { ipa } => {
+            let guarded = v
+                .mmio_guard
+                .as_ref()
+                .is_none_or(|set| set.contains(&(ipa & !(PAGE_SIZE - 1))));
+            match mmio {
+                Some(m) if guarded => {
+                    v.stats.mmio_exits += 1;
+                    let data = if m.write { ctx.reg(usize::from(m.reg)) } else { 0 };
                     Step::Exit(
-                        (ExitReason::MemoryFault, [gpa, size, flags.bits(), 0, 0]),
-                        Pending::MemoryFault { ipa },
+                        (
+                            ExitReason::Mmio,
+                            [ipa, u64::from(m.size), u64::from(m.write), data, 0],
+                        ),
+                        Pending::Mmio(m),
                     )
                 }
-                Ok(FaultResolution::Mmio { ipa }) => match mmio {
-                    Some(m) => {
-                        v.stats.mmio_exits += 1;
-                        let data = if m.write {
-                            ctx.reg(usize::from(m.reg))
-                        } else {
-                            0
-                        };
-                        Step::Exit(
-                            (
-                                ExitReason::Mmio,
-                                [ipa, u64::from(m.size), u64::from(m.write), data, 0],
-                            ),
-                            Pending::Mmio(m),
-                        )
-                    }
-                    None => Step::Exit(
-                        (
-                            ExitReason::GuestException,
-                            [ctx.exit_esr, ctx.pc, ipa, 0, 0],
-                        ),
-                        Pending::None,
-                    ),
-                },
-                Ok(FaultResolution::NeedPages) => {
-                    Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-                }
-                Err(_) => Step::Exit(
-                    (
-                        ExitReason::GuestException,
-                        [ctx.exit_esr, ctx.pc, ipa, 0, 0],
-                    ),
-                    Pending::None,
-                ),
-            }
-        }
-        GuestExit::Hvc { .. } => {
-            let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
-            match guestcall::decide(x) {
-                GuestCall::Answer(r) => {
-                    ctx.x[..4].copy_from_slice(&r);
+                Some(_) => {
+                    // Enrolled in the MMIO guard and this IPA is not guarded: the access fails
+                    // in the guest, the host never sees it.
+                    log::debug!("vm {} unguarded MMIO at 0x{ipa:x}: abort injected", h.0);
+                    ctx.inject_data_abort(ipa);
                     Step::Resume
                 }
-                GuestCall::Forward => Step::Exit(
-                    (ExitReason::Hypercall, [x[0], x[1], x[2], x[3], 0]),
-                    Pending::Hypercall,
-                ),
+                None => guest_exception(ctx, ipa),
+            }
+        }
+        FaultResolution::NeedPages => {
+            Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+        }
+    }
+}
+
+fn answer(ctx: &mut GuestContext, r: [u64; 4]) -> Step {
+    ctx.x[..4].copy_from_slice(&r);
+    Step::Resume
+}
+
+/// MEM_SHARE / MEM_UNSHARE: validated here; the first memslot piece (at most 256 pages) is
+/// forwarded to the host, which converts it with `GuestConvert` and re-runs the vCPU.
+fn guest_share_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 4]) -> Step {
+    let [func, ipa, n, must_be_zero] = x;
+    let to = if func == MEM_SHARE {
+        ConvertTo::Shared
+    } else {
+        ConvertTo::Private
+    };
+    let pages = n.max(1).min(RANGE_CALL_MAX_GRANULES);
+    let pieces = match hyp.world.guest_range(h, ipa, pages, to) {
+        Ok(p) if must_be_zero == 0 => p,
+        _ => return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]),
+    };
+    let Some(&piece) = pieces.first() else {
+        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+    };
+    let done = piece.size / PAGE_SIZE;
+    Step::Exit(
+        (ExitReason::Hypercall, [func, ipa, done, 0, 0]),
+        Pending::GuestRequest(GuestRequest {
+            to,
+            piece,
+            converted: false,
+        }),
+    )
+}
+
+/// MEM_RELINQUISH, at EL2: the page leaves the guest, zeroed, and goes back to the host.
+fn guest_relinquish(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 4]) -> Step {
+    let [_, ipa, a2, a3] = x;
+    if a2 | a3 != 0 {
+        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+    }
+    let Some(v) = hyp.vms.get_mut(&h.0) else {
+        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+    };
+    let inv = match hyp.world.relinquish(h, ipa, v.stage2.mm_mut()) {
+        Ok(inv) => inv,
+        Err(_) => return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]),
+    };
+    hyp.apply_and_sync(h, &inv);
+    // Back to the host, not to the pool.
+    for &pa in &inv.freed {
+        let taken = hyp
+            .vms
+            .get_mut(&h.0)
+            .is_some_and(|v| v.stage2.mm_mut().remove(pa));
+        if taken {
+            if let Err(e) = hyp.owners.hyp_donate_to_host(pa) {
+                log::error!("relinquished page 0x{pa:x} to the host: {e}");
+            }
+        }
+    }
+    answer(ctx, [SMCCC_SUCCESS, 1, 0, 0])
+}
+
+/// The MMIO guard calls (Android): enroll, then map/unmap guarded MMIO granules.
+fn mmio_guard_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 4]) -> Step {
+    let [func, ipa, a2, a3] = x;
+    let invalid = [SMCCC_INVALID_PARAMETER, 0, 0, 0];
+    let in_memory = |hyp: &Hyp, ipa: u64| hyp.world.gpa_to_gmem(h, ipa).is_ok();
+    let range = matches!(func, MMIO_GUARD_MAP_RANGE | MMIO_GUARD_UNMAP_RANGE);
+    let count = if range { a2.max(1).min(RANGE_CALL_MAX_GRANULES) } else { 1 };
+    let extra_ok = if range { a3 == 0 } else { a2 | a3 == 0 };
+    if func == MMIO_GUARD_ENROLL {
+        if ipa | a2 | a3 != 0 {
+            return answer(ctx, invalid);
+        }
+        if let Some(v) = hyp.vms.get_mut(&h.0) {
+            v.mmio_guard.get_or_insert_with(BTreeSet::new);
+        }
+        return answer(ctx, [SMCCC_SUCCESS, 0, 0, 0]);
+    }
+    if !extra_ok || !ipa.is_multiple_of(PAGE_SIZE) {
+        return answer(ctx, invalid);
+    }
+    let map = matches!(func, MMIO_GUARD_MAP | MMIO_GUARD_MAP_RANGE);
+    let ipas: Vec<u64> = (0..count)
+        .filter_map(|i| ipa.checked_add(i * PAGE_SIZE))
+        .collect();
+    if map && ipas.iter().any(|&a| in_memory(hyp, a) || a >= IPA.limit()) {
+        return answer(ctx, invalid);
+    }
+    let Some(set) = hyp.vms.get_mut(&h.0).and_then(|v| v.mmio_guard.as_mut()) else {
+        // Not enrolled: MAP is refused, UNMAP has nothing to do.
+        return answer(ctx, if map { invalid } else { [SMCCC_SUCCESS, 0, 0, 0] });
+    };
+    for a in &ipas {
+        if map {
+            set.insert(*a);
+        } else {
+            set.remove(a);
+        }
+    }
+    answer(ctx, [SMCCC_SUCCESS, ipas.len() as u64, 0, 0])
+}
+
+/// Handles one exit under the lock: serve it at EL2 (`Resume`) or hand it to the host.
+fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
+    match guest_exit::decode(ctx) {
+        GuestExit::Stage2Abort { ipa, access, mmio } => stage2_abort(hyp, h, ctx, ipa, access, mmio),
+        GuestExit::Hvc { .. } => {
+            let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
+            match x[0] {
+                MEM_SHARE | MEM_UNSHARE => guest_share_call(hyp, h, ctx, x),
+                MEM_RELINQUISH => guest_relinquish(hyp, h, ctx, x),
+                MMIO_GUARD_ENROLL | MMIO_GUARD_MAP | MMIO_GUARD_UNMAP | MMIO_GUARD_MAP_RANGE
+                | MMIO_GUARD_UNMAP_RANGE => mmio_guard_call(hyp, h, ctx, x),
+                _ => match guestcall::decide(x) {
+                    GuestCall::Answer(r) => answer(ctx, r),
+                    GuestCall::Forward => Step::Exit(
+                        (ExitReason::Hypercall, [x[0], x[1], x[2], x[3], 0]),
+                        Pending::Hypercall,
+                    ),
+                },
             }
         }
         GuestExit::Smc => {
-            ctx.x[0] = abi::guest::SMCCC_NOT_SUPPORTED;
+            ctx.x[0] = SMCCC_NOT_SUPPORTED;
             ctx.pc += 4;
             Step::Resume
         }
         GuestExit::Interrupt => Step::Resume,
         GuestExit::Other { esr } => Step::Exit(
-            (
-                ExitReason::GuestException,
-                [esr, ctx.pc, ctx.exit_far, 0, 0],
-            ),
+            (ExitReason::GuestException, [esr, ctx.pc, ctx.exit_far, 0, 0]),
             Pending::None,
         ),
     }
@@ -668,14 +907,14 @@ fn source_name(s: FaultSource) -> &'static str {
 pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
     let id = u32::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
     // Take the context out of the table: the lock is not held while the guest runs.
-    let (h, mut ctx, vttbr, vtcr) = with_hyp(|hyp| {
+    let (h, mut ctx, vttbr, vtcr, host_vttbr) = with_hyp(|hyp| {
         let c = hyp.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
         let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
         complete(&mut ctx, c.pending, c0, c1);
         c.pending = Pending::None;
         let h = c.vm;
         let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
-        Ok((h, ctx, v.stage2.vttbr(), v.stage2.vtcr()))
+        Ok((h, ctx, v.stage2.vttbr(), v.stage2.vtcr(), hyp.host_s2.vttbr()))
     })?;
 
     let mut host_sys = El1Sys::default();
@@ -705,7 +944,7 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
 
     switch::save_el1(&mut ctx.sys);
     switch::restore_el1(&host_sys);
-    switch::load_stage2(host_hcr, 0, vtcr);
+    switch::load_stage2(host_hcr, host_vttbr, vtcr);
     log::debug!("vcpu {id} exit {:?} {:x?}", exit.0, exit.1);
 
     let mut guard = HYP.lock();

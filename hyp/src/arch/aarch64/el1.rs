@@ -1,18 +1,47 @@
 //! Entering EL1 for the first time (the host shim, or an EL1 test image).
 
 use aarch64_cpu::registers::{Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, SCTLR_EL1};
+#[allow(unused_imports)]
+use aarch64_cpu::registers::Readable;
 use core::arch::asm;
 
-/// `HCR_EL2` for the host: EL1 is AArch64, HVC reaches EL2 (HCD clear), pointer-auth
-/// instructions do not trap.
+/// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD
+/// clear), pointer-auth instructions do not trap.
 pub fn host_hcr() -> u64 {
-    (HCR_EL2::RW::EL1IsAarch64 + HCR_EL2::API::SET + HCR_EL2::APK::SET).value
+    (HCR_EL2::VM::Enable + HCR_EL2::RW::EL1IsAarch64 + HCR_EL2::API::SET + HCR_EL2::APK::SET).value
+}
+
+/// Makes the host take a synchronous external abort at its EL1 on return from this trap: the
+/// host touched memory its stage-2 does not give it. `frame` is the host's trap frame.
+pub fn inject_host_abort(frame: &mut crate::arch::vectors::TrapFrame, far: u64, instruction: bool) {
+    let ec: u64 = if instruction { 0x21 } else { 0x25 };
+    let esr = (ec << 26) | (1 << 25) | 0x10;
+    let vbar: u64;
+    // SAFETY: the host's EL1 registers are live on this CPU while its trap is handled; writing
+    // its syndrome registers is what taking an exception at EL1 does.
+    unsafe {
+        asm!(
+            "msr esr_el1, {esr}",
+            "msr far_el1, {far}",
+            "msr elr_el1, {elr}",
+            "msr spsr_el1, {spsr}",
+            "mrs {vbar}, vbar_el1",
+            esr = in(reg) esr,
+            far = in(reg) far,
+            elr = in(reg) frame.elr,
+            spsr = in(reg) frame.spsr,
+            vbar = out(reg) vbar,
+            options(nostack)
+        );
+    }
+    frame.elr = vbar + 0x200;
+    frame.spsr = 0x3c5;
 }
 
 /// Sets up the EL1 world and `eret`s to `entry` with `x0..x3 = args`. Never returns: the host
 /// comes back to EL2 only through the vectors, on a fresh stack starting at `el2_stack_top`.
-pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64) -> ! {
-    HCR_EL2.set(host_hcr());
+pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u64) -> ! {
+    super::switch::load_stage2(host_hcr(), vttbr, vtcr);
     // EL1 may use FP/SIMD and the physical/virtual timers and counters.
     CPTR_EL2.set(0x33ff);
     CNTHCTL_EL2.write(CNTHCTL_EL2::EL1PCEN::SET + CNTHCTL_EL2::EL1PCTEN::SET);
