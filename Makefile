@@ -71,15 +71,17 @@ test-images: guest-image
 run: images
 	$(QEMU_RUN) -kernel $(OUT)/hyp
 
-# One scenario file: exits 0 only if every statement held.
+# One scenario file: exits 0 only if every statement held. CHECK=1 runs the hyp's ownership
+# invariant checker after every statement.
+SCN_MODE = $(if $(filter 1,$(CHECK)),scenario-check,scenario)
 scenario: images
-	@test -n "$(FILE)" || { echo "usage: make scenario FILE=path/to/file.scn"; exit 2; }
-	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario $(FILE)) \
+	@test -n "$(FILE)" || { echo "usage: make scenario FILE=path/to/file.scn [CHECK=1]"; exit 2; }
+	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,$(SCN_MODE) $(FILE)) \
 	  -kernel $(OUT)/hyp
 
 # Every file in scenarios/ (one boot, one VM per file).
 scenarios: images
-	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario $(SCENARIOS)) \
+	timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) $(call semi_args,scenario-check $(SCENARIOS)) \
 	  -kernel $(OUT)/hyp
 
 # The runner must be able to fail: a wrong expectation and a parse error.

@@ -18,8 +18,10 @@ fn host_image_main(_args: [u64; 4]) -> ! {
     log::info!("host shim up at EL{}", host_shim::current_el());
     let mut args: Vec<String> = Vec::new();
     board::semihost::for_each_arg(|a| args.push(a.to_string()));
-    if args.get(1).map(String::as_str) == Some("scenario") {
-        board::semihost::exit(run_scenarios(&args[2..]));
+    match args.get(1).map(String::as_str) {
+        Some("scenario") => board::semihost::exit(run_scenarios(&args[2..], false)),
+        Some("scenario-check") => board::semihost::exit(run_scenarios(&args[2..], true)),
+        _ => {}
     }
     let code = match hvc::call(HostCall::Version, [0; 6]) {
         Ok([v, ..]) => {
@@ -72,7 +74,7 @@ fn demo() -> Result<(), abi::Errno> {
 
 /// `make scenario` / `make scenarios`: parse every file first (a parse error runs nothing), then
 /// run each against its own VM. Exit status 0 only if every statement held.
-fn run_scenarios(files: &[String]) -> i32 {
+fn run_scenarios(files: &[String], check: bool) -> i32 {
     let mut parsed = Vec::new();
     let mut buf = alloc::vec![0u8; 256 << 10];
     for f in files {
@@ -102,7 +104,7 @@ fn run_scenarios(files: &[String]) -> i32 {
     let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
     let mut total = host_shim::runner::Counts::default();
     for (f, sc) in &parsed {
-        let c = host_shim::runner::run(f, sc, &mut pages);
+        let c = host_shim::runner::run(f, sc, &mut pages, check);
         board::println!("   {}: {} passed, {} failed", f, c.passed, c.failed);
         total.passed += c.passed;
         total.failed += c.failed;

@@ -21,7 +21,7 @@ use crate::driver::{GuestDriver, StepReport};
 use crate::exceptions::{probe_read, probe_write};
 use crate::hvc;
 use crate::pages::HostPages;
-use crate::vm::{self, GmemId, SlotId, SlotSpec, VmId};
+use crate::vm::{self, GmemId, SlotId, SlotSpec, VcpuId, VmId};
 
 /// Pages donated to a scenario VM's pool up front (more on demand).
 const INITIAL_POOL: u64 = 128;
@@ -135,7 +135,8 @@ impl<'p> Runner<'p> {
 
     fn guest_access(&mut self, gpa: u64, shared: bool, write: Option<u8>) -> Done {
         let ipa = self.ipa(gpa, shared);
-        let handler = &mut |f, a| forward_hypercall(f, a);
+        let (vm_id, vcpu) = (self.vm, self.guest.vcpu);
+        let handler = &mut |f, a| forward_hypercall(vm_id, vcpu, f, a);
         let r = match write {
             Some(v) => self.guest.write(ipa, v, self.pages, handler),
             None => self.guest.read(ipa, self.pages, handler),
@@ -183,7 +184,8 @@ impl<'p> Runner<'p> {
     }
 
     fn guest_range(&mut self, func: u64, gpa: u64, pages: u64) -> Done {
-        let handler = &mut |f, a| forward_hypercall(f, a);
+        let (vm_id, vcpu) = (self.vm, self.guest.vcpu);
+        let handler = &mut |f, a| forward_hypercall(vm_id, vcpu, f, a);
         let r = self
             .guest
             .step(OP_MEM_RANGE, [func, gpa, pages, 0], self.pages, handler);
@@ -337,9 +339,26 @@ impl<'p> Runner<'p> {
     }
 }
 
-/// Handles a guest hypercall the hyp forwarded to the host.
-fn forward_hypercall(_func: u64, _args: [u64; 3]) -> (u64, u64) {
-    (SMCCC_NOT_SUPPORTED, 0)
+/// The host's side of a guest MEM_SHARE / MEM_UNSHARE the hyp validated and forwarded: convert
+/// the gmem where it tracks shareability (through `GuestConvert`, which only accepts the range the
+/// guest asked for), set the VM's memory attributes to match, and answer the guest
+/// (`x0`, `x1` = pages done). A pinned page (`EAGAIN`) fails the call.
+pub fn forward_hypercall(vm_id: VmId, vcpu: VcpuId, func: u64, args: [u64; 3]) -> (u64, u64) {
+    let [ipa, pages, _] = args;
+    if func != MEM_SHARE && func != MEM_UNSHARE {
+        return (SMCCC_NOT_SUPPORTED, 0);
+    }
+    match vm::guest_convert(vcpu) {
+        Ok(done) => {
+            let gpa = ipa & !COCO_SHARED_BIT;
+            let _ = vm::set_attributes(vm_id, gpa, pages * PAGE_SIZE, func == MEM_UNSHARE);
+            (SMCCC_SUCCESS, done)
+        }
+        Err((e, off)) => {
+            log::debug!("guest conversion refused: {e} at offset 0x{off:x}");
+            (SMCCC_INVALID_PARAMETER, 0)
+        }
+    }
 }
 
 fn vm_walk(vm: VmId, ipa: u64) -> Result<u64, Errno> {
@@ -350,8 +369,9 @@ fn gmem_phys(g: GmemId, offset: u64) -> Result<u64, Errno> {
     hvc::call(HostCall::GmemPhys, [g.0, offset, 0, 0, 0, 0]).map(|r| r[0])
 }
 
-/// Runs a parsed scenario; prints one line per statement; returns the counts.
-pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages) -> Counts {
+/// Runs a parsed scenario; prints one line per statement; returns the counts. With `check`, the
+/// hyp's ownership invariant checker runs after every statement and a violation fails it.
+pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages, check: bool) -> Counts {
     let mut counts = Counts::default();
     board::println!("== scenario {name} (vm {})", sc.vm.name());
     let mut runner = match Runner::new(sc.vm, pages) {
@@ -363,8 +383,21 @@ pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages) -> Counts {
         }
     };
     for st in &sc.statements {
-        let d = runner.run_one(st);
-        let pass = st.check(&d.outcome);
+        let mut d = runner.run_one(st);
+        let mut pass = st.check(&d.outcome);
+        if check {
+            match vm::check_invariants() {
+                Ok(0) => d.evidence.push_str("; invariants hold"),
+                Ok(n) => {
+                    pass = false;
+                    d.evidence.push_str(&format!("; {n} INVARIANT VIOLATIONS"));
+                }
+                Err(e) => {
+                    pass = false;
+                    d.evidence.push_str(&format!("; invariant check failed: {e}"));
+                }
+            }
+        }
         let expected = match &st.expect {
             Some(e) => format!("{e}"),
             None if st.kind.is_read() => "any byte".to_string(),

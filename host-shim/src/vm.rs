@@ -242,3 +242,18 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
 pub fn vm_create_raw(t: u64) -> Result<VmId, Errno> {
     Ok(VmId(call(HostCall::VmCreate, [t, 0, 0, 0, 0, 0])?[0]))
 }
+
+/// Carries out the guest share/unshare the vCPU's last exit asked for.
+/// `Ok(pages)` or `Err((errno, error_offset))`.
+pub fn guest_convert(vcpu: VcpuId) -> Result<u64, (Errno, u64)> {
+    let r = hvc::raw(HostCall::GuestConvert.id(), [vcpu.0, 0, 0, 0, 0, 0]);
+    match Errno::from_reg(r[0]) {
+        Some(e) => Err((e, r[1])),
+        None => Ok(r[1]),
+    }
+}
+
+/// Runs the hyp's ownership invariant checker: -> number of violations.
+pub fn check_invariants() -> Result<u64, Errno> {
+    Ok(call(HostCall::CheckInvariants, [0; 6])?[0])
+}
