@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::HostCall;
-use host_shim::driver::{refuse_hypercalls, GuestDriver};
+use host_shim::driver::GuestDriver;
 use host_shim::pages::HostPages;
 use host_shim::{hvc, vm};
 
@@ -42,11 +42,28 @@ fn host_image_main(_args: [u64; 4]) -> ! {
     board::semihost::exit(code)
 }
 
+/// The default demo: the pKVM flow, each step checked. Any step that goes otherwise fails the run.
 fn demo() -> Result<(), abi::Errno> {
+    use abi::flags::{ContentMode, ConvertTo};
+    use abi::guest::{MEM_SHARE, MEM_UNSHARE};
+    use host_shim::exceptions::probe_read;
+    use host_shim::runner::forward_hypercall;
+
     let (base, size) = vm::ram()?;
     let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
-    let v = vm::vm_create(VmType::Plain)?;
-    let g = vm::gmem_create(v, 64 << 10, GmemFlags::MMAP | GmemFlags::NO_DIRECT_MAP)?;
+    let mut failures = 0;
+    let mut step = |ok: bool, what: &str| {
+        if ok {
+            log::info!("  [ok]   {what}");
+        } else {
+            log::error!("  [FAIL] {what}");
+            failures += 1;
+        }
+    };
+
+    log::info!("pKVM demo: a protected VM with a 64 KiB guest_memfd (MMAP, TRACK_SHAREABILITY)");
+    let v = vm::vm_create(VmType::Pkvm)?;
+    let g = vm::gmem_create(v, 64 << 10, GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY)?;
     vm::memslot_create(
         v,
         &vm::SlotSpec {
@@ -57,19 +74,71 @@ fn demo() -> Result<(), abi::Errno> {
             flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES,
         },
     )?;
-    let pool = pages.alloc_contiguous(32, 4096).ok_or(abi::Errno::ENOMEM)?;
-    vm::donate(v, pool, 32)?;
+    let pool_pages = 32;
+    let pool = pages.alloc_contiguous(pool_pages, 4096).ok_or(abi::Errno::ENOMEM)?;
+    vm::donate(v, pool, pool_pages)?;
     let mut d = GuestDriver::load(v, &mut pages)?;
-    let r = d.write(0x8000_1000, 0x5a, &mut pages, &mut refuse_hypercalls)?;
-    log::info!("guest write: {r:?}");
-    let r = d.read(0x8000_1000, &mut pages, &mut refuse_hypercalls)?;
-    log::info!("guest read: {r:?}");
-    let pa = vm::map_gmem(g, 0x1000, false)?;
-    // SAFETY: the hyp handed out this page of the gmem's mmap view; the host reads one byte.
-    let b = unsafe { core::ptr::read_volatile(pa as *const u8) };
-    log::info!("host reads gmem offset 0x1000 at pa 0x{pa:x}: 0x{b:02x}");
-    log::info!("stats {:?}", vm::stats(v)?);
-    Ok(())
+    let vcpu = d.vcpu;
+    let h = &mut |f, a| forward_hypercall(v, vcpu, f, a);
+    let secret_ipa = 0x8000_1000;
+
+    let r = d.write(secret_ipa, 0x5a, &mut pages, h)?;
+    let pa = vm::map_gmem(g, 0x1000, false).err();
+    step(r.status == Some(0), "the guest writes its secret 0x5a at IPA 0x80001000");
+    step(pa == Some(abi::Errno::EFAULT), "the host's read through the mmap view gets SIGBUS");
+    let phys = host_phys(g, 0x1000)?;
+    let raw = probe_read(phys as usize);
+    step(
+        raw.is_err(),
+        &alloc::format!("the host's raw read of pa 0x{phys:x} takes an abort (the hyp's stage-2)"),
+    );
+    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_SHARE, secret_ipa, 1, 0], &mut pages, h)?;
+    step(r.results[0] == 0, "the guest shares the page (MEM_SHARE, converted by the host)");
+    let read = vm::map_gmem(g, 0x1000, false).map(|pa| read_byte(pa));
+    step(read == Ok(0x5a), "the host now reads 0x5a");
+    vm::pin(g, 0x1000)?;
+    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_UNSHARE, secret_ipa, 1, 0], &mut pages, h)?;
+    step(
+        r.results[0] == abi::guest::SMCCC_INVALID_PARAMETER,
+        "the host pins the page: the guest's MEM_UNSHARE is refused",
+    );
+    vm::unpin(g, 0x1000)?;
+    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_UNSHARE, secret_ipa, 1, 0], &mut pages, h)?;
+    step(r.results[0] == 0, "after the unpin, the guest's MEM_UNSHARE succeeds");
+    step(
+        vm::map_gmem(g, 0x1000, false) == Err(abi::Errno::EFAULT) && probe_read(phys as usize).is_err(),
+        "the host is refused again (SIGBUS, and an abort on a raw read)",
+    );
+    step(
+        vm::convert(g, 0x1000, 4096, ConvertTo::Shared, ContentMode::Preserve)
+            == Err((abi::Errno::EPERM, 0)),
+        "the host cannot make the page shared on its own (EPERM)",
+    );
+    step(vm::check_invariants() == Ok(0), "the ownership invariant checker finds nothing wrong");
+    let returned = vm::vm_destroy(v)?;
+    let bytes = pool_pages as usize * 4096;
+    // SAFETY: the VM is gone; these pool pages are the host's again.
+    let back = unsafe { core::slice::from_raw_parts(pool as *const u8, bytes) };
+    step(
+        returned == pool_pages && back.iter().all(|&b| b == 0),
+        &alloc::format!("the VM is torn down: {returned} pages come back to the host, all zero"),
+    );
+    step(vm::check_invariants() == Ok(0), "and the invariants still hold");
+    if failures == 0 {
+        log::info!("pKVM demo: every step went as expected");
+        Ok(())
+    } else {
+        log::error!("pKVM demo: {failures} step(s) went otherwise");
+        Err(abi::Errno::EINVAL)
+    }
+}
+
+fn read_byte(pa: u64) -> u8 {
+    host_shim::exceptions::probe_read(pa as usize).unwrap_or(0xff)
+}
+
+fn host_phys(g: vm::GmemId, offset: u64) -> Result<u64, abi::Errno> {
+    hvc::call(HostCall::GmemPhys, [g.0, offset, 0, 0, 0, 0]).map(|r| r[0])
 }
 
 /// `make scenario` / `make scenarios`: parse every file first (a parse error runs nothing), then
