@@ -26,6 +26,9 @@ pub const OP_HALT: u64 = 6; // stop: the guest parks
 /// MEM_UNSHARE, MEM_RELINQUISH), ARG1 = IPA, ARG2 = pages. Calls again from where the hyp
 /// stopped until done or refused. RESULT0 = the last x0, RESULT1 = pages done in all.
 pub const OP_MEM_RANGE: u64 = 7;
+/// Enrolls in the MMIO guard and guards the command device's page in one step (after ENROLL
+/// an unguarded device access would abort). RESULT0/1 = x0 of ENROLL / of MAP.
+pub const OP_MMIO_GUARD: u64 = 8;
 
 /// `STATUS` values.
 pub const STATUS_OK: u64 = 0;

@@ -75,7 +75,9 @@ fn demo() -> Result<(), abi::Errno> {
         },
     )?;
     let pool_pages = 32;
-    let pool = pages.alloc_contiguous(pool_pages, 4096).ok_or(abi::Errno::ENOMEM)?;
+    let pool = pages
+        .alloc_contiguous(pool_pages, 4096)
+        .ok_or(abi::Errno::ENOMEM)?;
     vm::donate(v, pool, pool_pages)?;
     let mut d = GuestDriver::load(v, &mut pages)?;
     let vcpu = d.vcpu;
@@ -84,29 +86,57 @@ fn demo() -> Result<(), abi::Errno> {
 
     let r = d.write(secret_ipa, 0x5a, &mut pages, h)?;
     let pa = vm::map_gmem(g, 0x1000, false).err();
-    step(r.status == Some(0), "the guest writes its secret 0x5a at IPA 0x80001000");
-    step(pa == Some(abi::Errno::EFAULT), "the host's read through the mmap view gets SIGBUS");
+    step(
+        r.status == Some(0),
+        "the guest writes its secret 0x5a at IPA 0x80001000",
+    );
+    step(
+        pa == Some(abi::Errno::EFAULT),
+        "the host's read through the mmap view gets SIGBUS",
+    );
     let phys = host_phys(g, 0x1000)?;
     let raw = probe_read(phys as usize);
     step(
         raw.is_err(),
         &alloc::format!("the host's raw read of pa 0x{phys:x} takes an abort (the hyp's stage-2)"),
     );
-    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_SHARE, secret_ipa, 1, 0], &mut pages, h)?;
-    step(r.results[0] == 0, "the guest shares the page (MEM_SHARE, converted by the host)");
+    let r = d.step(
+        abi::cmd::OP_MEM_RANGE,
+        [MEM_SHARE, secret_ipa, 1, 0],
+        &mut pages,
+        h,
+    )?;
+    step(
+        r.results[0] == 0,
+        "the guest shares the page (MEM_SHARE, converted by the host)",
+    );
     let read = vm::map_gmem(g, 0x1000, false).map(|pa| read_byte(pa));
     step(read == Ok(0x5a), "the host now reads 0x5a");
     vm::pin(g, 0x1000)?;
-    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_UNSHARE, secret_ipa, 1, 0], &mut pages, h)?;
+    let r = d.step(
+        abi::cmd::OP_MEM_RANGE,
+        [MEM_UNSHARE, secret_ipa, 1, 0],
+        &mut pages,
+        h,
+    )?;
     step(
         r.results[0] == abi::guest::SMCCC_INVALID_PARAMETER,
         "the host pins the page: the guest's MEM_UNSHARE is refused",
     );
     vm::unpin(g, 0x1000)?;
-    let r = d.step(abi::cmd::OP_MEM_RANGE, [MEM_UNSHARE, secret_ipa, 1, 0], &mut pages, h)?;
-    step(r.results[0] == 0, "after the unpin, the guest's MEM_UNSHARE succeeds");
+    let r = d.step(
+        abi::cmd::OP_MEM_RANGE,
+        [MEM_UNSHARE, secret_ipa, 1, 0],
+        &mut pages,
+        h,
+    )?;
     step(
-        vm::map_gmem(g, 0x1000, false) == Err(abi::Errno::EFAULT) && probe_read(phys as usize).is_err(),
+        r.results[0] == 0,
+        "after the unpin, the guest's MEM_UNSHARE succeeds",
+    );
+    step(
+        vm::map_gmem(g, 0x1000, false) == Err(abi::Errno::EFAULT)
+            && probe_read(phys as usize).is_err(),
         "the host is refused again (SIGBUS, and an abort on a raw read)",
     );
     step(
@@ -114,7 +144,10 @@ fn demo() -> Result<(), abi::Errno> {
             == Err((abi::Errno::EPERM, 0)),
         "the host cannot make the page shared on its own (EPERM)",
     );
-    step(vm::check_invariants() == Ok(0), "the ownership invariant checker finds nothing wrong");
+    step(
+        vm::check_invariants() == Ok(0),
+        "the ownership invariant checker finds nothing wrong",
+    );
     let returned = vm::vm_destroy(v)?;
     let bytes = pool_pages as usize * 4096;
     // SAFETY: the VM is gone; these pool pages are the host's again.
@@ -123,7 +156,10 @@ fn demo() -> Result<(), abi::Errno> {
         returned == pool_pages && back.iter().all(|&b| b == 0),
         &alloc::format!("the VM is torn down: {returned} pages come back to the host, all zero"),
     );
-    step(vm::check_invariants() == Ok(0), "and the invariants still hold");
+    step(
+        vm::check_invariants() == Ok(0),
+        "and the invariants still hold",
+    );
     if failures == 0 {
         log::info!("pKVM demo: every step went as expected");
         Ok(())

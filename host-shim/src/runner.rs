@@ -394,7 +394,8 @@ pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages, check: bool) -> Cou
                 }
                 Err(e) => {
                     pass = false;
-                    d.evidence.push_str(&format!("; invariant check failed: {e}"));
+                    d.evidence
+                        .push_str(&format!("; invariant check failed: {e}"));
                 }
             }
         }

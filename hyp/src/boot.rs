@@ -194,5 +194,11 @@ pub fn enter_host(image: &[u8], args: [u64; 4]) -> ! {
         "entering the host at EL1 under its stage-2: 0x{HOST_BASE:x} ({} KiB image)",
         image.len() / 1024
     );
-    el1::enter(HOST_BASE as u64, args, info.el2_stack_top as u64, vttbr, vtcr)
+    el1::enter(
+        HOST_BASE as u64,
+        args,
+        info.el2_stack_top as u64,
+        vttbr,
+        vtcr,
+    )
 }

@@ -66,8 +66,10 @@ impl Hyp {
     /// Host pages become the hyp's (a VM pool): checked for every page before any changes.
     pub(crate) fn take_from_host(&mut self, pa: u64, pages: u64) -> Result<(), Errno> {
         for i in 0..pages {
-            self.owners
-                .check(pa + i * PAGE_SIZE, hyp_mem::ownership::Transition::HostDonateToHyp)?;
+            self.owners.check(
+                pa + i * PAGE_SIZE,
+                hyp_mem::ownership::Transition::HostDonateToHyp,
+            )?;
         }
         for i in 0..pages {
             let p = pa + i * PAGE_SIZE;
@@ -79,7 +81,12 @@ impl Hyp {
 
     /// Brings a gmem page of `vm` to what the policy asks: the guest owns it, and the host
     /// borrows it iff `host_allowed`.
-    pub(crate) fn sync_gmem_page(&mut self, vm: VmHandle, pa: u64, host_allowed: bool) -> Result<(), Errno> {
+    pub(crate) fn sync_gmem_page(
+        &mut self,
+        vm: VmHandle,
+        pa: u64,
+        host_allowed: bool,
+    ) -> Result<(), Errno> {
         let id = vmid(vm);
         let info = self.owners.info(pa)?;
         if info.state_of(Component::Hyp) == PageState::Owned {
@@ -172,8 +179,13 @@ impl Hyp {
         let ram_end = self.owners.ram_end();
         let r = if ipa < RAM_BASE as u64 {
             // MMIO below RAM (the UART, ...): device memory.
-            self.host_s2
-                .map_identity_largest(ipa, 0, RAM_BASE as u64, S2Attrs::DEVICE_RW, &mut |_, _| true)
+            self.host_s2.map_identity_largest(
+                ipa,
+                0,
+                RAM_BASE as u64,
+                S2Attrs::DEVICE_RW,
+                &mut |_, _| true,
+            )
         } else if ipa < ram_end {
             let owners = &self.owners;
             self.host_s2.map_identity_largest(
@@ -188,7 +200,11 @@ impl Hyp {
         };
         match r {
             Ok(m) => {
-                log::trace!("host stage-2: 0x{:x} mapped as 0x{:x} bytes", m.ipa_base, m.size);
+                log::trace!(
+                    "host stage-2: 0x{:x} mapped as 0x{:x} bytes",
+                    m.ipa_base,
+                    m.size
+                );
                 true
             }
             Err(_) => {
@@ -228,7 +244,11 @@ pub fn new_host_stage2() -> Result<HostStage2, Errno> {
 }
 
 /// The ownership table over RAM, with the hyp's region taken from the host.
-pub fn new_ownership(ram_base: u64, ram_size: u64, hyp_end: u64) -> Result<Ownership<Vec<PageMeta>>, Errno> {
+pub fn new_ownership(
+    ram_base: u64,
+    ram_size: u64,
+    hyp_end: u64,
+) -> Result<Ownership<Vec<PageMeta>>, Errno> {
     let pages = (ram_size / PAGE_SIZE) as usize;
     let mut owners = Ownership::new(ram_base, alloc::vec![PageMeta::default(); pages])?;
     let mut pa = ram_base;

@@ -17,8 +17,8 @@ use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
 use board::layout::HYP_END;
 use hyp_core::{
-    Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle,
-    GuestRangePiece, Initiator, Invalidation, MemslotSpec, SlotId, VmHandle, World,
+    Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle, GuestRangePiece,
+    Initiator, Invalidation, MemslotSpec, SlotId, VmHandle, World,
 };
 use hyp_mem::ownership::{Ownership, PageMeta, PageState, Transition};
 
@@ -29,13 +29,13 @@ use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
 use crate::arch::switch::{self, El1Sys, GuestContext};
 use crate::arch::tlb::HwTlb;
 use crate::guestcall::{self, GuestCall};
+use crate::hostcall::HostResult;
+use crate::pool::VmPool;
 use abi::guest::{
     MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_ENROLL, MMIO_GUARD_MAP,
     MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, RANGE_CALL_MAX_GRANULES,
     SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
 };
-use crate::hostcall::HostResult;
-use crate::pool::VmPool;
 
 /// IPA size of every VM (the coco shared bit is bit 39).
 pub const IPA: IpaSize = IpaSize::Bits40;
@@ -65,7 +65,9 @@ pub(crate) struct HypVm {
 enum Pending {
     None,
     Mmio(MmioAccess),
-    MemoryFault { ipa: u64 },
+    MemoryFault {
+        ipa: u64,
+    },
     Hypercall,
     /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
     GuestRequest(GuestRequest),
@@ -639,7 +641,10 @@ enum Step {
 
 fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
     Step::Exit(
-        (ExitReason::GuestException, [ctx.exit_esr, ctx.pc, far, 0, 0]),
+        (
+            ExitReason::GuestException,
+            [ctx.exit_esr, ctx.pc, far, 0, 0],
+        ),
         Pending::None,
     )
 }
@@ -657,10 +662,9 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: Fault
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
         FaultSource::Gmem | FaultSource::UserspaceGmem => {
             let allowed = match hyp.world.gpa_to_gmem(h, gpa) {
-                Ok((_, Some((g, off)))) => hyp
-                    .world
-                    .gmem(g)
-                    .is_ok_and(|f| f.host_stage2_allowed(off)),
+                Ok((_, Some((g, off)))) => {
+                    hyp.world.gmem(g).is_ok_and(|f| f.host_stage2_allowed(off))
+                }
                 _ => false,
             };
             hyp.sync_gmem_page(h, pa, allowed)
@@ -734,7 +738,11 @@ fn stage2_abort(
             match mmio {
                 Some(m) if guarded => {
                     v.stats.mmio_exits += 1;
-                    let data = if m.write { ctx.reg(usize::from(m.reg)) } else { 0 };
+                    let data = if m.write {
+                        ctx.reg(usize::from(m.reg))
+                    } else {
+                        0
+                    };
                     Step::Exit(
                         (
                             ExitReason::Mmio,
@@ -747,7 +755,7 @@ fn stage2_abort(
                     // Enrolled in the MMIO guard and this IPA is not guarded: the access fails
                     // in the guest, the host never sees it.
                     log::debug!("vm {} unguarded MMIO at 0x{ipa:x}: abort injected", h.0);
-                    ctx.inject_data_abort(ipa);
+                    ctx.inject_data_abort_live(ipa);
                     Step::Resume
                 }
                 None => guest_exception(ctx, ipa),
@@ -827,7 +835,11 @@ fn mmio_guard_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 
     let invalid = [SMCCC_INVALID_PARAMETER, 0, 0, 0];
     let in_memory = |hyp: &Hyp, ipa: u64| hyp.world.gpa_to_gmem(h, ipa).is_ok();
     let range = matches!(func, MMIO_GUARD_MAP_RANGE | MMIO_GUARD_UNMAP_RANGE);
-    let count = if range { a2.max(1).min(RANGE_CALL_MAX_GRANULES) } else { 1 };
+    let count = if range {
+        a2.max(1).min(RANGE_CALL_MAX_GRANULES)
+    } else {
+        1
+    };
     let extra_ok = if range { a3 == 0 } else { a2 | a3 == 0 };
     if func == MMIO_GUARD_ENROLL {
         if ipa | a2 | a3 != 0 {
@@ -850,7 +862,14 @@ fn mmio_guard_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 
     }
     let Some(set) = hyp.vms.get_mut(&h.0).and_then(|v| v.mmio_guard.as_mut()) else {
         // Not enrolled: MAP is refused, UNMAP has nothing to do.
-        return answer(ctx, if map { invalid } else { [SMCCC_SUCCESS, 0, 0, 0] });
+        return answer(
+            ctx,
+            if map {
+                invalid
+            } else {
+                [SMCCC_SUCCESS, 0, 0, 0]
+            },
+        );
     };
     for a in &ipas {
         if map {
@@ -865,13 +884,18 @@ fn mmio_guard_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 
 /// Handles one exit under the lock: serve it at EL2 (`Resume`) or hand it to the host.
 fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
     match guest_exit::decode(ctx) {
-        GuestExit::Stage2Abort { ipa, access, mmio } => stage2_abort(hyp, h, ctx, ipa, access, mmio),
+        GuestExit::Stage2Abort { ipa, access, mmio } => {
+            stage2_abort(hyp, h, ctx, ipa, access, mmio)
+        }
         GuestExit::Hvc { .. } => {
             let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
             match x[0] {
                 MEM_SHARE | MEM_UNSHARE => guest_share_call(hyp, h, ctx, x),
                 MEM_RELINQUISH => guest_relinquish(hyp, h, ctx, x),
-                MMIO_GUARD_ENROLL | MMIO_GUARD_MAP | MMIO_GUARD_UNMAP | MMIO_GUARD_MAP_RANGE
+                MMIO_GUARD_ENROLL
+                | MMIO_GUARD_MAP
+                | MMIO_GUARD_UNMAP
+                | MMIO_GUARD_MAP_RANGE
                 | MMIO_GUARD_UNMAP_RANGE => mmio_guard_call(hyp, h, ctx, x),
                 _ => match guestcall::decide(x) {
                     GuestCall::Answer(r) => answer(ctx, r),
@@ -889,7 +913,10 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
         }
         GuestExit::Interrupt => Step::Resume,
         GuestExit::Other { esr } => Step::Exit(
-            (ExitReason::GuestException, [esr, ctx.pc, ctx.exit_far, 0, 0]),
+            (
+                ExitReason::GuestException,
+                [esr, ctx.pc, ctx.exit_far, 0, 0],
+            ),
             Pending::None,
         ),
     }
@@ -914,7 +941,13 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
         c.pending = Pending::None;
         let h = c.vm;
         let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
-        Ok((h, ctx, v.stage2.vttbr(), v.stage2.vtcr(), hyp.host_s2.vttbr()))
+        Ok((
+            h,
+            ctx,
+            v.stage2.vttbr(),
+            v.stage2.vtcr(),
+            hyp.host_s2.vttbr(),
+        ))
     })?;
 
     let mut host_sys = El1Sys::default();

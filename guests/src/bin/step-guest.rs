@@ -86,6 +86,12 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 mmio_write(reg(REG_RESULT0), x0);
                 mmio_write(reg(REG_RESULT1), done);
             }
+            OP_MMIO_GUARD => {
+                let e = hvc(abi::guest::MMIO_GUARD_ENROLL, 0, 0, 0);
+                let m = hvc(abi::guest::MMIO_GUARD_MAP, CMD_DEVICE_IPA, 0, 0);
+                mmio_write(reg(REG_RESULT0), e[0]);
+                mmio_write(reg(REG_RESULT1), m[0]);
+            }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.
                 unsafe { core::arch::asm!("udf #1", options(nostack)) };

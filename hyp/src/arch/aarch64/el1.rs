@@ -1,8 +1,8 @@
 //! Entering EL1 for the first time (the host shim, or an EL1 test image).
 
-use aarch64_cpu::registers::{Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, SCTLR_EL1};
 #[allow(unused_imports)]
 use aarch64_cpu::registers::Readable;
+use aarch64_cpu::registers::{Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, SCTLR_EL1};
 use core::arch::asm;
 
 /// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD

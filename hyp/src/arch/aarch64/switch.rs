@@ -50,6 +50,10 @@ impl El1Sys {
     }
 }
 
+/// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
+/// external abort.
+const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
+
 /// Everything the world switch saves for one vCPU.
 #[repr(C)]
 #[derive(Debug)]
@@ -101,17 +105,39 @@ impl GuestContext {
     }
 
     /// Makes the guest take a synchronous data abort at its own EL1 on its next entry, as if the
-    /// access at `far` had failed with an external abort (what Linux KVM injects).
+    /// access at `far` had failed with an external abort (what Linux KVM injects). For a vCPU
+    /// whose EL1 state is saved in `self.sys` (between runs).
     pub fn inject_data_abort(&mut self, far: u64) {
-        const EC_DABT_CUR: u64 = 0x25;
-        const IL: u64 = 1 << 25;
-        const FSC_EXTABT: u64 = 0x10;
-        self.sys.esr = (EC_DABT_CUR << 26) | IL | FSC_EXTABT;
+        self.sys.esr = INJECTED_DABT_ESR;
         self.sys.far = far;
         self.sys.elr = self.pc;
         self.sys.spsr = self.pstate;
         // Current EL with SP_ELx, synchronous: VBAR_EL1 + 0x200.
         self.pc = self.sys.vbar.wrapping_add(0x200);
+        self.pstate = 0x3c5;
+    }
+
+    /// The same for a vCPU whose EL1 state is live on this CPU (inside the run loop).
+    pub fn inject_data_abort_live(&mut self, far: u64) {
+        let vbar: u64;
+        // SAFETY: the guest's EL1 registers are loaded while its run loop handles an exit;
+        // writing its syndrome registers is what taking the exception at EL1 does.
+        unsafe {
+            asm!(
+                "msr esr_el1, {esr}",
+                "msr far_el1, {far}",
+                "msr elr_el1, {elr}",
+                "msr spsr_el1, {spsr}",
+                "mrs {vbar}, vbar_el1",
+                esr = in(reg) INJECTED_DABT_ESR,
+                far = in(reg) far,
+                elr = in(reg) self.pc,
+                spsr = in(reg) self.pstate,
+                vbar = out(reg) vbar,
+                options(nostack)
+            );
+        }
+        self.pc = vbar.wrapping_add(0x200);
         self.pstate = 0x3c5;
     }
 }

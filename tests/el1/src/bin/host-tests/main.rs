@@ -10,6 +10,7 @@ use abi::Errno;
 use host_shim::hvc;
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
+mod protect;
 mod vms;
 
 /// Must match `target_tests_el2::HANDOFF_MAGIC`.

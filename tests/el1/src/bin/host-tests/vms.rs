@@ -13,7 +13,7 @@ use host_shim::pages::HostPages;
 use host_shim::vm::{self, GmemId, SlotId, SlotSpec, VmId};
 use ontarget::{ensure, ensure_eq, register, TestResult};
 
-static PAGES: spin::Mutex<Option<HostPages>> = spin::Mutex::new(None);
+pub static PAGES: spin::Mutex<Option<HostPages>> = spin::Mutex::new(None);
 
 pub fn init_pages() {
     if let Ok((base, size)) = vm::ram() {
@@ -24,11 +24,11 @@ pub fn init_pages() {
     }
 }
 
-fn e(err: Errno) -> String {
+pub fn e(err: Errno) -> String {
     format!("unexpected {err}")
 }
 
-fn with_pages<R>(f: impl FnOnce(&mut HostPages) -> Result<R, String>) -> Result<R, String> {
+pub fn with_pages<R>(f: impl FnOnce(&mut HostPages) -> Result<R, String>) -> Result<R, String> {
     let mut g = PAGES.lock();
     let p = g.as_mut().ok_or("no host pages")?;
     f(p)
