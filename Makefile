@@ -36,7 +36,7 @@ TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p scenario -p hyp -p ho
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
-        bench-host selfcheck scenario scenarios scenario-selfcheck
+        bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test
 
 ## ---- set-up: everything a fresh machine lacks ------------------------------------------------
 setup:
@@ -99,6 +99,24 @@ scenario-selfcheck: images
 	  { echo "FAIL: a parse error was not reported, or statements ran"; exit 1; }
 	@echo "== scenario self-check: both failed as they must"
 
+# The seed's table, inferred from probes on QEMU; one configuration file per row.
+CONFIGS ?= scenarios/table
+TABLE_ROWS = legacy pkvm coco-option1 coco-option2 noncoco-gmem noncoco-uaddr
+table: images
+	@set -o pipefail; timeout --foreground $(TIMEOUT) $(QEMU) $(QEMU_BASE) \
+	  $(call semi_args,table $(foreach r,$(TABLE_ROWS),$(CONFIGS)/$(r).scn)) -kernel $(OUT)/hyp \
+	  | tee target/table.log | grep -v '^SEED-TABLE-JSON '
+	@grep '^SEED-TABLE-JSON ' target/table.log | sed 's/^SEED-TABLE-JSON //' | tr -d '\r' > target/seed-table.json
+	@echo "wrote target/seed-table.json"
+
+# make table must reproduce the seed's table.
+table-check: table
+	python3 tests/table-check.py target/seed-table.json tests/seed-table.expected.json
+
+# The configurations are data: giving a row another row's configuration gives it that row's cells.
+table-swap-test: images
+	bash tests/table-swap.sh
+
 debug: images
 	@echo "QEMU waits for gdb on :1234. In another shell:"
 	@echo "  gdb-multiarch $(OUT)/hyp -ex 'target remote :1234'"
@@ -106,7 +124,7 @@ debug: images
 	$(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target scenario-selfcheck scenarios
+test: test-host miri test-target scenario-selfcheck scenarios table-check table-swap-test
 
 test-host: setup
 	cargo test $(HOST_CRATES)

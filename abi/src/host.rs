@@ -54,7 +54,8 @@ pub enum HostCall {
     /// runs the vCPU until an exit that needs the host. -> x0 = [`ExitReason`], x1..x5 = data.
     VcpuRun,
     /// x1 = VM -> x0 = faults served at EL2, x1 = exits to the host, x2 = pool pages left,
-    /// x3 = MMIO exits, x4 = memory-fault exits.
+    /// x3 = MMIO exits, x4 = memory-fault exits, x5 = faults served through `userspace_addr`
+    /// (the others went through gmem).
     VmStats,
     /// x1 = VM, x2 = IPA -> x0 = the physical address the VM's stage-2 maps it to (`ENOENT` if
     /// unmapped). Introspection: how a run shows which page served a guest access.

@@ -11,6 +11,7 @@ pub mod exceptions;
 pub mod hvc;
 pub mod pages;
 pub mod runner;
+pub mod table;
 pub mod vm;
 
 use buddy_system_allocator::LockedHeap;

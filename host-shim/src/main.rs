@@ -21,6 +21,7 @@ fn host_image_main(_args: [u64; 4]) -> ! {
     match args.get(1).map(String::as_str) {
         Some("scenario") => board::semihost::exit(run_scenarios(&args[2..], false)),
         Some("scenario-check") => board::semihost::exit(run_scenarios(&args[2..], true)),
+        Some("table") => board::semihost::exit(run_table(&args[2..])),
         _ => {}
     }
     let code = match hvc::call(HostCall::Version, [0; 6]) {
@@ -177,36 +178,81 @@ fn host_phys(g: vm::GmemId, offset: u64) -> Result<u64, abi::Errno> {
     hvc::call(HostCall::GmemPhys, [g.0, offset, 0, 0, 0, 0]).map(|r| r[0])
 }
 
-/// `make scenario` / `make scenarios`: parse every file first (a parse error runs nothing), then
-/// run each against its own VM. Exit status 0 only if every statement held.
-fn run_scenarios(files: &[String], check: bool) -> i32 {
+/// Reads and parses scenario files; a failure is printed and ends the run.
+fn parse_files(files: &[String]) -> Result<Vec<(String, scenario::Scenario)>, i32> {
     let mut parsed = Vec::new();
     let mut buf = alloc::vec![0u8; 256 << 10];
     for f in files {
-        let n = match board::semihost::read_file(f, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                board::println!("{f}: {e}");
-                return 2;
-            }
-        };
-        let Ok(text) = core::str::from_utf8(&buf[..n]) else {
+        let n = board::semihost::read_file(f, &mut buf).map_err(|e| {
+            board::println!("{f}: {e}");
+            2
+        })?;
+        let text = core::str::from_utf8(&buf[..n]).map_err(|_| {
             board::println!("{f}: not UTF-8");
-            return 2;
-        };
-        match scenario::parse(text) {
-            Ok(sc) => parsed.push((f, sc)),
+            2
+        })?;
+        let sc = scenario::parse(text).map_err(|e| {
+            board::println!("{f}: {e}");
+            board::println!("0 passed, 1 failed");
+            2
+        })?;
+        parsed.push((f.clone(), sc));
+    }
+    Ok(parsed)
+}
+
+fn host_pages() -> Option<HostPages> {
+    let (base, size) = vm::ram().ok()?;
+    Some(HostPages::new(
+        host_shim::free_memory_start() as u64,
+        base + size,
+    ))
+}
+
+/// `make table`: one configuration file per row, named `<use_case>.scn`.
+fn run_table(files: &[String]) -> i32 {
+    let parsed = match parse_files(files) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let Some(mut pages) = host_pages() else {
+        return 2;
+    };
+    let mut rows = Vec::new();
+    for (f, sc) in &parsed {
+        let name = f
+            .rsplit('/')
+            .next()
+            .unwrap_or(f)
+            .trim_end_matches(".scn")
+            .to_string();
+        match host_shim::table::probe_row(sc, &mut pages) {
+            Ok(row) => {
+                for line in &row.evidence {
+                    log::debug!("{name}: {line}");
+                }
+                rows.push((name, row));
+            }
             Err(e) => {
                 board::println!("{f}: {e}");
-                board::println!("0 passed, 1 failed");
-                return 2;
+                return 1;
             }
         }
     }
-    let Ok((base, size)) = vm::ram() else {
+    host_shim::table::print(&rows);
+    0
+}
+
+/// `make scenario` / `make scenarios`: parse every file first (a parse error runs nothing), then
+/// run each against its own VM. Exit status 0 only if every statement held.
+fn run_scenarios(files: &[String], check: bool) -> i32 {
+    let parsed = match parse_files(files) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let Some(mut pages) = host_pages() else {
         return 2;
     };
-    let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
     let mut total = host_shim::runner::Counts::default();
     for (f, sc) in &parsed {
         let c = host_shim::runner::run(f, sc, &mut pages, check);

@@ -15,7 +15,7 @@ use abi::guest::{
 };
 use abi::host::HostCall;
 use abi::{Errno, PAGE_SIZE};
-use scenario::{HostTarget, Outcome, Scenario, Statement, StatementKind};
+use scenario::{HostTarget, Outcome, Scenario, StatementKind};
 
 use crate::driver::{GuestDriver, StepReport};
 use crate::exceptions::{probe_read, probe_write};
@@ -36,9 +36,10 @@ pub struct Counts {
 }
 
 /// A statement's result and the evidence for it.
-struct Done {
-    outcome: Outcome,
-    evidence: String,
+#[derive(Clone, Debug)]
+pub struct Done {
+    pub outcome: Outcome,
+    pub evidence: String,
 }
 
 fn done(outcome: Outcome, evidence: impl Into<String>) -> Done {
@@ -205,8 +206,8 @@ impl<'p> Runner<'p> {
     }
 
     /// Runs one statement.
-    fn run_one(&mut self, st: &Statement) -> Done {
-        match &st.kind {
+    pub fn exec(&mut self, kind: &StatementKind) -> Done {
+        match kind {
             StatementKind::Gmem { name, size, flags } => {
                 match vm::gmem_create(self.vm, *size, *flags) {
                     Ok(g) => {
@@ -383,7 +384,7 @@ pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages, check: bool) -> Cou
         }
     };
     for st in &sc.statements {
-        let mut d = runner.run_one(st);
+        let mut d = runner.exec(&st.kind);
         let mut pass = st.check(&d.outcome);
         if check {
             match vm::check_invariants() {

@@ -56,6 +56,8 @@ pub struct Stats {
     pub pool_free: u64,
     pub mmio_exits: u64,
     pub memory_fault_exits: u64,
+    /// Faults served through a memslot's userspace_addr (the rest went through gmem).
+    pub faults_via_uaddr: u64,
 }
 
 fn call(c: HostCall, a: [u64; 6]) -> Result<[u64; 4], Errno> {
@@ -203,6 +205,7 @@ pub fn stats(vm: VmId) -> Result<Stats, Errno> {
         pool_free: r6[2],
         mmio_exits: r6[3],
         memory_fault_exits: r6[4],
+        faults_via_uaddr: r6[5],
     })
 }
 

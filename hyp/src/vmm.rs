@@ -46,6 +46,8 @@ const MAX_VMID: u32 = 255;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VmStats {
     pub faults_served: u64,
+    /// Of those, faults served through a memslot's `userspace_addr` (the rest: gmem).
+    pub faults_via_uaddr: u64,
     pub exits: u64,
     pub mmio_exits: u64,
     pub memory_fault_exits: u64,
@@ -589,7 +591,7 @@ pub mod calls {
                 free,
                 s.mmio_exits,
                 s.memory_fault_exits,
-                0,
+                s.faults_via_uaddr,
             ])
         })
     }
@@ -706,6 +708,9 @@ fn stage2_abort(
         } => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
             Ok(()) => {
                 v.stats.faults_served += 1;
+                if source != FaultSource::Gmem {
+                    v.stats.faults_via_uaddr += 1;
+                }
                 sync_mapped_page(hyp, h, gpa, pa, source);
                 log::debug!(
                     "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
