@@ -70,10 +70,15 @@ pub enum HostCall {
     /// -> x0 = number of ownership invariant violations (0 = every page reachable by a component
     /// is owned or borrowed by it, no page owned twice, every share marked on both sides).
     CheckInvariants,
+    /// x1 = VM, x2 = 0 (first-touch faults served at EL2) or 1 (they exit to the host as
+    /// [`ExitReason::PageFault`], the upstream pKVM way; for benchmarks).
+    VmSetFaultMode,
+    /// x1 = VM, x2 = IPA, x3 = 1 for a write: the host serves a `PageFault` exit. -> x0 = PA.
+    ServeFault,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 23] = [
+    pub const ALL: [HostCall; 25] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -97,6 +102,8 @@ impl HostCall {
         HostCall::GmemPhys,
         HostCall::GuestConvert,
         HostCall::CheckInvariants,
+        HostCall::VmSetFaultMode,
+        HostCall::ServeFault,
     ];
 
     pub fn from_id(id: u64) -> Option<HostCall> {
@@ -132,6 +139,9 @@ pub enum ExitReason {
     Hypercall = 4,
     /// The guest took an exception it could not handle itself: x1 = ESR, x2 = ELR, x3 = FAR.
     GuestException = 5,
+    /// A first-touch fault the host must serve (fault mode 1 only): x1 = IPA, x2 = 1 for a
+    /// write. Serve it with `ServeFault` and re-run.
+    PageFault = 6,
 }
 
 impl ExitReason {
@@ -142,6 +152,7 @@ impl ExitReason {
             3 => Some(Self::NeedPages),
             4 => Some(Self::Hypercall),
             5 => Some(Self::GuestException),
+            6 => Some(Self::PageFault),
             _ => None,
         }
     }

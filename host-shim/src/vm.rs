@@ -46,6 +46,10 @@ pub enum Exit {
         elr: u64,
         far: u64,
     },
+    PageFault {
+        ipa: u64,
+        write: bool,
+    },
 }
 
 /// Counters the hyp keeps for a VM.
@@ -238,6 +242,10 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
             elr: r[2],
             far: r[3],
         },
+        ExitReason::PageFault => Exit::PageFault {
+            ipa: r[1],
+            write: r[2] != 0,
+        },
     })
 }
 
@@ -259,4 +267,18 @@ pub fn guest_convert(vcpu: VcpuId) -> Result<u64, (Errno, u64)> {
 /// Runs the hyp's ownership invariant checker: -> number of violations.
 pub fn check_invariants() -> Result<u64, Errno> {
     Ok(call(HostCall::CheckInvariants, [0; 6])?[0])
+}
+
+/// Chooses where first-touch faults are served: at EL2 (false) or by the host (true).
+pub fn set_fault_mode(vm: VmId, to_host: bool) -> Result<(), Errno> {
+    call(
+        HostCall::VmSetFaultMode,
+        [vm.0, u64::from(to_host), 0, 0, 0, 0],
+    )
+    .map(|_| ())
+}
+
+/// Serves a `PageFault` exit: the hyp maps the page. -> its PA.
+pub fn serve_fault(vm: VmId, ipa: u64, write: bool) -> Result<u64, Errno> {
+    Ok(call(HostCall::ServeFault, [vm.0, ipa, u64::from(write), 0, 0, 0])?[0])
 }

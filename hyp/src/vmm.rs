@@ -60,6 +60,9 @@ pub(crate) struct HypVm {
     stats: VmStats,
     /// MMIO guard: once enrolled, only guarded IPAs (pages) exit as MMIO.
     mmio_guard: Option<BTreeSet<u64>>,
+    /// Serve first-touch faults the way upstream pKVM does: exit to the host, which maps the
+    /// page by hypercall (`ServeFault`) and re-runs the vCPU. For comparison benchmarks.
+    faults_to_host: bool,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -233,6 +236,7 @@ pub mod calls {
                     host_shared: BTreeMap::new(),
                     stats: VmStats::default(),
                     mmio_guard: None,
+                    faults_to_host: false,
                 },
             );
             log::debug!("VM {} created ({})", h.0, t.name());
@@ -569,6 +573,50 @@ pub mod calls {
         Ok([0, pages, 0, 0, 0, 0])
     }
 
+    /// Switches a VM between serving first-touch faults at EL2 (0, the default) and exiting to
+    /// the host for them (1, the upstream pKVM way).
+    pub fn vm_set_fault_mode(vm: u64, mode: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let v = hyp.vm_mut(vm)?;
+            v.faults_to_host = match mode {
+                0 => false,
+                1 => true,
+                _ => return Err(Errno::EINVAL),
+            };
+            ok(0)
+        })
+    }
+
+    /// The host serves a guest's page fault at `ipa` (after a `PageFault` exit): resolve and
+    /// map it, as the EL2 fault path would have.
+    pub fn serve_fault(vm: u64, ipa: u64, write: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+            let access = if write != 0 {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            match hyp.world.resolve_fault(h, ipa, access, v.stage2.mm_mut())? {
+                FaultResolution::Map {
+                    ipa: page,
+                    gpa,
+                    pa,
+                    source,
+                    ..
+                } => {
+                    v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX)?;
+                    v.stats.faults_served += 1;
+                    sync_mapped_page(hyp, h, gpa, pa, source);
+                    ok(pa)
+                }
+                FaultResolution::NeedPages => Err(Errno::ENOMEM),
+                _ => Err(Errno::EFAULT),
+            }
+        })
+    }
+
     /// Runs the invariant checker: -> x0 = number of violations (each logged).
     pub fn check_invariants() -> HostResult {
         with_hyp(|hyp| {
@@ -686,6 +734,7 @@ fn stage2_abort(
     access: AbortAccess,
     mmio: Option<MmioAccess>,
 ) -> Step {
+    crate::arch::pmu::fault_pad();
     let acc = match access {
         AbortAccess::Read => Access::Read,
         AbortAccess::Write => Access::Write,
@@ -694,6 +743,16 @@ fn stage2_abort(
     let Some(v) = hyp.vms.get_mut(&h.0) else {
         return guest_exception(ctx, ipa);
     };
+    if v.faults_to_host && mmio.is_none_or(|_| hyp.world.gpa_to_gmem(h, ipa).is_ok()) {
+        // The upstream way: the host serves the fault (through the same exit path as MMIO).
+        return Step::Exit(
+            (
+                ExitReason::PageFault,
+                [ipa, u64::from(access == AbortAccess::Write), 0, 0, 0],
+            ),
+            Pending::None,
+        );
+    }
     let resolution = match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
         Ok(r) => r,
         Err(_) => return guest_exception(ctx, ipa),
