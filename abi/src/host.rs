@@ -28,7 +28,8 @@ pub enum HostCall {
     /// x1 = VM, x2 = GPA, x3 = size, x4 = [`crate::flags::MemoryAttributes`].
     SetMemoryAttributes,
     /// x1 = gmem, x2 = offset, x3 = size, x4 = [`crate::flags::ConvertTo`],
-    /// x5 = [`crate::flags::ContentMode`]. On `EAGAIN`, x1 = `error_offset`.
+    /// x5 = [`crate::flags::ContentMode`] or [`CONVERT_MODE_DEFAULT`]. On `EAGAIN`,
+    /// x1 = `error_offset`.
     Convert,
     /// x1 = gmem, x2 = offset, x3 = size.
     PunchHole,
@@ -157,6 +158,10 @@ impl ExitReason {
         }
     }
 }
+
+/// `Convert` with no content mode: preserve, except where the rules always zero (a coco VM's
+/// page made shared at the host's initiative).
+pub const CONVERT_MODE_DEFAULT: u64 = u64::MAX;
 
 /// `VcpuRun` completion value for a memory-fault exit: inject a data abort into the guest.
 pub const COMPLETE_INJECT_ABORT: u64 = 1;

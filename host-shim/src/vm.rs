@@ -145,9 +145,21 @@ pub fn convert(
     to: ConvertTo,
     mode: ContentMode,
 ) -> Result<(), (Errno, u64)> {
+    convert_with(g, offset, size, to, Some(mode))
+}
+
+/// A host-initiated conversion with an optional content mode (`None`: the rules' default).
+pub fn convert_with(
+    g: GmemId,
+    offset: u64,
+    size: u64,
+    to: ConvertTo,
+    mode: Option<ContentMode>,
+) -> Result<(), (Errno, u64)> {
+    let mode = mode.map_or(abi::host::CONVERT_MODE_DEFAULT, |m| m as u64);
     let r = hvc::raw(
         HostCall::Convert.id(),
-        [g.0, offset, size, to as u64, mode as u64, 0],
+        [g.0, offset, size, to as u64, mode, 0],
     );
     match Errno::from_reg(r[0]) {
         Some(e) => Err((e, r[1])),

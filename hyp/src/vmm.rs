@@ -13,7 +13,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use abi::flags::{ContentMode, ConvertTo, MemoryAttributes, UserspaceAddr, VmType};
-use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, SLOT_UADDR_SHIFT};
+use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, CONVERT_MODE_DEFAULT, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
 use board::layout::HYP_END;
 use hyp_core::{
@@ -361,11 +361,27 @@ pub mod calls {
             1 => ConvertTo::Shared,
             _ => return Err((Errno::EINVAL, 0)),
         };
-        let mode = match mode {
-            0 => ContentMode::Preserve,
-            1 => ContentMode::Zero,
+        let explicit = match mode {
+            CONVERT_MODE_DEFAULT => None,
+            0 => Some(ContentMode::Preserve),
+            1 => Some(ContentMode::Zero),
             _ => return Err((Errno::EINVAL, 0)),
         };
+        let mut guard = HYP.lock();
+        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
+        let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
+        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
+        // No mode given: preserve, except where the rules always zero (a coco VM's memory made
+        // shared at the host's initiative); an explicit preserve there is refused by the core.
+        let coco = hyp
+            .world
+            .vm(owner)
+            .is_ok_and(|v| v.vm_type() == VmType::Coco);
+        let mode = explicit.unwrap_or(if coco && to == ConvertTo::Shared {
+            ContentMode::Zero
+        } else {
+            ContentMode::Preserve
+        });
         let req = ConvertRequest {
             offset,
             size,
@@ -373,10 +389,6 @@ pub mod calls {
             mode,
             initiator: Initiator::Host,
         };
-        let mut guard = HYP.lock();
-        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
-        let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
-        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
         let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
         let inv = hyp
             .world
