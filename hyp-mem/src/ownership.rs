@@ -245,6 +245,11 @@ pub enum Transition {
     HostUnshareFromHyp,
     /// Host OWNED -> NOPAGE, guest NOPAGE -> OWNED.
     HostDonateToGuest(VmHandle),
+    /// Hyp OWNED -> NOPAGE, guest NOPAGE -> OWNED: a page of a VM's pool (donated by the host
+    /// earlier) becomes guest memory. With `shared`, the guest then shares it with the host at
+    /// once (guest SHARED_OWNED, host SHARED_BORROWED). One step for the fault path, equal to
+    /// `HypDonateToHost` + `HostDonateToGuest` (+ `GuestShareWithHost`).
+    HypDonateToGuest { vm: VmHandle, shared: bool },
     /// Host OWNED -> SHARED_OWNED, guest NOPAGE -> SHARED_BORROWED.
     HostShareWithGuest(VmHandle),
     /// The reverse of `HostShareWithGuest`.
@@ -500,6 +505,14 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
                 expect(cur.host == NoPage && cur.hyp == Owned && cur.guest == NoPage)?;
                 PageInfo::HOST_OWNED
             }
+            T::HypDonateToGuest { vm, shared } => {
+                expect(cur.host == NoPage && cur.hyp == Owned && cur.guest == NoPage)?;
+                if shared {
+                    owned(SharedBorrowed, NoPage, SharedOwned, vm)
+                } else {
+                    owned(NoPage, NoPage, Owned, vm)
+                }
+            }
             T::HostShareWithHyp => {
                 expect(host_alone)?;
                 owned(SharedOwned, SharedBorrowed, NoPage, 0)
@@ -631,6 +644,16 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
         self.apply(pa, Transition::HostDonateToHyp, None)
     }
     /// Hyp OWNED -> NOPAGE, host NOPAGE -> OWNED.
+    /// A pool page becomes guest `vm`'s memory, shared with the host at once if `shared`.
+    pub fn hyp_donate_to_guest(
+        &mut self,
+        pa: u64,
+        vm: VmHandle,
+        shared: bool,
+    ) -> Result<(), Errno> {
+        self.apply(pa, Transition::HypDonateToGuest { vm, shared }, None)
+    }
+
     pub fn hyp_donate_to_host(&mut self, pa: u64) -> Result<(), Errno> {
         self.apply(pa, Transition::HypDonateToHost, None)
     }
