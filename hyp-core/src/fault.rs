@@ -24,9 +24,12 @@
 //! After a change inside a block (conversion, punch, relinquish of one page) the hyp unmaps just
 //! that page (splitting the block). [`World::block_mergeable`] answers, with the same
 //! conditions and every page allocated as the one chunk, whether the 2 MiB range may be mapped
-//! as a block again. A punched or relinquished page that is faulted in again gets a new single
-//! page, so its range is no longer one chunk and stays mapped with 4 KiB pages until the whole
-//! range is punched and faulted in again.
+//! as a block again. A punched or relinquished page that is faulted in again gets whatever single
+//! page the provider hands out: in general another physical page, so the range is no longer one
+//! chunk and stays mapped with 4 KiB pages for good (until the whole range is punched and
+//! faulted in again as a fresh block); only if the provider happens to return the very page
+//! just freed (a LIFO pool with nothing allocated in between) is the range one chunk again and
+//! mergeable.
 
 use abi::flags::{MemoryFaultFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::{Errno, PAGE_SIZE};
@@ -290,8 +293,9 @@ impl World {
     /// range allocated as one physically contiguous, 2 MiB-aligned chunk. Returns the chunk's
     /// physical base. For `coco`, `ipa_2m` may carry the shared bit, which selects the shared
     /// alias as in [`World::resolve_fault`]. `None` for an unknown VM or an IPA beyond its IPA
-    /// size. A page punched or relinquished and faulted in again is a fresh single page, so
-    /// its range is not one chunk any more: `None` for good (until the whole range is freed).
+    /// size. A page punched or relinquished and faulted in again is in general another
+    /// physical page, so its range is not one chunk any more: `None` for good (until the whole
+    /// range is freed), unless the provider returned the very page that was freed.
     pub fn block_mergeable(&self, vm: VmHandle, ipa_2m: u64) -> Option<u64> {
         let v = self.vms.get(&vm.0)?;
         if ipa_2m >= v.ipa_limit() {
