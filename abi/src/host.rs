@@ -59,7 +59,8 @@ pub enum HostCall {
     /// (the others went through gmem).
     VmStats,
     /// x1 = VM, x2 = IPA -> x0 = the physical address the VM's stage-2 maps it to (`ENOENT` if
-    /// unmapped). Introspection: how a run shows which page served a guest access.
+    /// unmapped), x1 = the size of the leaf that maps it (4 KiB or a 2 MiB block).
+    /// Introspection: how a run shows which page served a guest access.
     VmWalk,
     /// x1 = gmem, x2 = offset -> x0 = the physical address backing it (`ENOENT` if none yet),
     /// with no access check: what a malicious host could learn anyway, used by `host raw-read`.

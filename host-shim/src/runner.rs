@@ -357,7 +357,7 @@ pub fn forward_hypercall(vm_id: VmId, vcpu: VcpuId, func: u64, args: [u64; 3]) -
 }
 
 fn vm_walk(vm: VmId, ipa: u64) -> Result<u64, Errno> {
-    hvc::call(HostCall::VmWalk, [vm.0, ipa, 0, 0, 0, 0]).map(|r| r[0])
+    vm::walk(vm, ipa).map(|(pa, _)| pa)
 }
 
 fn gmem_phys(g: GmemId, offset: u64) -> Result<u64, Errno> {

@@ -294,3 +294,9 @@ pub fn set_fault_mode(vm: VmId, to_host: bool) -> Result<(), Errno> {
 pub fn serve_fault(vm: VmId, ipa: u64, write: bool) -> Result<u64, Errno> {
     Ok(call(HostCall::ServeFault, [vm.0, ipa, u64::from(write), 0, 0, 0])?[0])
 }
+
+/// The VM's stage-2 translation of `ipa`: (physical address, size of the leaf that maps it).
+pub fn walk(vm: VmId, ipa: u64) -> Result<(u64, u64), Errno> {
+    let r = call(HostCall::VmWalk, [vm.0, ipa, 0, 0, 0, 0])?;
+    Ok((r[0], r[1]))
+}

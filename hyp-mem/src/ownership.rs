@@ -249,7 +249,12 @@ pub enum Transition {
     /// earlier) becomes guest memory. With `shared`, the guest then shares it with the host at
     /// once (guest SHARED_OWNED, host SHARED_BORROWED). One step for the fault path, equal to
     /// `HypDonateToHost` + `HostDonateToGuest` (+ `GuestShareWithHost`).
-    HypDonateToGuest { vm: VmHandle, shared: bool },
+    HypDonateToGuest {
+        /// The guest.
+        vm: VmHandle,
+        /// Share it with the host at once.
+        shared: bool,
+    },
     /// Host OWNED -> SHARED_OWNED, guest NOPAGE -> SHARED_BORROWED.
     HostShareWithGuest(VmHandle),
     /// The reverse of `HostShareWithGuest`.
@@ -639,11 +644,6 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
         Ok(())
     }
 
-    /// Host OWNED -> NOPAGE, hyp NOPAGE -> OWNED. Also marks hyp memory at boot.
-    pub fn host_donate_to_hyp(&mut self, pa: u64) -> Result<(), Errno> {
-        self.apply(pa, Transition::HostDonateToHyp, None)
-    }
-    /// Hyp OWNED -> NOPAGE, host NOPAGE -> OWNED.
     /// A pool page becomes guest `vm`'s memory, shared with the host at once if `shared`.
     pub fn hyp_donate_to_guest(
         &mut self,
@@ -654,6 +654,11 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
         self.apply(pa, Transition::HypDonateToGuest { vm, shared }, None)
     }
 
+    /// Host OWNED -> NOPAGE, hyp NOPAGE -> OWNED. Also marks hyp memory at boot.
+    pub fn host_donate_to_hyp(&mut self, pa: u64) -> Result<(), Errno> {
+        self.apply(pa, Transition::HostDonateToHyp, None)
+    }
+    /// Hyp OWNED -> NOPAGE, host NOPAGE -> OWNED.
     pub fn hyp_donate_to_host(&mut self, pa: u64) -> Result<(), Errno> {
         self.apply(pa, Transition::HypDonateToHost, None)
     }

@@ -461,9 +461,7 @@ pub mod calls {
             hyp.vm_mut(vm)?;
             hyp.take_from_host(pa, pages)?;
             let v = hyp.vm_mut(vm)?;
-            for i in 0..pages {
-                v.stage2.mm_mut().add(pa + i * PAGE_SIZE);
-            }
+            v.stage2.mm_mut().add_run(pa, pages);
             ok(v.stage2.mm().free_pages() as u64)
         })
     }
@@ -532,7 +530,7 @@ pub mod calls {
         with_hyp(|hyp| {
             let v = hyp.vm_mut(vm)?;
             let m = v.stage2.walk(ipa).ok_or(Errno::ENOENT)?;
-            ok(m.pa_of(ipa).ok_or(Errno::ENOENT)?)
+            Ok([m.pa_of(ipa).ok_or(Errno::ENOENT)?, m.size, 0, 0, 0, 0])
         })
     }
 
@@ -737,6 +735,22 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: Fault
     }
 }
 
+/// After a 4 KiB fault: if the 2 MiB range around it is uniform again and still the one
+/// contiguous chunk, the core says so and the stage-2 merges the pages back into a block.
+fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
+    let ipa_2m = ipa & !(hyp_mem::stage2::SIZE_2M - 1);
+    if hyp.world.block_mergeable(h, ipa_2m).is_none() {
+        return;
+    }
+    if let Some(v) = hyp.vms.get_mut(&h.0) {
+        match v.stage2.try_merge_block(ipa_2m) {
+            Ok(true) => log::debug!("vm {} merged 0x{ipa_2m:x} back into a 2 MiB block", h.0),
+            Ok(false) => {}
+            Err(e) => log::error!("merging 0x{ipa_2m:x}: {e}"),
+        }
+    }
+}
+
 /// A stage-2 abort of the guest: served at EL2 or handed to the host.
 fn stage2_abort(
     hyp: &mut Hyp,
@@ -771,33 +785,53 @@ fn stage2_abort(
     };
     match resolution {
         FaultResolution::Map {
-            ipa: page,
-            gpa,
-            pa,
+            ipa: block_ipa,
+            gpa: block_gpa,
+            pa: block_pa,
             source,
+            size: block_size,
             ..
-        } => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
-            Ok(()) => {
-                v.stats.faults_served += 1;
-                if source != FaultSource::Gmem {
-                    v.stats.faults_via_uaddr += 1;
-                }
-                sync_mapped_page(hyp, h, gpa, pa, source);
-                log::debug!(
-                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
+        } => {
+            let mut m = (block_ipa, block_gpa, block_pa, block_size);
+            let mut r = v
+                .stage2
+                .map(block_ipa, block_pa, block_size, S2Attrs::NORMAL_RWX);
+            if r == Err(Errno::EEXIST) && block_size > PAGE_SIZE {
+                // Other pages of the range are still mapped one by one (after a split): map the
+                // faulting page alone, then try to merge the range back into a block.
+                let off = (ipa & !(PAGE_SIZE - 1)) - block_ipa;
+                m = (block_ipa + off, block_gpa + off, block_pa + off, PAGE_SIZE);
+                r = v.stage2.map(m.0, m.2, PAGE_SIZE, S2Attrs::NORMAL_RWX);
+            }
+            let (page, gpa, pa, size) = m;
+            match r {
+                Ok(()) => {
+                    v.stats.faults_served += 1;
+                    if source != FaultSource::Gmem {
+                        v.stats.faults_via_uaddr += 1;
+                    }
+                    for i in 0..size / PAGE_SIZE {
+                        sync_mapped_page(hyp, h, gpa + i * PAGE_SIZE, pa + i * PAGE_SIZE, source);
+                    }
+                    if size == PAGE_SIZE {
+                        try_merge(hyp, h, page);
+                    }
+                    log::debug!(
+                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} (0x{size:x} bytes) via {}",
                     h.0,
                     source_name(source)
                 );
-                Step::Resume
+                    Step::Resume
+                }
+                Err(Errno::ENOMEM) => {
+                    Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+                }
+                Err(e) => {
+                    log::error!("stage-2 map of 0x{page:x} failed: {e}");
+                    guest_exception(ctx, ipa)
+                }
             }
-            Err(Errno::ENOMEM) => {
-                Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-            }
-            Err(e) => {
-                log::error!("stage-2 map of 0x{page:x} failed: {e}");
-                guest_exception(ctx, ipa)
-            }
-        },
+        }
         FaultResolution::MemoryFault { gpa, size, flags } => {
             v.stats.memory_fault_exits += 1;
             log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);
