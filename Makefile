@@ -17,6 +17,7 @@ OBJCOPY      = $(shell rustc --print sysroot)/lib/rustlib/$(HOST_TRIPLE)/bin/llv
 MIRI_TOOLCHAIN := nightly-2026-05-20
 
 LOG         ?= info
+FAULT_PAD   ?= 0
 TEST_LOG    ?= warn
 QEMU_MEM_MIB ?= 512
 TIMEOUT     ?= 60
@@ -36,7 +37,7 @@ TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p scenario -p hyp -p ho
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
-        bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test
+        bench bench-pad-check bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test
 
 ## ---- set-up: everything a fresh machine lacks ------------------------------------------------
 setup:
@@ -58,7 +59,7 @@ images: guest-image
 	$(GUEST_ENV) HOST_LOG=$(LOG) $(CARGO_XT) -p host-shim
 	@mkdir -p $(IMG)
 	$(OBJCOPY) -O binary $(OUT)/host-shim $(IMG)/host-shim.bin
-	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HYP_LOG=$(LOG) $(CARGO_XT) -p hyp
+	HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) HYP_LOG=$(LOG) FAULT_PAD=$(FAULT_PAD) $(CARGO_XT) -p hyp
 
 test-images: guest-image
 	$(GUEST_ENV) HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1
@@ -154,6 +155,25 @@ test-target: selfcheck
 ## ---- benchmarks -------------------------------------------------------------------------------
 bench-host: setup
 	cargo bench -p bench-host
+
+# Instruction counts on QEMU: -icount shift=0 makes INST_RETIRED exact. FAULT_PAD=N builds the hyp
+# with N extra nops on the stage-2 fault path (fault_4k_el2 must rise by exactly N).
+BENCH_MEM_MIB := 2048
+bench: setup
+	@test -s target/convert_1g_host_ns || $(MAKE) bench-host
+	$(MAKE) images FAULT_PAD=$(FAULT_PAD)
+	@set -o pipefail; timeout --foreground 600 $(QEMU) $(subst -m $(QEMU_MEM_MIB)M,-m $(BENCH_MEM_MIB)M,$(QEMU_BASE)) \
+	  -icount shift=0,sleep=off $(call semi_args,bench target/convert_1g_host_ns) -kernel $(OUT)/hyp \
+	  | tee target/bench.log | grep -v '^BENCH-JSON '
+	@grep '^BENCH-JSON ' target/bench.log | sed 's/^BENCH-JSON //' | tr -d '\r' > target/bench.json
+	@echo "wrote target/bench.json"
+
+# Proves the fault count: with FAULT_PAD=64 fault_4k_el2 must be exactly 64 more.
+bench-pad-check: setup
+	$(MAKE) bench FAULT_PAD=0 && cp target/bench.json target/bench-pad0.json
+	$(MAKE) bench FAULT_PAD=64 && cp target/bench.json target/bench-pad64.json
+	python3 -c 'import json; a=json.load(open("target/bench-pad0.json"))["fault_4k_el2"]; b=json.load(open("target/bench-pad64.json"))["fault_4k_el2"]; print(f"fault_4k_el2: {a} -> {b} with FAULT_PAD=64"); exit(0 if b - a == 64 else 1)'
+	$(MAKE) images FAULT_PAD=0
 
 ## ---- lint -------------------------------------------------------------------------------------
 lint: images test-images

@@ -13,6 +13,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=HOST_IMAGE");
     println!("cargo:rerun-if-env-changed=HYP_LOG");
+    println!("cargo:rerun-if-env-changed=FAULT_PAD");
     if let Ok(p) = std::env::var("HOST_IMAGE") {
         println!("cargo:rerun-if-changed={p}");
     }

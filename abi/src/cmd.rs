@@ -29,6 +29,25 @@ pub const OP_MEM_RANGE: u64 = 7;
 /// Enrolls in the MMIO guard and guards the command device's page in one step (after ENROLL
 /// an unguarded device access would abort). RESULT0/1 = x0 of ENROLL / of MAP.
 pub const OP_MMIO_GUARD: u64 = 8;
+/// Measures one operation with the PMU's instruction counters (the hyp sets counter 0 to EL2
+/// instructions, counter 1 to all levels): ARG0 = what (`MEASURE_*`), ARG1..3 = its arguments.
+/// RESULT0 = EL2 instructions, RESULT1 = instructions at all levels, between the two reads.
+pub const OP_MEASURE: u64 = 9;
+
+/// Nothing between the two reads (the baseline of the reads themselves).
+pub const MEASURE_EMPTY: u64 = 0;
+/// Exactly [`MEASURE_NOPS_COUNT`] `nop`s (calibration).
+pub const MEASURE_NOPS: u64 = 1;
+/// A one-byte store at ARG1.
+pub const MEASURE_WRITE: u64 = 2;
+/// `HVC` with x0 = ARG1, x1 = ARG2, x2 = ARG3.
+pub const MEASURE_HVC: u64 = 3;
+/// A range call as in [`OP_MEM_RANGE`]: ARG1 = function, ARG2 = IPA, ARG3 = pages.
+pub const MEASURE_MEM_RANGE: u64 = 4;
+/// A one-byte load at ARG1 (an MMIO round trip when no memslot covers it).
+pub const MEASURE_READ: u64 = 5;
+/// Number of `nop`s of [`MEASURE_NOPS`].
+pub const MEASURE_NOPS_COUNT: u64 = 1000;
 
 /// `STATUS` values.
 pub const STATUS_OK: u64 = 0;

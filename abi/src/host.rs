@@ -28,7 +28,8 @@ pub enum HostCall {
     /// x1 = VM, x2 = GPA, x3 = size, x4 = [`crate::flags::MemoryAttributes`].
     SetMemoryAttributes,
     /// x1 = gmem, x2 = offset, x3 = size, x4 = [`crate::flags::ConvertTo`],
-    /// x5 = [`crate::flags::ContentMode`]. On `EAGAIN`, x1 = `error_offset`.
+    /// x5 = [`crate::flags::ContentMode`] or [`CONVERT_MODE_DEFAULT`]. On `EAGAIN`,
+    /// x1 = `error_offset`.
     Convert,
     /// x1 = gmem, x2 = offset, x3 = size.
     PunchHole,
@@ -58,7 +59,8 @@ pub enum HostCall {
     /// (the others went through gmem).
     VmStats,
     /// x1 = VM, x2 = IPA -> x0 = the physical address the VM's stage-2 maps it to (`ENOENT` if
-    /// unmapped). Introspection: how a run shows which page served a guest access.
+    /// unmapped), x1 = the size of the leaf that maps it (4 KiB or a 2 MiB block).
+    /// Introspection: how a run shows which page served a guest access.
     VmWalk,
     /// x1 = gmem, x2 = offset -> x0 = the physical address backing it (`ENOENT` if none yet),
     /// with no access check: what a malicious host could learn anyway, used by `host raw-read`.
@@ -70,10 +72,15 @@ pub enum HostCall {
     /// -> x0 = number of ownership invariant violations (0 = every page reachable by a component
     /// is owned or borrowed by it, no page owned twice, every share marked on both sides).
     CheckInvariants,
+    /// x1 = VM, x2 = 0 (first-touch faults served at EL2) or 1 (they exit to the host as
+    /// [`ExitReason::PageFault`], the upstream pKVM way; for benchmarks).
+    VmSetFaultMode,
+    /// x1 = VM, x2 = IPA, x3 = 1 for a write: the host serves a `PageFault` exit. -> x0 = PA.
+    ServeFault,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 23] = [
+    pub const ALL: [HostCall; 25] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -97,6 +104,8 @@ impl HostCall {
         HostCall::GmemPhys,
         HostCall::GuestConvert,
         HostCall::CheckInvariants,
+        HostCall::VmSetFaultMode,
+        HostCall::ServeFault,
     ];
 
     pub fn from_id(id: u64) -> Option<HostCall> {
@@ -132,6 +141,9 @@ pub enum ExitReason {
     Hypercall = 4,
     /// The guest took an exception it could not handle itself: x1 = ESR, x2 = ELR, x3 = FAR.
     GuestException = 5,
+    /// A first-touch fault the host must serve (fault mode 1 only): x1 = IPA, x2 = 1 for a
+    /// write. Serve it with `ServeFault` and re-run.
+    PageFault = 6,
 }
 
 impl ExitReason {
@@ -142,10 +154,15 @@ impl ExitReason {
             3 => Some(Self::NeedPages),
             4 => Some(Self::Hypercall),
             5 => Some(Self::GuestException),
+            6 => Some(Self::PageFault),
             _ => None,
         }
     }
 }
+
+/// `Convert` with no content mode: preserve, except where the rules always zero (a coco VM's
+/// page made shared at the host's initiative).
+pub const CONVERT_MODE_DEFAULT: u64 = u64::MAX;
 
 /// `VcpuRun` completion value for a memory-fault exit: inject a data abort into the guest.
 pub const COMPLETE_INJECT_ABORT: u64 = 1;

@@ -24,7 +24,7 @@ pub const HYP_END: usize = 0x4800_0000;
 /// Link and load address of the host shim (and of EL1 test images).
 pub const HOST_BASE: usize = HYP_END;
 /// Bytes of the hyp's heap.
-pub const HYP_HEAP_SIZE: usize = 16 << 20;
+pub const HYP_HEAP_SIZE: usize = 64 << 20;
 /// CPUs the hyp is built for (per-CPU data and stacks).
 pub const MAX_CPUS: usize = 4;
 /// Bytes of stack per CPU at EL2.

@@ -35,6 +35,8 @@ pub struct StepReport {
     pub exits: u64,
     /// Pages donated because the pool ran dry.
     pub topped_up: u64,
+    /// Faults the host served (fault mode "to host" only).
+    pub host_served_faults: u64,
 }
 
 /// Answers a forwarded guest hypercall: (func, x1..x3) -> (x0, x1) for the guest.
@@ -131,6 +133,13 @@ impl GuestDriver {
                 }
                 Exit::Hypercall { func, args } => {
                     (c0, c1) = hypercall(func, args);
+                }
+                Exit::PageFault { ipa, write } => {
+                    // The upstream way: donate one page, ask the hyp to map it, re-run.
+                    let pa = pages.alloc().ok_or(Errno::ENOMEM)?;
+                    vm::donate(self.vm, pa, 1)?;
+                    vm::serve_fault(self.vm, ipa, write)?;
+                    report.host_served_faults += 1;
                 }
                 Exit::GuestException { esr, elr, far } => {
                     report.exception = Some((esr, elr, far));

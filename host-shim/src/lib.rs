@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod bench;
 pub mod driver;
 pub mod exceptions;
 pub mod hvc;

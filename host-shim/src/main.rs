@@ -22,6 +22,7 @@ fn host_image_main(_args: [u64; 4]) -> ! {
         Some("scenario") => board::semihost::exit(run_scenarios(&args[2..], false)),
         Some("scenario-check") => board::semihost::exit(run_scenarios(&args[2..], true)),
         Some("table") => board::semihost::exit(run_table(&args[2..])),
+        Some("bench") => board::semihost::exit(run_bench(args.get(2).map(String::as_str))),
         _ => {}
     }
     let code = match hvc::call(HostCall::Version, [0; 6]) {
@@ -207,6 +208,28 @@ fn host_pages() -> Option<HostPages> {
         host_shim::free_memory_start() as u64,
         base + size,
     ))
+}
+
+/// `make bench`: instruction-count benchmarks; `convert_file` holds the host benchmark's ns.
+fn run_bench(convert_file: Option<&str>) -> i32 {
+    let Some(mut pages) = host_pages() else {
+        return 2;
+    };
+    let convert_ns = convert_file.and_then(|f| {
+        let mut buf = [0u8; 64];
+        let n = board::semihost::read_file(f, &mut buf).ok()?;
+        core::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    });
+    match host_shim::bench::run_all(&mut pages, convert_ns) {
+        Ok(figs) => {
+            host_shim::bench::print(&figs);
+            0
+        }
+        Err(e) => {
+            board::println!("bench: {e}");
+            1
+        }
+    }
 }
 
 /// `make table`: one configuration file per row, named `<use_case>.scn`.

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use abi::cmd::{OP_MEM_RANGE, STATUS_ABORTED, STATUS_OK};
-use abi::flags::{ContentMode, MemoryFaultFlags, VmType};
+use abi::flags::{MemoryFaultFlags, VmType};
 use abi::guest::{
     MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
     SMCCC_SUCCESS,
@@ -264,13 +264,7 @@ impl<'p> Runner<'p> {
                     Ok(g) => g,
                     Err(e) => return errno(e),
                 };
-                match vm::convert(
-                    g,
-                    *offset,
-                    *size,
-                    *to,
-                    mode.unwrap_or(ContentMode::Preserve),
-                ) {
+                match vm::convert_with(g, *offset, *size, *to, *mode) {
                     Ok(()) => done(Outcome::Ok, "converted"),
                     Err((Errno::EAGAIN, off)) => done(
                         Outcome::Eagain(off),
@@ -363,7 +357,7 @@ pub fn forward_hypercall(vm_id: VmId, vcpu: VcpuId, func: u64, args: [u64; 3]) -
 }
 
 fn vm_walk(vm: VmId, ipa: u64) -> Result<u64, Errno> {
-    hvc::call(HostCall::VmWalk, [vm.0, ipa, 0, 0, 0, 0]).map(|r| r[0])
+    vm::walk(vm, ipa).map(|(pa, _)| pa)
 }
 
 fn gmem_phys(g: GmemId, offset: u64) -> Result<u64, Errno> {

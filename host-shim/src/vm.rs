@@ -46,6 +46,10 @@ pub enum Exit {
         elr: u64,
         far: u64,
     },
+    PageFault {
+        ipa: u64,
+        write: bool,
+    },
 }
 
 /// Counters the hyp keeps for a VM.
@@ -141,9 +145,21 @@ pub fn convert(
     to: ConvertTo,
     mode: ContentMode,
 ) -> Result<(), (Errno, u64)> {
+    convert_with(g, offset, size, to, Some(mode))
+}
+
+/// A host-initiated conversion with an optional content mode (`None`: the rules' default).
+pub fn convert_with(
+    g: GmemId,
+    offset: u64,
+    size: u64,
+    to: ConvertTo,
+    mode: Option<ContentMode>,
+) -> Result<(), (Errno, u64)> {
+    let mode = mode.map_or(abi::host::CONVERT_MODE_DEFAULT, |m| m as u64);
     let r = hvc::raw(
         HostCall::Convert.id(),
-        [g.0, offset, size, to as u64, mode as u64, 0],
+        [g.0, offset, size, to as u64, mode, 0],
     );
     match Errno::from_reg(r[0]) {
         Some(e) => Err((e, r[1])),
@@ -238,6 +254,10 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
             elr: r[2],
             far: r[3],
         },
+        ExitReason::PageFault => Exit::PageFault {
+            ipa: r[1],
+            write: r[2] != 0,
+        },
     })
 }
 
@@ -259,4 +279,24 @@ pub fn guest_convert(vcpu: VcpuId) -> Result<u64, (Errno, u64)> {
 /// Runs the hyp's ownership invariant checker: -> number of violations.
 pub fn check_invariants() -> Result<u64, Errno> {
     Ok(call(HostCall::CheckInvariants, [0; 6])?[0])
+}
+
+/// Chooses where first-touch faults are served: at EL2 (false) or by the host (true).
+pub fn set_fault_mode(vm: VmId, to_host: bool) -> Result<(), Errno> {
+    call(
+        HostCall::VmSetFaultMode,
+        [vm.0, u64::from(to_host), 0, 0, 0, 0],
+    )
+    .map(|_| ())
+}
+
+/// Serves a `PageFault` exit: the hyp maps the page. -> its PA.
+pub fn serve_fault(vm: VmId, ipa: u64, write: bool) -> Result<u64, Errno> {
+    Ok(call(HostCall::ServeFault, [vm.0, ipa, u64::from(write), 0, 0, 0])?[0])
+}
+
+/// The VM's stage-2 translation of `ipa`: (physical address, size of the leaf that maps it).
+pub fn walk(vm: VmId, ipa: u64) -> Result<(u64, u64), Errno> {
+    let r = call(HostCall::VmWalk, [vm.0, ipa, 0, 0, 0, 0])?;
+    Ok((r[0], r[1]))
 }

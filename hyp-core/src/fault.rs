@@ -1,10 +1,42 @@
-//! Guest stage-2 fault resolution (SEMANTICS.md "Guest fault routing", rules 1-4).
+//! Guest stage-2 fault resolution (SEMANTICS.md "Guest fault routing", rules 1-4), with 2 MiB
+//! blocks.
+//!
+//! # When a fault is served with a 2 MiB block
+//! [`World::resolve_fault`] returns a [`FaultResolution::Map`] of `size` [`BLOCK_SIZE`] (with
+//! `ipa`, `gpa` and `pa` aligned down to 2 MiB) when all of these hold, and otherwise serves the
+//! 4 KiB page exactly as without blocks:
+//! - the fault is routed to gmem (source [`FaultSource::Gmem`]) or to the host's mmap view of
+//!   gmem ([`FaultSource::UserspaceGmem`]); never for `anon` memory;
+//! - the 2 MiB-aligned GPA range around the fault lies entirely in the faulting memslot, and the
+//!   gmem offsets behind it form a 2 MiB-aligned range inside the file;
+//! - every page of the range passes the check the fault itself makes: `get_pfn` validation
+//!   (tracked file: all `GUEST` for a private fault, all `ALL` for a shared one), the mmap
+//!   view's check for `UserspaceGmem`; for `pkvm` (`get_pfn_no_validate`) the shareability of
+//!   a tracked file must still be uniform, since the host stage-2 treats shared and private
+//!   pages differently ([`BlockCheck`]);
+//! - `coco` with the mismatch check on: the `PRIVATE` attribute of the whole range equals the
+//!   access's privacy;
+//! - the range's pages are either all unallocated (one block is then taken with
+//!   [`PageProvider::alloc_zeroed_block`]; if that fails the fault falls back to 4 KiB, so a
+//!   missing block never causes [`FaultResolution::NeedPages`]) or already allocated as one
+//!   physically contiguous, 2 MiB-aligned chunk (page `i` at `base + i * 4096`).
+//!
+//! After a change inside a block (conversion, punch, relinquish of one page) the hyp unmaps just
+//! that page (splitting the block). [`World::block_mergeable`] answers, with the same
+//! conditions and every page allocated as the one chunk, whether the 2 MiB range may be mapped
+//! as a block again. A punched or relinquished page that is faulted in again gets whatever single
+//! page the provider hands out: in general another physical page, so the range is no longer one
+//! chunk and stays mapped with 4 KiB pages for good (until the whole range is punched and
+//! faulted in again as a fresh block); only if the provider happens to return the very page
+//! just freed (a LIFO pool with nothing allocated in between) is the range one chunk again and
+//! mergeable.
 
 use abi::flags::{MemoryFaultFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::{Errno, PAGE_SIZE};
 
-use crate::provider::PageProvider;
-use crate::vm::{page_down, SlotId, VmHandle};
+use crate::gmem::BlockCheck;
+use crate::provider::{PageProvider, BLOCK_SIZE};
+use crate::vm::{page_down, GmemHandle, SlotId, Vm, VmHandle};
 use crate::world::World;
 
 /// The access that faulted.
@@ -39,15 +71,19 @@ pub enum FaultSource {
 /// What the hyp must do about a guest stage-2 fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultResolution {
-    /// Map `pa` at `ipa` (the page-aligned faulting IPA, with the coco shared bit if the access
-    /// used that alias) with RWX, and resume the guest at the faulting instruction.
+    /// Map `size` bytes at `pa` at `ipa` (the faulting IPA aligned down to `size`, with the coco
+    /// shared bit if the access used that alias) with RWX, and resume the guest at the faulting
+    /// instruction.
     Map {
         ipa: u64,
         /// `ipa` without the coco shared bit.
         gpa: u64,
+        /// Physical address of the first page (aligned to `size`).
         pa: u64,
         source: FaultSource,
         slot: SlotId,
+        /// 4096, or [`BLOCK_SIZE`] (2 MiB) for a block (see the module docs).
+        size: u64,
     },
     /// Exit to the host with `KVM_EXIT_MEMORY_FAULT`; the vCPU does not advance.
     MemoryFault {
@@ -81,6 +117,9 @@ impl World {
     ///    page; `gmem` -> the mmap view's check ([`crate::GmemFile::host_fault`]), a refusal is
     ///    a memory fault (private = 0); none -> memory fault.
     ///
+    /// Where the whole 2 MiB range around the fault qualifies (module docs), the result is a
+    /// 2 MiB [`FaultResolution::Map`]; the outcome for the faulting page is the same either way.
+    ///
     /// `ENOMEM` from the provider is [`FaultResolution::NeedPages`]. `ENOENT` for an unknown
     /// VM, `EINVAL` for an IPA beyond the VM's IPA size.
     pub fn resolve_fault(
@@ -111,6 +150,20 @@ impl World {
             size: PAGE_SIZE,
             flags: mf_flags,
         };
+        if let Some(plan) = block_plan(v, gpa, is_private) {
+            if let Some(e) = gmems.get_mut(&plan.gmem.0) {
+                if let Some(pa) = e.file.get_block(plan.offset, plan.check, provider) {
+                    return Ok(FaultResolution::Map {
+                        ipa: ipa & !(BLOCK_SIZE - 1),
+                        gpa: plan.gpa,
+                        pa,
+                        source: plan.source,
+                        slot: plan.slot,
+                        size: BLOCK_SIZE,
+                    });
+                }
+            }
+        }
         let attr_private = v.attr_private(gpa);
         let Some((slot_id, slot)) = v.slot_containing_mut(gpa) else {
             return Ok(FaultResolution::Mmio { ipa });
@@ -131,6 +184,7 @@ impl World {
             pa,
             source,
             slot: slot_id,
+            size: PAGE_SIZE,
         };
         let lookup = if to_gmem {
             let Some((g, off)) = slot.gmem_offset(gpa) else {
@@ -168,5 +222,94 @@ impl World {
             Err(Errno::EACCES | Errno::EFAULT | Errno::ENODEV) => Ok(memory_fault),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Where a 2 MiB block around a fault would come from: everything but the pages themselves.
+struct BlockPlan {
+    slot: SlotId,
+    gmem: GmemHandle,
+    /// File offset of the block (2 MiB aligned).
+    offset: u64,
+    /// GPA of the block (2 MiB aligned, no shared bit).
+    gpa: u64,
+    check: BlockCheck,
+    source: FaultSource,
+}
+
+/// The block candidate for a fault at `gpa` (no shared bit) of `v`: the route, the memslot and
+/// gmem alignment, and for `coco` with the mismatch check on, uniform matching attributes.
+/// `None` when a block is out of the question (the fault is then served as 4 KiB).
+fn block_plan(v: &Vm, gpa: u64, is_private: bool) -> Option<BlockPlan> {
+    let base = gpa & !(BLOCK_SIZE - 1);
+    let end = base.checked_add(BLOCK_SIZE)?;
+    let (slot_id, slot) = v.slot_containing(gpa)?;
+    if base < slot.gpa() || end > slot.gpa_end() {
+        return None;
+    }
+    let (g, offset) = slot.gmem_offset(base)?;
+    if !offset.is_multiple_of(BLOCK_SIZE) {
+        return None;
+    }
+    let vm_type = v.vm_type();
+    let always = slot.flags().contains(MemslotFlags::ALWAYS_FAULT_FROM_GMEM);
+    let dont_check = slot.flags().contains(MemslotFlags::DONT_CHECK_MISMATCHES);
+    let (check, source) = match vm_type {
+        VmType::Pkvm => (BlockCheck::NoValidate, FaultSource::Gmem),
+        VmType::Plain if always => (BlockCheck::Validate { private: false }, FaultSource::Gmem),
+        VmType::Coco if is_private || always => (
+            BlockCheck::Validate {
+                private: is_private,
+            },
+            FaultSource::Gmem,
+        ),
+        _ if slot.userspace_addr() == UserspaceAddr::Gmem => {
+            (BlockCheck::HostView, FaultSource::UserspaceGmem)
+        }
+        _ => return None,
+    };
+    if vm_type == VmType::Coco
+        && !dont_check
+        && !v
+            .attributes()
+            .all_eq(base >> abi::PAGE_SHIFT, end >> abi::PAGE_SHIFT, is_private)
+    {
+        return None;
+    }
+    Some(BlockPlan {
+        slot: slot_id,
+        gmem: g,
+        offset,
+        gpa: base,
+        check,
+        source,
+    })
+}
+
+impl World {
+    /// Whether the 2 MiB range of `vm` containing `ipa_2m` may be mapped as one block again
+    /// (asked by the hyp after it served a 4 KiB fault there, before it tries to merge its
+    /// stage-2 entries): the conditions of a block fault (module docs), with every page of the
+    /// range allocated as one physically contiguous, 2 MiB-aligned chunk. Returns the chunk's
+    /// physical base. For `coco`, `ipa_2m` may carry the shared bit, which selects the shared
+    /// alias as in [`World::resolve_fault`]. `None` for an unknown VM or an IPA beyond its IPA
+    /// size. A page punched or relinquished and faulted in again is in general another
+    /// physical page, so its range is not one chunk any more: `None` for good (until the whole
+    /// range is freed), unless the provider returned the very page that was freed.
+    pub fn block_mergeable(&self, vm: VmHandle, ipa_2m: u64) -> Option<u64> {
+        let v = self.vms.get(&vm.0)?;
+        if ipa_2m >= v.ipa_limit() {
+            return None;
+        }
+        let (gpa, is_private) = match v.shared_bit() {
+            Some(bit) => (ipa_2m & !bit, ipa_2m & bit == 0),
+            None => (ipa_2m, false),
+        };
+        let plan = block_plan(v, gpa, is_private)?;
+        let file = &self.gmems.get(&plan.gmem.0)?.file;
+        if !file.block_check(plan.offset, plan.check) {
+            return None;
+        }
+        file.contiguous_block(plan.offset)
     }
 }

@@ -6,7 +6,8 @@ use alloc::vec::Vec;
 use abi::flags::{ContentMode, ConvertTo, GmemFlags, VmType};
 use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::provider::PageProvider;
+use crate::pages::PageMap;
+use crate::provider::{PageProvider, BLOCK_PAGES, BLOCK_SIZE};
 use crate::range::RangeStore;
 
 /// Per-page shareability (only with `TRACK_SHAREABILITY`).
@@ -69,17 +70,58 @@ pub(crate) fn page_range(offset: u64, size: u64, limit: u64) -> Result<(u64, u64
     Ok((offset >> PAGE_SHIFT, end >> PAGE_SHIFT))
 }
 
+/// The per-page check a guest fault makes, applied to every page of a 2 MiB block candidate
+/// ([`GmemFile::block_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockCheck {
+    /// `get_pfn_no_validate` (`pkvm`): no check per page, but a tracked file's shareability must
+    /// be uniform over the block (the host stage-2 treats shared and private pages differently).
+    NoValidate,
+    /// `get_pfn` validation: with tracking, every page must be `GUEST` (`private`) or `ALL`.
+    Validate { private: bool },
+    /// The host mmap view's check ([`GmemFile::host_access_check`]) on every page.
+    HostView,
+}
+
+/// Zeroes and frees a physically contiguous run of `count` pages at `pa`, appending them to
+/// `freed`: every 2 MiB-aligned whole block inside it goes back with
+/// [`PageProvider::free_block`], the rest page by page.
+fn free_run(pa: u64, count: u64, provider: &mut dyn PageProvider, freed: &mut Vec<u64>) {
+    let mut i = 0;
+    while i < count {
+        let p = pa.saturating_add(i << PAGE_SHIFT);
+        let n = if p.is_multiple_of(BLOCK_SIZE) && count - i >= BLOCK_PAGES {
+            BLOCK_PAGES
+        } else {
+            1
+        };
+        for j in 0..n {
+            let q = p.saturating_add(j << PAGE_SHIFT);
+            provider.zero_page(q);
+            freed.push(q);
+        }
+        if n == BLOCK_PAGES {
+            provider.free_block(p);
+        } else {
+            provider.free_page(p);
+        }
+        i += n;
+    }
+}
+
 /// A guest_memfd file.
 ///
 /// Pages are allocated on first use (guest fault, host fault, pin) through a [`PageProvider`]
-/// and kept in a sparse map. Shareability, when tracked, lives in a [`RangeStore`] over page
-/// indices.
+/// and kept in a [`PageMap`] (runs of physically contiguous pages; its module docs give the
+/// memory it takes). A guest fault may allocate a whole 2 MiB block at once (see
+/// [`GmemFile::get_block`]); after that every operation still works page by page. Shareability,
+/// when tracked, lives in a [`RangeStore`] over page indices.
 #[derive(Debug)]
 pub struct GmemFile {
     size: u64,
     flags: GmemFlags,
     owner_type: VmType,
-    pages: BTreeMap<u64, u64>,
+    pages: PageMap,
     pins: BTreeMap<u64, u32>,
     share: Option<RangeStore<Shareability>>,
 }
@@ -107,7 +149,7 @@ impl GmemFile {
             size,
             flags,
             owner_type,
-            pages: BTreeMap::new(),
+            pages: PageMap::new(),
             pins: BTreeMap::new(),
             share,
         })
@@ -143,12 +185,101 @@ impl GmemFile {
 
     /// Physical page backing byte `offset`, if allocated.
     pub fn page_pa(&self, offset: u64) -> Option<u64> {
-        self.pages.get(&(offset >> PAGE_SHIFT)).copied()
+        self.pages.get(offset >> PAGE_SHIFT)
     }
 
     /// Number of allocated pages.
     pub fn allocated_pages(&self) -> usize {
-        self.pages.len()
+        usize::try_from(self.pages.len()).unwrap_or(usize::MAX)
+    }
+
+    /// The page map (for statistics and tests).
+    pub fn page_map(&self) -> &PageMap {
+        &self.pages
+    }
+
+    /// If the 2 MiB range of the file starting at `offset` (2 MiB aligned, inside the file) is
+    /// allocated as one physically contiguous, 2 MiB-aligned chunk, its physical base address.
+    pub fn contiguous_block(&self, offset: u64) -> Option<u64> {
+        if !offset.is_multiple_of(BLOCK_SIZE) || offset.checked_add(BLOCK_SIZE)? > self.size {
+            return None;
+        }
+        let pa = self.pages.chunk(offset >> PAGE_SHIFT, BLOCK_PAGES)?;
+        pa.is_multiple_of(BLOCK_SIZE).then_some(pa)
+    }
+
+    /// Whether every page of the 2 MiB range at `offset` (aligned, inside the file) passes
+    /// `check`, the check a fault on each of them would make (see [`BlockCheck`]).
+    pub fn block_check(&self, offset: u64, check: BlockCheck) -> bool {
+        if !offset.is_multiple_of(BLOCK_SIZE) {
+            return false;
+        }
+        let Some(end) = offset.checked_add(BLOCK_SIZE) else {
+            return false;
+        };
+        if end > self.size {
+            return false;
+        }
+        let (first, last) = (offset >> PAGE_SHIFT, end >> PAGE_SHIFT);
+        let uniform = |want: Option<Shareability>| match &self.share {
+            None => true,
+            Some(store) => {
+                let mut segs = store.segments(first, last);
+                match (segs.next(), segs.next()) {
+                    (Some((_, _, v)), None) => want.is_none_or(|w| w == v),
+                    _ => false,
+                }
+            }
+        };
+        match check {
+            BlockCheck::NoValidate => uniform(None),
+            BlockCheck::Validate { private } => uniform(Some(if private {
+                Shareability::Guest
+            } else {
+                Shareability::All
+            })),
+            BlockCheck::HostView => {
+                if !self.flags.contains(GmemFlags::MMAP) {
+                    return false;
+                }
+                match &self.share {
+                    Some(_) => uniform(Some(Shareability::All)),
+                    None => self.owner_type == VmType::Plain,
+                }
+            }
+        }
+    }
+
+    /// The 2 MiB-block counterpart of [`GmemFile::get_pfn`] and friends, for a guest fault: if
+    /// every page of the 2 MiB range at `offset` passes `check` and the range is either
+    /// allocated as one contiguous 2 MiB-aligned chunk or not allocated at all (then one block is
+    /// taken from the provider), returns the chunk's physical base. `None` (nothing changed)
+    /// when a block cannot be used, including when the provider has no block: the caller falls
+    /// back to a single page.
+    pub fn get_block(
+        &mut self,
+        offset: u64,
+        check: BlockCheck,
+        provider: &mut dyn PageProvider,
+    ) -> Option<u64> {
+        if !self.block_check(offset, check) {
+            return None;
+        }
+        if let Some(pa) = self.contiguous_block(offset) {
+            return Some(pa);
+        }
+        let first = offset >> PAGE_SHIFT;
+        if self.pages.any_in(first, first.saturating_add(BLOCK_PAGES)) {
+            return None;
+        }
+        let pa = provider.alloc_zeroed_block().ok()?;
+        if !pa.is_multiple_of(BLOCK_SIZE) {
+            // A provider breaking its contract: give the pages back and use single pages.
+            provider.free_block(pa);
+            return None;
+        }
+        self.pages.insert_run(first, pa, BLOCK_PAGES);
+        Some(pa)
     }
 
     /// Host pin count of the page holding byte `offset`.
@@ -169,11 +300,11 @@ impl GmemFile {
     }
 
     fn get_or_alloc(&mut self, index: u64, provider: &mut dyn PageProvider) -> Result<u64, Errno> {
-        if let Some(pa) = self.pages.get(&index) {
-            return Ok(*pa);
+        if let Some(pa) = self.pages.get(index) {
+            return Ok(pa);
         }
         let pa = provider.alloc_zeroed_page()?;
-        self.pages.insert(index, pa);
+        self.pages.insert_run(index, pa, 1);
         Ok(pa)
     }
 
@@ -315,26 +446,19 @@ impl GmemFile {
             return Err(Errno::EBUSY);
         }
         let mut freed = Vec::new();
-        while let Some((index, pa)) = self.pages.range(first..last).next().map(|(i, p)| (*i, *p)) {
-            self.pages.remove(&index);
-            provider.zero_page(pa);
-            provider.free_page(pa);
-            freed.push(pa);
-        }
+        self.pages.remove_range(first, last, |_, pa, count| {
+            free_run(pa, count, provider, &mut freed)
+        });
         Ok(freed)
     }
 
     /// Frees every page (zeroed first) and drops every pin; for file destruction and VM
     /// teardown. Returns the freed physical pages.
     pub fn release_all(&mut self, provider: &mut dyn PageProvider) -> Vec<u64> {
-        let pages = core::mem::take(&mut self.pages);
         self.pins.clear();
-        let mut freed = Vec::with_capacity(pages.len());
-        for pa in pages.into_values() {
-            provider.zero_page(pa);
-            provider.free_page(pa);
-            freed.push(pa);
-        }
+        let mut freed = Vec::with_capacity(self.allocated_pages());
+        self.pages
+            .take_all(|_, pa, count| free_run(pa, count, provider, &mut freed));
         freed
     }
 
@@ -396,9 +520,11 @@ impl GmemFile {
             .collect();
         if zero {
             for (s, e) in &changed {
-                for (_, pa) in self.pages.range(*s..*e) {
-                    provider.zero_page(*pa);
-                }
+                self.pages.for_each_in(*s, *e, |_, pa, count| {
+                    for i in 0..count {
+                        provider.zero_page(pa.saturating_add(i << PAGE_SHIFT));
+                    }
+                });
             }
         }
         store.set(first, last, target)?;

@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod fault;
 pub mod gmem;
+pub mod pages;
 pub mod provider;
 pub mod range;
 pub mod vm;
@@ -25,8 +26,9 @@ pub use abi::flags::{
 };
 pub use abi::Errno;
 pub use fault::{Access, FaultResolution, FaultSource};
-pub use gmem::{ConvertError, ConvertRequest, GmemFile, Initiator, Shareability};
-pub use provider::{FakeArena, PageProvider};
+pub use gmem::{BlockCheck, ConvertError, ConvertRequest, GmemFile, Initiator, Shareability};
+pub use pages::PageMap;
+pub use provider::{FakeArena, PageProvider, BLOCK_PAGES, BLOCK_SIZE};
 pub use range::RangeStore;
 pub use vm::{GmemBinding, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle};
 pub use world::{GmemRange, GuestRangePiece, Invalidation, Stage2Unmap, World};

@@ -9,7 +9,12 @@ use alloc::vec::Vec;
 
 use abi::{Errno, PAGE_SIZE};
 
-/// A source of 4 KiB physical pages.
+/// Size of a stage-2 block: 2 MiB.
+pub const BLOCK_SIZE: u64 = 2 << 20;
+/// 4 KiB pages in a [`BLOCK_SIZE`] block: 512.
+pub const BLOCK_PAGES: u64 = BLOCK_SIZE / PAGE_SIZE;
+
+/// A source of 4 KiB physical pages, and optionally of 2 MiB blocks of them.
 pub trait PageProvider {
     /// A zeroed page, by physical address (page aligned). `ENOMEM` when the pool is empty: the
     /// core reports that as [`crate::FaultResolution::NeedPages`] on guest faults, and as
@@ -20,6 +25,23 @@ pub trait PageProvider {
     fn free_page(&mut self, pa: u64);
     /// Fills a page with zeroes.
     fn zero_page(&mut self, pa: u64);
+    /// [`BLOCK_PAGES`] physically contiguous zeroed pages, [`BLOCK_SIZE`] aligned, by the
+    /// physical address of the first. `ENOMEM` when there is no such chunk (the default): the
+    /// core then falls back to single pages, so a provider without blocks never makes a fault
+    /// report [`crate::FaultResolution::NeedPages`] by itself. The pages of a block may later be
+    /// freed one by one with [`PageProvider::free_page`] (a punch of one page of a block frees
+    /// just that page), or together with [`PageProvider::free_block`].
+    fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
+        Err(Errno::ENOMEM)
+    }
+    /// Returns [`BLOCK_PAGES`] physically contiguous, [`BLOCK_SIZE`] aligned pages starting at
+    /// `pa`, each obtained from this provider (as a block or one by one) and already zeroed by
+    /// the core. The default frees them one by one with [`PageProvider::free_page`].
+    fn free_block(&mut self, pa: u64) {
+        for i in 0..BLOCK_PAGES {
+            self.free_page(pa.saturating_add(i * PAGE_SIZE));
+        }
+    }
 }
 
 /// A fake page arena for tests and benchmarks: `capacity` pages from `base`, contents stored
@@ -32,6 +54,9 @@ pub struct FakeArena {
     free_list: Vec<u64>,
     pages: BTreeMap<u64, Vec<u8>>,
     fail: bool,
+    blocks: bool,
+    block_fail: bool,
+    block_allocs: u64,
     bad_frees: u64,
     zero_calls: u64,
 }
@@ -47,6 +72,9 @@ impl FakeArena {
             free_list: Vec::new(),
             pages: BTreeMap::new(),
             fail: false,
+            blocks: true,
+            block_fail: false,
+            block_allocs: 0,
             bad_frees: 0,
             zero_calls: 0,
         }
@@ -55,6 +83,23 @@ impl FakeArena {
     /// While `fail` is set every allocation fails with `ENOMEM`.
     pub fn set_fail(&mut self, fail: bool) {
         self.fail = fail;
+    }
+
+    /// Whether [`PageProvider::alloc_zeroed_block`] may succeed (the default); `false` makes the
+    /// arena behave like a provider without blocks.
+    pub fn set_blocks(&mut self, blocks: bool) {
+        self.blocks = blocks;
+    }
+
+    /// While set, [`PageProvider::alloc_zeroed_block`] fails with `ENOMEM` (single pages still
+    /// work unless [`FakeArena::set_fail`] is set too).
+    pub fn set_block_fail(&mut self, fail: bool) {
+        self.block_fail = fail;
+    }
+
+    /// Successful [`PageProvider::alloc_zeroed_block`] calls so far.
+    pub fn block_allocs(&self) -> u64 {
+        self.block_allocs
     }
 
     /// Pages currently handed out.
@@ -124,6 +169,39 @@ impl PageProvider for FakeArena {
         };
         self.pages.insert(pa, vec![0u8; PAGE_SIZE as usize]);
         Ok(pa)
+    }
+
+    /// A block from the never-used part of the arena, aligned up to 2 MiB; the fresh pages
+    /// skipped for alignment go to the free list. Freed block pages are reused one by one only.
+    fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
+        if self.fail || self.block_fail || !self.blocks {
+            return Err(Errno::ENOMEM);
+        }
+        let next = self
+            .next_fresh
+            .checked_mul(PAGE_SIZE)
+            .and_then(|off| self.base.checked_add(off))
+            .ok_or(Errno::ENOMEM)?;
+        let aligned = next.checked_add(BLOCK_SIZE - 1).ok_or(Errno::ENOMEM)? & !(BLOCK_SIZE - 1);
+        let skip = (aligned - next) / PAGE_SIZE;
+        let end = self
+            .next_fresh
+            .checked_add(skip)
+            .and_then(|n| n.checked_add(BLOCK_PAGES))
+            .ok_or(Errno::ENOMEM)?;
+        if end > self.capacity {
+            return Err(Errno::ENOMEM);
+        }
+        for i in 0..skip {
+            self.free_list.push(next + i * PAGE_SIZE);
+        }
+        self.next_fresh = end;
+        for i in 0..BLOCK_PAGES {
+            self.pages
+                .insert(aligned + i * PAGE_SIZE, vec![0u8; PAGE_SIZE as usize]);
+        }
+        self.block_allocs += 1;
+        Ok(aligned)
     }
 
     fn free_page(&mut self, pa: u64) {

@@ -245,6 +245,16 @@ pub enum Transition {
     HostUnshareFromHyp,
     /// Host OWNED -> NOPAGE, guest NOPAGE -> OWNED.
     HostDonateToGuest(VmHandle),
+    /// Hyp OWNED -> NOPAGE, guest NOPAGE -> OWNED: a page of a VM's pool (donated by the host
+    /// earlier) becomes guest memory. With `shared`, the guest then shares it with the host at
+    /// once (guest SHARED_OWNED, host SHARED_BORROWED). One step for the fault path, equal to
+    /// `HypDonateToHost` + `HostDonateToGuest` (+ `GuestShareWithHost`).
+    HypDonateToGuest {
+        /// The guest.
+        vm: VmHandle,
+        /// Share it with the host at once.
+        shared: bool,
+    },
     /// Host OWNED -> SHARED_OWNED, guest NOPAGE -> SHARED_BORROWED.
     HostShareWithGuest(VmHandle),
     /// The reverse of `HostShareWithGuest`.
@@ -500,6 +510,14 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
                 expect(cur.host == NoPage && cur.hyp == Owned && cur.guest == NoPage)?;
                 PageInfo::HOST_OWNED
             }
+            T::HypDonateToGuest { vm, shared } => {
+                expect(cur.host == NoPage && cur.hyp == Owned && cur.guest == NoPage)?;
+                if shared {
+                    owned(SharedBorrowed, NoPage, SharedOwned, vm)
+                } else {
+                    owned(NoPage, NoPage, Owned, vm)
+                }
+            }
             T::HostShareWithHyp => {
                 expect(host_alone)?;
                 owned(SharedOwned, SharedBorrowed, NoPage, 0)
@@ -624,6 +642,16 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
         *slot = PageMeta::from_info(plan.new);
         log::trace!("ownership: {t:?} {pa:#x}");
         Ok(())
+    }
+
+    /// A pool page becomes guest `vm`'s memory, shared with the host at once if `shared`.
+    pub fn hyp_donate_to_guest(
+        &mut self,
+        pa: u64,
+        vm: VmHandle,
+        shared: bool,
+    ) -> Result<(), Errno> {
+        self.apply(pa, Transition::HypDonateToGuest { vm, shared }, None)
     }
 
     /// Host OWNED -> NOPAGE, hyp NOPAGE -> OWNED. Also marks hyp memory at boot.

@@ -27,7 +27,7 @@ pub(crate) enum Model {
     BorrowedFromGuest { vm: VmHandle, pins: u16 },
 }
 
-pub(crate) const OPS: usize = 15;
+pub(crate) const OPS: usize = 17;
 
 /// Transition number `i` (0..OPS) for `vm`.
 pub(crate) fn op(i: usize, vm: VmHandle) -> Transition {
@@ -48,6 +48,8 @@ pub(crate) fn op(i: usize, vm: VmHandle) -> Transition {
         T::HostUnpin,
         T::HypPin,
         T::HypUnpin,
+        T::HypDonateToGuest { vm, shared: false },
+        T::HypDonateToGuest { vm, shared: true },
     ][i % OPS]
 }
 
@@ -92,6 +94,10 @@ impl Model {
                 }
             }
             (M::Host, T::HostDonateToGuest(vm)) => ok(M::Guest { vm }),
+            (M::Hyp, T::HypDonateToGuest { vm, shared: false }) => ok(M::Guest { vm }),
+            (M::Hyp, T::HypDonateToGuest { vm, shared: true }) => {
+                ok(M::BorrowedFromGuest { vm, pins: 0 })
+            }
             (M::Host, T::HostShareWithGuest(vm)) => ok(M::LentToGuest { vm }),
             (M::LentToGuest { .. }, T::HostUnshareFromGuest(_)) => ok(M::Host),
             (M::Guest { vm }, T::GuestShareWithHost(_)) => ok(M::BorrowedFromGuest { vm, pins: 0 }),
@@ -210,6 +216,7 @@ pub(crate) fn apply(
         T::HostUnpin => own.host_unpin(pa),
         T::HypPin => own.hyp_pin(pa),
         T::HypUnpin => own.hyp_unpin(pa),
+        T::HypDonateToGuest { vm, shared } => own.hyp_donate_to_guest(pa, vm, shared),
     };
     (r, zeroed)
 }

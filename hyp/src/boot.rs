@@ -139,6 +139,7 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
     // before the page-allocator region; nothing else uses it; it is mapped read-write.
     unsafe { mm::init_heap(heap_start, heap_end) };
     mm::init_frames(frames_start, HYP_END);
+    crate::arch::pmu::init();
     if let Err(e) = crate::vmm::init(ram_base, ram_size) {
         fatal(format_args!("page ownership table: {e}"));
     }

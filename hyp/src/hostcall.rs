@@ -40,6 +40,8 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
         HostCall::GmemPhys => calls::gmem_phys(a[0], a[1]),
         HostCall::GuestConvert => return calls::guest_convert(a[0]),
         HostCall::CheckInvariants => calls::check_invariants(),
+        HostCall::VmSetFaultMode => calls::vm_set_fault_mode(a[0], a[1]),
+        HostCall::ServeFault => calls::serve_fault(a[0], a[1], a[2]),
     };
     r.map_err(|e| (e, 0))
 }

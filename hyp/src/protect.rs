@@ -90,13 +90,8 @@ impl Hyp {
         let id = vmid(vm);
         let info = self.owners.info(pa)?;
         if info.state_of(Component::Hyp) == PageState::Owned {
-            // Fresh from the pool: hyp -> host -> guest, all under the lock.
-            self.owners.hyp_donate_to_host(pa)?;
-            self.owners.host_donate_to_guest(pa, id)?;
-            if host_allowed {
-                self.owners.guest_share_with_host(pa, id)?;
-            }
-            return Ok(());
+            // Fresh from the pool: straight to the guest (shared with the host if allowed).
+            return self.owners.hyp_donate_to_guest(pa, id, host_allowed);
         }
         match (info.state_of(Component::Guest(id)), host_allowed) {
             (PageState::Owned, true) => self.owners.guest_share_with_host(pa, id),

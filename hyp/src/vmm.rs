@@ -13,7 +13,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use abi::flags::{ContentMode, ConvertTo, MemoryAttributes, UserspaceAddr, VmType};
-use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, SLOT_UADDR_SHIFT};
+use abi::host::{ExitReason, COMPLETE_INJECT_ABORT, CONVERT_MODE_DEFAULT, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
 use board::layout::HYP_END;
 use hyp_core::{
@@ -60,6 +60,9 @@ pub(crate) struct HypVm {
     stats: VmStats,
     /// MMIO guard: once enrolled, only guarded IPAs (pages) exit as MMIO.
     mmio_guard: Option<BTreeSet<u64>>,
+    /// Serve first-touch faults the way upstream pKVM does: exit to the host, which maps the
+    /// page by hypercall (`ServeFault`) and re-runs the vCPU. For comparison benchmarks.
+    faults_to_host: bool,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -233,6 +236,7 @@ pub mod calls {
                     host_shared: BTreeMap::new(),
                     stats: VmStats::default(),
                     mmio_guard: None,
+                    faults_to_host: false,
                 },
             );
             log::debug!("VM {} created ({})", h.0, t.name());
@@ -357,11 +361,27 @@ pub mod calls {
             1 => ConvertTo::Shared,
             _ => return Err((Errno::EINVAL, 0)),
         };
-        let mode = match mode {
-            0 => ContentMode::Preserve,
-            1 => ContentMode::Zero,
+        let explicit = match mode {
+            CONVERT_MODE_DEFAULT => None,
+            0 => Some(ContentMode::Preserve),
+            1 => Some(ContentMode::Zero),
             _ => return Err((Errno::EINVAL, 0)),
         };
+        let mut guard = HYP.lock();
+        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
+        let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
+        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
+        // No mode given: preserve, except where the rules always zero (a coco VM's memory made
+        // shared at the host's initiative); an explicit preserve there is refused by the core.
+        let coco = hyp
+            .world
+            .vm(owner)
+            .is_ok_and(|v| v.vm_type() == VmType::Coco);
+        let mode = explicit.unwrap_or(if coco && to == ConvertTo::Shared {
+            ContentMode::Zero
+        } else {
+            ContentMode::Preserve
+        });
         let req = ConvertRequest {
             offset,
             size,
@@ -369,10 +389,6 @@ pub mod calls {
             mode,
             initiator: Initiator::Host,
         };
-        let mut guard = HYP.lock();
-        let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
-        let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
-        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
         let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
         let inv = hyp
             .world
@@ -445,9 +461,7 @@ pub mod calls {
             hyp.vm_mut(vm)?;
             hyp.take_from_host(pa, pages)?;
             let v = hyp.vm_mut(vm)?;
-            for i in 0..pages {
-                v.stage2.mm_mut().add(pa + i * PAGE_SIZE);
-            }
+            v.stage2.mm_mut().add_run(pa, pages);
             ok(v.stage2.mm().free_pages() as u64)
         })
     }
@@ -516,7 +530,7 @@ pub mod calls {
         with_hyp(|hyp| {
             let v = hyp.vm_mut(vm)?;
             let m = v.stage2.walk(ipa).ok_or(Errno::ENOENT)?;
-            ok(m.pa_of(ipa).ok_or(Errno::ENOENT)?)
+            Ok([m.pa_of(ipa).ok_or(Errno::ENOENT)?, m.size, 0, 0, 0, 0])
         })
     }
 
@@ -567,6 +581,50 @@ pub mod calls {
             });
         }
         Ok([0, pages, 0, 0, 0, 0])
+    }
+
+    /// Switches a VM between serving first-touch faults at EL2 (0, the default) and exiting to
+    /// the host for them (1, the upstream pKVM way).
+    pub fn vm_set_fault_mode(vm: u64, mode: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let v = hyp.vm_mut(vm)?;
+            v.faults_to_host = match mode {
+                0 => false,
+                1 => true,
+                _ => return Err(Errno::EINVAL),
+            };
+            ok(0)
+        })
+    }
+
+    /// The host serves a guest's page fault at `ipa` (after a `PageFault` exit): resolve and
+    /// map it, as the EL2 fault path would have.
+    pub fn serve_fault(vm: u64, ipa: u64, write: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let h = VmHandle(handle32(vm)?);
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+            let access = if write != 0 {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            match hyp.world.resolve_fault(h, ipa, access, v.stage2.mm_mut())? {
+                FaultResolution::Map {
+                    ipa: page,
+                    gpa,
+                    pa,
+                    source,
+                    ..
+                } => {
+                    v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX)?;
+                    v.stats.faults_served += 1;
+                    sync_mapped_page(hyp, h, gpa, pa, source);
+                    ok(pa)
+                }
+                FaultResolution::NeedPages => Err(Errno::ENOMEM),
+                _ => Err(Errno::EFAULT),
+            }
+        })
     }
 
     /// Runs the invariant checker: -> x0 = number of violations (each logged).
@@ -677,6 +735,22 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: Fault
     }
 }
 
+/// After a 4 KiB fault: if the 2 MiB range around it is uniform again and still the one
+/// contiguous chunk, the core says so and the stage-2 merges the pages back into a block.
+fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
+    let ipa_2m = ipa & !(hyp_mem::stage2::SIZE_2M - 1);
+    if hyp.world.block_mergeable(h, ipa_2m).is_none() {
+        return;
+    }
+    if let Some(v) = hyp.vms.get_mut(&h.0) {
+        match v.stage2.try_merge_block(ipa_2m) {
+            Ok(true) => log::debug!("vm {} merged 0x{ipa_2m:x} back into a 2 MiB block", h.0),
+            Ok(false) => {}
+            Err(e) => log::error!("merging 0x{ipa_2m:x}: {e}"),
+        }
+    }
+}
+
 /// A stage-2 abort of the guest: served at EL2 or handed to the host.
 fn stage2_abort(
     hyp: &mut Hyp,
@@ -686,6 +760,7 @@ fn stage2_abort(
     access: AbortAccess,
     mmio: Option<MmioAccess>,
 ) -> Step {
+    crate::arch::pmu::fault_pad();
     let acc = match access {
         AbortAccess::Read => Access::Read,
         AbortAccess::Write => Access::Write,
@@ -694,39 +769,69 @@ fn stage2_abort(
     let Some(v) = hyp.vms.get_mut(&h.0) else {
         return guest_exception(ctx, ipa);
     };
+    if v.faults_to_host && mmio.is_none_or(|_| hyp.world.gpa_to_gmem(h, ipa).is_ok()) {
+        // The upstream way: the host serves the fault (through the same exit path as MMIO).
+        return Step::Exit(
+            (
+                ExitReason::PageFault,
+                [ipa, u64::from(access == AbortAccess::Write), 0, 0, 0],
+            ),
+            Pending::None,
+        );
+    }
     let resolution = match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
         Ok(r) => r,
         Err(_) => return guest_exception(ctx, ipa),
     };
     match resolution {
         FaultResolution::Map {
-            ipa: page,
-            gpa,
-            pa,
+            ipa: block_ipa,
+            gpa: block_gpa,
+            pa: block_pa,
             source,
+            size: block_size,
             ..
-        } => match v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
-            Ok(()) => {
-                v.stats.faults_served += 1;
-                if source != FaultSource::Gmem {
-                    v.stats.faults_via_uaddr += 1;
-                }
-                sync_mapped_page(hyp, h, gpa, pa, source);
-                log::debug!(
-                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} via {}",
+        } => {
+            let mut m = (block_ipa, block_gpa, block_pa, block_size);
+            let mut r = v
+                .stage2
+                .map(block_ipa, block_pa, block_size, S2Attrs::NORMAL_RWX);
+            if r == Err(Errno::EEXIST) && block_size > PAGE_SIZE {
+                // Other pages of the range are still mapped one by one (after a split): map the
+                // faulting page alone, then try to merge the range back into a block.
+                let off = (ipa & !(PAGE_SIZE - 1)) - block_ipa;
+                m = (block_ipa + off, block_gpa + off, block_pa + off, PAGE_SIZE);
+                r = v.stage2.map(m.0, m.2, PAGE_SIZE, S2Attrs::NORMAL_RWX);
+            }
+            let (page, gpa, pa, size) = m;
+            match r {
+                Ok(()) => {
+                    v.stats.faults_served += 1;
+                    if source != FaultSource::Gmem {
+                        v.stats.faults_via_uaddr += 1;
+                    }
+                    for i in 0..size / PAGE_SIZE {
+                        sync_mapped_page(hyp, h, gpa + i * PAGE_SIZE, pa + i * PAGE_SIZE, source);
+                    }
+                    if size == PAGE_SIZE {
+                        try_merge(hyp, h, page);
+                    }
+                    log::debug!(
+                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} (0x{size:x} bytes) via {}",
                     h.0,
                     source_name(source)
                 );
-                Step::Resume
+                    Step::Resume
+                }
+                Err(Errno::ENOMEM) => {
+                    Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
+                }
+                Err(e) => {
+                    log::error!("stage-2 map of 0x{page:x} failed: {e}");
+                    guest_exception(ctx, ipa)
+                }
             }
-            Err(Errno::ENOMEM) => {
-                Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-            }
-            Err(e) => {
-                log::error!("stage-2 map of 0x{page:x} failed: {e}");
-                guest_exception(ctx, ipa)
-            }
-        },
+        }
         FaultResolution::MemoryFault { gpa, size, flags } => {
             v.stats.memory_fault_exits += 1;
             log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);

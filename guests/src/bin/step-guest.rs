@@ -5,7 +5,7 @@
 
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
-use guests::{hvc, mmio_read, mmio_write, read_byte, take_exception, write_byte};
+use guests::{hvc, mmio_read, mmio_write, pmu_read, read_byte, take_exception, write_byte};
 
 fn reg(off: u64) -> u64 {
     CMD_DEVICE_IPA + off
@@ -20,6 +20,68 @@ fn finish_step() {
             mmio_write(reg(REG_STATUS), STATUS_EXCEPTION)
         }
     }
+}
+
+/// Counts `N` `nop`s between two counter reads in one asm block, so the code around them is
+/// identical whatever `N`: the calibration (N = 1000) minus the baseline (N = 0) is exactly N.
+fn timed_nops<const N: usize>() -> (u64, u64) {
+    let (e0, t0, e1, t1): (u64, u64, u64, u64);
+    // SAFETY: counter reads and `nop`s only.
+    unsafe {
+        core::arch::asm!(
+            "isb",
+            "mrs {e0}, pmevcntr0_el0",
+            "mrs {t0}, pmevcntr1_el0",
+            ".rept {n}",
+            "nop",
+            ".endr",
+            "isb",
+            "mrs {e1}, pmevcntr0_el0",
+            "mrs {t1}, pmevcntr1_el0",
+            e0 = out(reg) e0,
+            t0 = out(reg) t0,
+            e1 = out(reg) e1,
+            t1 = out(reg) t1,
+            n = const N,
+            options(nomem, nostack)
+        )
+    };
+    (e1.wrapping_sub(e0), t1.wrapping_sub(t0))
+}
+
+/// Counts the instructions of one operation: (EL2 only, all levels).
+fn measure(what: u64, a1: u64, a2: u64, a3: u64) -> (u64, u64) {
+    let (e0, t0);
+    let (e1, t1);
+    match what {
+        MEASURE_NOPS => return timed_nops::<1000>(),
+        MEASURE_EMPTY => return timed_nops::<0>(),
+        MEASURE_WRITE => {
+            (e0, t0) = pmu_read();
+            write_byte(a1, 1);
+            (e1, t1) = pmu_read();
+        }
+        MEASURE_HVC => {
+            (e0, t0) = pmu_read();
+            let _ = hvc(a1, a2, a3, 0);
+            (e1, t1) = pmu_read();
+        }
+        MEASURE_MEM_RANGE => {
+            (e0, t0) = pmu_read();
+            let _ = mem_range(a1, a2, a3);
+            (e1, t1) = pmu_read();
+        }
+        MEASURE_READ => {
+            (e0, t0) = pmu_read();
+            let _ = read_byte(a1);
+            (e1, t1) = pmu_read();
+        }
+        _ => {
+            (e0, t0) = pmu_read();
+            (e1, t1) = pmu_read();
+        }
+    }
+    (e1.wrapping_sub(e0), t1.wrapping_sub(t0))
 }
 
 /// Issues a range hypercall until every page is done or the hyp refuses; (last x0, pages done).
@@ -91,6 +153,15 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 let m = hvc(abi::guest::MMIO_GUARD_MAP, CMD_DEVICE_IPA, 0, 0);
                 mmio_write(reg(REG_RESULT0), e[0]);
                 mmio_write(reg(REG_RESULT1), m[0]);
+            }
+            OP_MEASURE => {
+                let what = mmio_read(reg(REG_ARG0));
+                let a1 = mmio_read(reg(REG_ARG1));
+                let a2 = mmio_read(reg(REG_ARG2));
+                let a3 = mmio_read(reg(REG_ARG3));
+                let (el2, all) = measure(what, a1, a2, a3);
+                mmio_write(reg(REG_RESULT0), el2);
+                mmio_write(reg(REG_RESULT1), all);
             }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.

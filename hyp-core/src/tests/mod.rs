@@ -1,5 +1,6 @@
 //! Host tests: the seed table from behaviour, every error, and property tests.
 
+mod blocks;
 mod errors;
 mod prop;
 mod seed;

@@ -5,6 +5,7 @@ pub mod el1;
 pub mod esr;
 pub mod exit;
 pub mod mmu;
+pub mod pmu;
 pub mod probe;
 pub mod switch;
 pub mod tlb;
