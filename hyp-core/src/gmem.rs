@@ -262,19 +262,18 @@ impl GmemFile {
         check: BlockCheck,
         provider: &mut dyn PageProvider,
     ) -> Option<u64> {
-        if !self.block_check(offset, check) {
-            return None;
-        }
+        // Cheapest checks first: the page map (one chunk, or nothing yet), then a chunk from
+        // the provider, and only then the per-range policy check.
         if let Some(pa) = self.contiguous_block(offset) {
-            return Some(pa);
+            return self.block_check(offset, check).then_some(pa);
         }
         let first = offset >> PAGE_SHIFT;
         if self.pages.any_in(first, first.saturating_add(BLOCK_PAGES)) {
             return None;
         }
         let pa = provider.alloc_zeroed_block().ok()?;
-        if !pa.is_multiple_of(BLOCK_SIZE) {
-            // A provider breaking its contract: give the pages back and use single pages.
+        if !pa.is_multiple_of(BLOCK_SIZE) || !self.block_check(offset, check) {
+            // No block here (or a provider breaking its contract): the chunk goes back whole.
             provider.free_block(pa);
             return None;
         }

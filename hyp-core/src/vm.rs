@@ -154,6 +154,9 @@ pub struct Vm {
     vm_type: VmType,
     ipa_bits: u32,
     pub(crate) slots: BTreeMap<u32, Memslot>,
+    /// Slot ids by first GPA: memslots never overlap, so the slot holding a GPA is the one with
+    /// the greatest start at or below it (an O(log n) lookup on the fault path).
+    by_gpa: BTreeMap<u64, u32>,
     next_slot: u32,
     attrs: RangeStore<bool>,
 }
@@ -170,6 +173,7 @@ impl Vm {
             vm_type,
             ipa_bits,
             slots: BTreeMap::new(),
+            by_gpa: BTreeMap::new(),
             next_slot: 0,
             attrs: RangeStore::new(0, false),
         };
@@ -208,17 +212,26 @@ impl Vm {
 
     /// The memslot containing `gpa`.
     pub fn slot_containing(&self, gpa: u64) -> Option<(SlotId, &Memslot)> {
+        let (_, &id) = self.by_gpa.range(..=gpa).next_back()?;
         self.slots
-            .iter()
-            .find(|(_, s)| s.contains(gpa))
-            .map(|(id, s)| (SlotId(*id), s))
+            .get(&id)
+            .filter(|s| s.contains(gpa))
+            .map(|s| (SlotId(id), s))
     }
 
     pub(crate) fn slot_containing_mut(&mut self, gpa: u64) -> Option<(SlotId, &mut Memslot)> {
+        let (_, &id) = self.by_gpa.range(..=gpa).next_back()?;
         self.slots
-            .iter_mut()
-            .find(|(_, s)| s.contains(gpa))
-            .map(|(id, s)| (SlotId(*id), s))
+            .get_mut(&id)
+            .filter(|s| s.contains(gpa))
+            .map(|s| (SlotId(id), s))
+    }
+
+    /// Removes a memslot.
+    pub(crate) fn remove_slot(&mut self, id: SlotId) -> Option<Memslot> {
+        let s = self.slots.remove(&id.0)?;
+        self.by_gpa.remove(&s.gpa());
+        Some(s)
     }
 
     pub fn slot(&self, id: SlotId) -> Option<&Memslot> {
@@ -239,6 +252,7 @@ impl Vm {
         let mut id = self.next_slot;
         for _ in 0..=self.slots.len() {
             if let alloc::collections::btree_map::Entry::Vacant(e) = self.slots.entry(id) {
+                self.by_gpa.insert(slot.gpa(), id);
                 e.insert(slot);
                 self.next_slot = id.wrapping_add(1);
                 return Ok(SlotId(id));

@@ -267,7 +267,7 @@ impl World {
         provider: &mut dyn PageProvider,
     ) -> Result<Invalidation, Errno> {
         let v = self.vm_mut(vm)?;
-        let mut s = v.slots.remove(&slot.0).ok_or(Errno::ENOENT)?;
+        let mut s = v.remove_slot(slot).ok_or(Errno::ENOENT)?;
         let mut inv = Invalidation {
             stage2_unmap: alloc::vec![Stage2Unmap {
                 vm,

@@ -55,6 +55,10 @@ pub struct VmStats {
 
 pub(crate) struct HypVm {
     pub(crate) stage2: Stage2<VmPool, HwTlb>,
+    /// 2 MiB ranges whose block an unmap split (a part of the range stays mapped): a later
+    /// 4 KiB fault there asks whether the range can be merged back. Only these are asked, so a
+    /// fault elsewhere pays nothing for merging.
+    split_blocks: BTreeSet<u64>,
     /// Host pages shared with the guest outside its memslots (code, stack): IPA -> PA.
     host_shared: BTreeMap<u64, u64>,
     stats: VmStats,
@@ -161,6 +165,22 @@ fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
     Ok(size)
 }
 
+impl HypVm {
+    /// Before unmapping `[ipa, ipa + size)`: remembers the 2 MiB blocks that only partly lie in
+    /// it (they will be split).
+    fn note_split_blocks(&mut self, ipa: u64, size: u64) {
+        const BLOCK: u64 = hyp_mem::stage2::SIZE_2M;
+        let end = ipa.saturating_add(size);
+        for edge in [ipa, end.saturating_sub(PAGE_SIZE)] {
+            let base = edge & !(BLOCK - 1);
+            let partial = base < ipa || base.saturating_add(BLOCK) > end;
+            if partial && self.stage2.walk(edge).is_some_and(|m| m.size == BLOCK) {
+                self.split_blocks.insert(base);
+            }
+        }
+    }
+}
+
 impl Hyp {
     fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm, Errno> {
         self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
@@ -180,12 +200,11 @@ impl Hyp {
             let Some(v) = self.vms.get_mut(&u.vm.0) else {
                 continue;
             };
-            if let Err(e) = v.stage2.unmap(u.gpa, u.size) {
-                log::error!("stage-2 unmap 0x{:x}+0x{:x} failed: {e}", u.gpa, u.size);
-            }
-            if let Some(bit) = shared_bit {
-                if let Err(e) = v.stage2.unmap(u.gpa | bit, u.size) {
-                    log::error!("stage-2 unmap of the shared alias failed: {e}");
+            let aliases = [Some(u.gpa), shared_bit.map(|bit| u.gpa | bit)];
+            for base in aliases.into_iter().flatten() {
+                v.note_split_blocks(base, u.size);
+                if let Err(e) = v.stage2.unmap(base, u.size) {
+                    log::error!("stage-2 unmap 0x{base:x}+0x{:x} failed: {e}", u.size);
                 }
             }
         }
@@ -233,6 +252,7 @@ pub mod calls {
                 h.0,
                 HypVm {
                     stage2,
+                    split_blocks: BTreeSet::new(),
                     host_shared: BTreeMap::new(),
                     stats: VmStats::default(),
                     mmio_guard: None,
@@ -739,12 +759,19 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: Fault
 /// contiguous chunk, the core says so and the stage-2 merges the pages back into a block.
 fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
     let ipa_2m = ipa & !(hyp_mem::stage2::SIZE_2M - 1);
-    if hyp.world.block_mergeable(h, ipa_2m).is_none() {
+    let was_split = hyp
+        .vms
+        .get(&h.0)
+        .is_some_and(|v| v.split_blocks.contains(&ipa_2m));
+    if !was_split || hyp.world.block_mergeable(h, ipa_2m).is_none() {
         return;
     }
     if let Some(v) = hyp.vms.get_mut(&h.0) {
         match v.stage2.try_merge_block(ipa_2m) {
-            Ok(true) => log::debug!("vm {} merged 0x{ipa_2m:x} back into a 2 MiB block", h.0),
+            Ok(true) => {
+                v.split_blocks.remove(&ipa_2m);
+                log::debug!("vm {} merged 0x{ipa_2m:x} back into a 2 MiB block", h.0);
+            }
             Ok(false) => {}
             Err(e) => log::error!("merging 0x{ipa_2m:x}: {e}"),
         }
