@@ -84,6 +84,10 @@ pub enum FaultResolution {
         slot: SlotId,
         /// 4096, or [`BLOCK_SIZE`] (2 MiB) for a block (see the module docs).
         size: u64,
+        /// Whether the host may reach the page(s) through its stage-2
+        /// ([`crate::GmemFile::host_stage2_allowed`]; `false` for `anon` memory, which is the
+        /// host's own and lent to the guest). Saves the hyp a second lookup on the fault path.
+        host_access: bool,
     },
     /// Exit to the host with `KVM_EXIT_MEMORY_FAULT`; the vCPU does not advance.
     MemoryFault {
@@ -150,7 +154,14 @@ impl World {
             size: PAGE_SIZE,
             flags: mf_flags,
         };
-        if let Some(plan) = block_plan(v, gpa, is_private) {
+        // A block needs a free 2 MiB chunk (or pages already allocated as one, which a
+        // provider without chunks skips: they are then mapped page by page).
+        let block = if provider.may_have_block() {
+            block_plan(v, gpa, is_private)
+        } else {
+            None
+        };
+        if let Some(plan) = block {
             if let Some(e) = gmems.get_mut(&plan.gmem.0) {
                 if let Some(pa) = e.file.get_block(plan.offset, plan.check, provider) {
                     return Ok(FaultResolution::Map {
@@ -160,6 +171,7 @@ impl World {
                         source: plan.source,
                         slot: plan.slot,
                         size: BLOCK_SIZE,
+                        host_access: e.file.host_stage2_allowed(plan.offset),
                     });
                 }
             }
@@ -178,13 +190,14 @@ impl World {
         if vm_type == VmType::Coco && !dont_check && attr_private != is_private {
             return Ok(memory_fault);
         }
-        let map = |pa: u64, source: FaultSource| FaultResolution::Map {
+        let map = |pa: u64, source: FaultSource, host_access: bool| FaultResolution::Map {
             ipa: ipa_page,
             gpa,
             pa,
             source,
             slot: slot_id,
             size: PAGE_SIZE,
+            host_access,
         };
         let lookup = if to_gmem {
             let Some((g, off)) = slot.gmem_offset(gpa) else {
@@ -196,22 +209,27 @@ impl World {
             } else {
                 file.get_pfn(off, is_private, provider)
             };
-            r.map(|pa| map(pa, FaultSource::Gmem))
+            r.map(|pa| map(pa, FaultSource::Gmem, file.host_stage2_allowed(off)))
         } else {
             match slot.userspace_addr() {
                 UserspaceAddr::None => return Ok(memory_fault),
                 UserspaceAddr::Anon => {
                     let off = gpa - slot.gpa();
                     slot.anon_page(off, provider)
-                        .map(|pa| map(pa, FaultSource::UserspaceAnon))
+                        .map(|pa| map(pa, FaultSource::UserspaceAnon, false))
                 }
                 UserspaceAddr::Gmem => {
                     let Some((g, off)) = slot.gmem_offset(gpa) else {
                         return Ok(memory_fault);
                     };
                     let file = &mut gmems.get_mut(&g.0).ok_or(Errno::ENOENT)?.file;
-                    file.host_fault(off, provider)
-                        .map(|pa| map(pa, FaultSource::UserspaceGmem))
+                    file.host_fault(off, provider).map(|pa| {
+                        map(
+                            pa,
+                            FaultSource::UserspaceGmem,
+                            file.host_stage2_allowed(off),
+                        )
+                    })
                 }
             }
         };

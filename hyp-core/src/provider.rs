@@ -34,6 +34,11 @@ pub trait PageProvider {
     fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
         Err(Errno::ENOMEM)
     }
+    /// Whether [`PageProvider::alloc_zeroed_block`] might succeed: a cheap hint that lets the
+    /// fault path skip the block checks when there is no chunk to give (default: it might).
+    fn may_have_block(&self) -> bool {
+        true
+    }
     /// Returns [`BLOCK_PAGES`] physically contiguous, [`BLOCK_SIZE`] aligned pages starting at
     /// `pa`, each obtained from this provider (as a block or one by one) and already zeroed by
     /// the core. The default frees them one by one with [`PageProvider::free_page`].

@@ -130,6 +130,10 @@ impl PageProvider for VmPool {
     fn free_block(&mut self, pa: u64) {
         self.blocks.push(pa);
     }
+
+    fn may_have_block(&self) -> bool {
+        !self.blocks.is_empty()
+    }
 }
 
 // SAFETY: single pages come from the pool, which holds only zeroed, identity-mapped RAM pages no

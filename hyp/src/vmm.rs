@@ -631,14 +631,17 @@ pub mod calls {
             match hyp.world.resolve_fault(h, ipa, access, v.stage2.mm_mut())? {
                 FaultResolution::Map {
                     ipa: page,
-                    gpa,
                     pa,
                     source,
+                    size,
+                    host_access,
                     ..
                 } => {
-                    v.stage2.map(page, pa, PAGE_SIZE, S2Attrs::NORMAL_RWX)?;
+                    v.stage2.map(page, pa, size, S2Attrs::NORMAL_RWX)?;
                     v.stats.faults_served += 1;
-                    sync_mapped_page(hyp, h, gpa, pa, source);
+                    for i in 0..size / PAGE_SIZE {
+                        sync_mapped_page(hyp, h, pa + i * PAGE_SIZE, source, host_access);
+                    }
                     ok(pa)
                 }
                 FaultResolution::NeedPages => Err(Errno::ENOMEM),
@@ -730,7 +733,7 @@ fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
 }
 
 /// Ownership of a page just mapped for the guest (only fresh pool pages need work).
-fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: FaultSource) {
+fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, pa: u64, source: FaultSource, host_access: bool) {
     let fresh = hyp
         .owners
         .info(pa)
@@ -740,15 +743,7 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, gpa: u64, pa: u64, source: Fault
     }
     let r = match source {
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
-        FaultSource::Gmem | FaultSource::UserspaceGmem => {
-            let allowed = match hyp.world.gpa_to_gmem(h, gpa) {
-                Ok((_, Some((g, off)))) => {
-                    hyp.world.gmem(g).is_ok_and(|f| f.host_stage2_allowed(off))
-                }
-                _ => false,
-            };
-            hyp.sync_gmem_page(h, pa, allowed)
-        }
+        FaultSource::Gmem | FaultSource::UserspaceGmem => hyp.sync_gmem_page(h, pa, host_access),
     };
     if let Err(e) = r {
         log::error!("ownership of page 0x{pa:x} for VM {}: {e}", h.0);
@@ -817,6 +812,7 @@ fn stage2_abort(
             pa: block_pa,
             source,
             size: block_size,
+            host_access,
             ..
         } => {
             let mut m = (block_ipa, block_gpa, block_pa, block_size);
@@ -830,7 +826,7 @@ fn stage2_abort(
                 m = (block_ipa + off, block_gpa + off, block_pa + off, PAGE_SIZE);
                 r = v.stage2.map(m.0, m.2, PAGE_SIZE, S2Attrs::NORMAL_RWX);
             }
-            let (page, gpa, pa, size) = m;
+            let (page, _gpa, pa, size) = m;
             match r {
                 Ok(()) => {
                     v.stats.faults_served += 1;
@@ -838,7 +834,7 @@ fn stage2_abort(
                         v.stats.faults_via_uaddr += 1;
                     }
                     for i in 0..size / PAGE_SIZE {
-                        sync_mapped_page(hyp, h, gpa + i * PAGE_SIZE, pa + i * PAGE_SIZE, source);
+                        sync_mapped_page(hyp, h, pa + i * PAGE_SIZE, source, host_access);
                     }
                     if size == PAGE_SIZE {
                         try_merge(hyp, h, page);

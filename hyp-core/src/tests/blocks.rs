@@ -167,6 +167,7 @@ fn block_on_every_gmem_route() {
             source: FaultSource::Gmem,
             slot: SlotId(0),
             size: B,
+            host_access: true,
         }
     );
     assert_eq!(r.w.block_mergeable(r.vm, GPA | bit), Some(pa));
