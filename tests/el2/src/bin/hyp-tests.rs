@@ -57,7 +57,10 @@ fn el2_unmapped_access_traps_into_the_fault_path() -> TestResult {
 
 fn el2_vectors_installed_and_aligned() -> TestResult {
     let vbar = VBAR_EL2.get();
-    ensure!(vbar != 0 && vbar.is_multiple_of(0x800), "VBAR_EL2 {vbar:#x}");
+    ensure!(
+        vbar != 0 && vbar.is_multiple_of(0x800),
+        "VBAR_EL2 {vbar:#x}"
+    );
     let i = info()?;
     ensure!(
         (board::layout::HYP_BASE as u64..i.image_end as u64).contains(&vbar),
