@@ -18,6 +18,9 @@ use crate::pages::HostPages;
 use crate::runner::forward_hypercall;
 use crate::vm::{self, SlotSpec, VmId};
 
+/// Whether a figure meets its target, given the figure and a lookup of the others.
+type TargetCheck = fn(u64, &dyn Fn(&str) -> Option<u64>) -> bool;
+
 /// One figure.
 pub struct Figure {
     pub key: &'static str,
@@ -277,11 +280,7 @@ pub fn run_all(pages: &mut HostPages, convert_1g_ns: Option<u64>) -> Result<Vec<
 
     // The targets.
     let get = |k: &str, out: &[Figure]| out.iter().find(|f| f.key == k).map(|f| f.value);
-    let targets: [(
-        &'static str,
-        &'static str,
-        fn(u64, &dyn Fn(&str) -> Option<u64>) -> bool,
-    ); 6] = [
+    let targets: [(&'static str, &'static str, TargetCheck); 6] = [
         ("fault_4k_el2", "<= 200", |v, _| v <= 200),
         (
             "fault_4k_exit_to_host_total",

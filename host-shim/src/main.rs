@@ -112,7 +112,7 @@ fn demo() -> Result<(), abi::Errno> {
         r.results[0] == 0,
         "the guest shares the page (MEM_SHARE, converted by the host)",
     );
-    let read = vm::map_gmem(g, 0x1000, false).map(|pa| read_byte(pa));
+    let read = vm::map_gmem(g, 0x1000, false).map(read_byte);
     step(read == Ok(0x5a), "the host now reads 0x5a");
     vm::pin(g, 0x1000)?;
     let r = d.step(

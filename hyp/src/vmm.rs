@@ -914,7 +914,7 @@ fn guest_share_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64;
     } else {
         ConvertTo::Private
     };
-    let pages = n.max(1).min(RANGE_CALL_MAX_GRANULES);
+    let pages = n.clamp(1, RANGE_CALL_MAX_GRANULES);
     let pieces = match hyp.world.guest_range(h, ipa, pages, to) {
         Ok(p) if must_be_zero == 0 => p,
         _ => return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]),
@@ -969,7 +969,7 @@ fn mmio_guard_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 
     let in_memory = |hyp: &Hyp, ipa: u64| hyp.world.gpa_to_gmem(h, ipa).is_ok();
     let range = matches!(func, MMIO_GUARD_MAP_RANGE | MMIO_GUARD_UNMAP_RANGE);
     let count = if range {
-        a2.max(1).min(RANGE_CALL_MAX_GRANULES)
+        a2.clamp(1, RANGE_CALL_MAX_GRANULES)
     } else {
         1
     };

@@ -83,8 +83,7 @@ const fn parse_pad(s: Option<&str>) -> usize {
 /// Executes exactly [`FAULT_PAD`] `nop`s.
 #[inline(always)]
 pub fn fault_pad() {
-    if FAULT_PAD > 0 {
-        // SAFETY: `nop`s only.
-        unsafe { asm!(".rept {n}", "nop", ".endr", n = const FAULT_PAD, options(nomem, nostack)) };
-    }
+    // `.rept 0` emits nothing.
+    // SAFETY: `nop`s only.
+    unsafe { asm!(".rept {n}", "nop", ".endr", n = const FAULT_PAD, options(nomem, nostack)) };
 }
