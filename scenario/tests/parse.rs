@@ -790,6 +790,13 @@ mod fuzz {
     }
 
     proptest! {
+        // Miri runs a few cases only (it is slow); failure persistence needs the file system.
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
         #[test]
         fn parse_never_panics(lines in prop::collection::vec(line(), 0..12), vm_first in any::<bool>()) {
             let mut text = String::new();
