@@ -176,7 +176,9 @@ impl World {
                 }
             }
         }
-        let attr_private = v.attr_private(gpa);
+        // The attribute matters only to a coco VM's mismatch check (read before the slot is
+        // borrowed mutably; skipped for the other types).
+        let attr_private = vm_type == VmType::Coco && v.attr_private(gpa);
         let Some((slot_id, slot)) = v.slot_containing_mut(gpa) else {
             return Ok(FaultResolution::Mmio { ipa });
         };

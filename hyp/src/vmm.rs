@@ -732,7 +732,8 @@ fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
     )
 }
 
-/// Ownership of a page just mapped for the guest (only fresh pool pages need work).
+/// Ownership of a page just mapped for the guest: a fresh pool page becomes the guest's (shared
+/// with the host if the policy lets the host reach it); pages already given need nothing.
 fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, pa: u64, source: FaultSource, host_access: bool) {
     let fresh = hyp
         .owners
@@ -743,7 +744,9 @@ fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, pa: u64, source: FaultSource, ho
     }
     let r = match source {
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
-        FaultSource::Gmem | FaultSource::UserspaceGmem => hyp.sync_gmem_page(h, pa, host_access),
+        FaultSource::Gmem | FaultSource::UserspaceGmem => {
+            hyp.owners.hyp_donate_to_guest(pa, h.0 as u16, host_access)
+        }
     };
     if let Err(e) = r {
         log::error!("ownership of page 0x{pa:x} for VM {}: {e}", h.0);
