@@ -206,12 +206,21 @@ impl World {
                 return Ok(memory_fault);
             };
             let file = &mut gmems.get_mut(&g.0).ok_or(Errno::ENOENT)?.file;
-            let r = if vm_type == VmType::Pkvm {
+            if vm_type == VmType::Pkvm {
                 file.get_pfn_no_validate(off, provider)
+                    .map(|pa| map(pa, FaultSource::Gmem, file.host_stage2_allowed(off)))
             } else {
+                // A validated lookup already knows the page's shareability: a tracked page that
+                // passed is `ALL` exactly for a shared fault; an untracked one is the host's only
+                // on a plain VM. No second look at the store.
+                let host_access = if file.tracks_shareability() {
+                    !is_private
+                } else {
+                    file.owner_type() == VmType::Plain
+                };
                 file.get_pfn(off, is_private, provider)
-            };
-            r.map(|pa| map(pa, FaultSource::Gmem, file.host_stage2_allowed(off)))
+                    .map(|pa| map(pa, FaultSource::Gmem, host_access))
+            }
         } else {
             match slot.userspace_addr() {
                 UserspaceAddr::None => return Ok(memory_fault),

@@ -20,7 +20,7 @@ use hyp_core::{
     Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle, GuestRangePiece,
     Initiator, Invalidation, MemslotSpec, SlotId, VmHandle, World,
 };
-use hyp_mem::ownership::{Ownership, PageMeta, PageState, Transition};
+use hyp_mem::ownership::{Component, Ownership, PageMeta, PageState, Transition};
 
 use crate::protect::{self, HostStage2};
 use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
@@ -733,19 +733,20 @@ fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
 }
 
 /// Ownership of a page just mapped for the guest: a fresh pool page becomes the guest's (shared
-/// with the host if the policy lets the host reach it); pages already given need nothing.
+/// with the host if the policy lets the host reach it). A page the guest had already (mapped
+/// again after an unmap) is refused by the transition with `EPERM` and needs nothing.
 fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, pa: u64, source: FaultSource, host_access: bool) {
-    let fresh = hyp
-        .owners
-        .info(pa)
-        .is_ok_and(|i| i.state_of(hyp_mem::ownership::Component::Hyp) == PageState::Owned);
-    if !fresh {
-        return;
-    }
     let r = match source {
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
         FaultSource::Gmem | FaultSource::UserspaceGmem => {
-            hyp.owners.hyp_donate_to_guest(pa, h.0 as u16, host_access)
+            match hyp.owners.hyp_donate_to_guest(pa, h.0 as u16, host_access) {
+                Err(Errno::EPERM) => match hyp.owners.state(pa, Component::Guest(h.0 as u16)) {
+                    Ok(PageState::Owned | PageState::SharedOwned) => Ok(()),
+                    Ok(_) => Err(Errno::EPERM),
+                    Err(e) => Err(e),
+                },
+                r => r,
+            }
         }
     };
     if let Err(e) = r {
@@ -760,7 +761,7 @@ fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
     let was_split = hyp
         .vms
         .get(&h.0)
-        .is_some_and(|v| v.split_blocks.contains(&ipa_2m));
+        .is_some_and(|v| !v.split_blocks.is_empty() && v.split_blocks.contains(&ipa_2m));
     if !was_split || hyp.world.block_mergeable(h, ipa_2m).is_none() {
         return;
     }
