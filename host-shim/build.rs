@@ -1,19 +1,5 @@
-use std::path::PathBuf;
+include!("../linker/build_support.rs");
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    let linker = root.join("linker");
-    println!("cargo:rustc-link-arg-bins=-L{}", linker.display());
-    println!(
-        "cargo:rustc-link-arg-bins=-T{}",
-        linker.join("host.ld").display()
-    );
-    for f in ["host.ld", "common.ld"] {
-        println!("cargo:rerun-if-changed={}", linker.join(f).display());
-    }
-    println!("cargo:rerun-if-env-changed=HOST_LOG");
-    println!("cargo:rerun-if-env-changed=GUEST_IMAGE");
-    if let Ok(p) = std::env::var("GUEST_IMAGE") {
-        println!("cargo:rerun-if-changed={p}");
-    }
+    link_image("..", "host.ld", &["HOST_LOG", "GUEST_IMAGE"]);
 }

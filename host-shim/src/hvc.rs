@@ -5,23 +5,8 @@ use abi::Errno;
 
 /// Raw hypercall: returns `x0..x3` as the hyp left them.
 pub fn raw(id: u64, args: [u64; 6]) -> [u64; 4] {
-    let (r0, r1, r2, r3);
-    // SAFETY: HVC traps to the hyp, which writes x0..x5 of the caller (all declared) and
-    // preserves every other register.
-    unsafe {
-        core::arch::asm!(
-            "hvc #0",
-            inout("x0") id => r0,
-            inout("x1") args[0] => r1,
-            inout("x2") args[1] => r2,
-            inout("x3") args[2] => r3,
-            inout("x4") args[3] => _,
-            inout("x5") args[4] => _,
-            in("x6") args[5],
-            options(nostack)
-        );
-    }
-    [r0, r1, r2, r3]
+    let r = raw6(id, args);
+    [r[0], r[1], r[2], r[3]]
 }
 
 /// A host call: `Ok(x0..x3)` or the errno the hyp returned.

@@ -1,20 +1,9 @@
-use std::path::PathBuf;
+include!("../../linker/build_support.rs");
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../..");
-    let linker = root.join("linker");
-    println!("cargo:rustc-link-arg-bins=-L{}", linker.display());
-    println!(
-        "cargo:rustc-link-arg-bins=-T{}",
-        linker.join("hyp.ld").display()
+    link_image(
+        "../..",
+        "hyp.ld",
+        &["HOST_TEST_IMAGE", "QEMU_MEM_MIB", "HYP_LOG"],
     );
-    for f in ["hyp.ld", "common.ld"] {
-        println!("cargo:rerun-if-changed={}", linker.join(f).display());
-    }
-    for v in ["HOST_TEST_IMAGE", "QEMU_MEM_MIB", "HYP_LOG"] {
-        println!("cargo:rerun-if-env-changed={v}");
-    }
-    if let Ok(p) = std::env::var("HOST_TEST_IMAGE") {
-        println!("cargo:rerun-if-changed={p}");
-    }
 }

@@ -16,24 +16,7 @@ pub fn host_hcr() -> u64 {
 pub fn inject_host_abort(frame: &mut crate::arch::vectors::TrapFrame, far: u64, instruction: bool) {
     let ec: u64 = if instruction { 0x21 } else { 0x25 };
     let esr = (ec << 26) | (1 << 25) | 0x10;
-    let vbar: u64;
-    // SAFETY: the host's EL1 registers are live on this CPU while its trap is handled; writing
-    // its syndrome registers is what taking an exception at EL1 does.
-    unsafe {
-        asm!(
-            "msr esr_el1, {esr}",
-            "msr far_el1, {far}",
-            "msr elr_el1, {elr}",
-            "msr spsr_el1, {spsr}",
-            "mrs {vbar}, vbar_el1",
-            esr = in(reg) esr,
-            far = in(reg) far,
-            elr = in(reg) frame.elr,
-            spsr = in(reg) frame.spsr,
-            vbar = out(reg) vbar,
-            options(nostack)
-        );
-    }
+    let vbar = super::switch::take_el1_exception(esr, far, frame.elr, frame.spsr);
     frame.elr = vbar + 0x200;
     frame.spsr = 0x3c5;
 }

@@ -50,6 +50,30 @@ impl El1Sys {
     }
 }
 
+/// Makes the EL1 world whose registers are live on this CPU take a synchronous exception: writes
+/// its ESR/FAR/ELR/SPSR_EL1 as the hardware would and returns its VBAR_EL1 (the caller points the
+/// return address at `VBAR_EL1 + 0x200`, current EL with SP_ELx, and masks DAIF).
+pub fn take_el1_exception(esr: u64, far: u64, elr: u64, spsr: u64) -> u64 {
+    let vbar: u64;
+    // SAFETY: EL1 state only, of the world whose exception this is; nothing runs at EL1 meanwhile.
+    unsafe {
+        asm!(
+            "msr esr_el1, {esr}",
+            "msr far_el1, {far}",
+            "msr elr_el1, {elr}",
+            "msr spsr_el1, {spsr}",
+            "mrs {vbar}, vbar_el1",
+            esr = in(reg) esr,
+            far = in(reg) far,
+            elr = in(reg) elr,
+            spsr = in(reg) spsr,
+            vbar = out(reg) vbar,
+            options(nostack)
+        );
+    }
+    vbar
+}
+
 /// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
 /// external abort.
 const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
@@ -119,24 +143,7 @@ impl GuestContext {
 
     /// The same for a vCPU whose EL1 state is live on this CPU (inside the run loop).
     pub fn inject_data_abort_live(&mut self, far: u64) {
-        let vbar: u64;
-        // SAFETY: the guest's EL1 registers are loaded while its run loop handles an exit;
-        // writing its syndrome registers is what taking the exception at EL1 does.
-        unsafe {
-            asm!(
-                "msr esr_el1, {esr}",
-                "msr far_el1, {far}",
-                "msr elr_el1, {elr}",
-                "msr spsr_el1, {spsr}",
-                "mrs {vbar}, vbar_el1",
-                esr = in(reg) INJECTED_DABT_ESR,
-                far = in(reg) far,
-                elr = in(reg) self.pc,
-                spsr = in(reg) self.pstate,
-                vbar = out(reg) vbar,
-                options(nostack)
-            );
-        }
+        let vbar = take_el1_exception(INJECTED_DABT_ESR, far, self.pc, self.pstate);
         self.pc = vbar.wrapping_add(0x200);
         self.pstate = 0x3c5;
     }
