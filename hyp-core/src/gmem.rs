@@ -299,12 +299,8 @@ impl GmemFile {
     }
 
     fn get_or_alloc(&mut self, index: u64, provider: &mut dyn PageProvider) -> Result<u64, Errno> {
-        if let Some(pa) = self.pages.get(index) {
-            return Ok(pa);
-        }
-        let pa = provider.alloc_zeroed_page()?;
-        self.pages.insert_run(index, pa, 1);
-        Ok(pa)
+        self.pages
+            .get_or_insert(index, || provider.alloc_zeroed_page())
     }
 
     /// `kvm_gmem_get_pfn()` with validation (seed column 4): with `TRACK_SHAREABILITY`, a private

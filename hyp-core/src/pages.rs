@@ -112,6 +112,45 @@ impl PageMap {
         self.runs.insert(first, (pa, count));
     }
 
+    /// The page backing `index`, or a new one from `alloc`, recorded (merged with physically
+    /// contiguous neighbours). The fault path's lookup: one search finds both the run holding
+    /// `index` and the run just before it.
+    pub fn get_or_insert<E>(
+        &mut self,
+        index: u64,
+        alloc: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<u64, E> {
+        let prev = self
+            .runs
+            .range(..=index)
+            .next_back()
+            .map(|(&s, &(pa, c))| (s, pa, c));
+        if let Some((s, pa, c)) = prev {
+            if index - s < c {
+                return Ok(pa_add(pa, index - s));
+            }
+        }
+        let pa = alloc()?;
+        self.pages = self.pages.saturating_add(1);
+        let (mut first, mut base, mut count) = (index, pa, 1);
+        if let Some((s, ppa, c)) = prev {
+            if s.saturating_add(c) == index && pa_add(ppa, c) == pa {
+                // Extends the previous run: re-inserting at `s` below replaces it.
+                (first, base, count) = (s, ppa, c + 1);
+            }
+        }
+        if let Some(next) = index.checked_add(1) {
+            if let Some(&(npa, c)) = self.runs.get(&next) {
+                if pa_add(pa, 1) == npa {
+                    self.runs.remove(&next);
+                    count += c;
+                }
+            }
+        }
+        self.runs.insert(first, (base, count));
+        Ok(pa)
+    }
+
     /// Splits the run containing `index` (if it starts before it) so that a run starts at
     /// `index`.
     fn split_at(&mut self, index: u64) {

@@ -761,7 +761,7 @@ fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
     let was_split = hyp
         .vms
         .get(&h.0)
-        .is_some_and(|v| !v.split_blocks.is_empty() && v.split_blocks.contains(&ipa_2m));
+        .is_some_and(|v| v.split_blocks.contains(&ipa_2m));
     if !was_split || hyp.world.block_mergeable(h, ipa_2m).is_none() {
         return;
     }
@@ -837,10 +837,12 @@ fn stage2_abort(
                     if source != FaultSource::Gmem {
                         v.stats.faults_via_uaddr += 1;
                     }
+                    // Only a range whose block was split can merge back.
+                    let may_merge = size == PAGE_SIZE && !v.split_blocks.is_empty();
                     for i in 0..size / PAGE_SIZE {
                         sync_mapped_page(hyp, h, pa + i * PAGE_SIZE, source, host_access);
                     }
-                    if size == PAGE_SIZE {
+                    if may_merge {
                         try_merge(hyp, h, page);
                     }
                     log::debug!(

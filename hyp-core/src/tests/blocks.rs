@@ -470,11 +470,17 @@ proptest! {
                     } else {
                         let holes: Vec<u64> =
                             (first..first + count).filter(|i| !model.contains_key(i)).collect();
+                        // The fault path's single-page insert, checked against the model.
                         for i in holes {
                             let pa = ARENA + (pa_page + i - first) * P;
-                            m.insert_run(i, pa, 1);
+                            prop_assert_eq!(m.get_or_insert(i, || Ok::<u64, ()>(pa)), Ok(pa));
                             model.insert(i, pa);
                         }
+                        // An allocated page is returned as it is, without allocating.
+                        prop_assert_eq!(
+                            m.get_or_insert(first, || Err::<u64, ()>(())),
+                            Ok(model[&first])
+                        );
                     }
                 }
                 MapOp::Remove { first, count } => {
