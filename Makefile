@@ -21,6 +21,7 @@ FAULT_PAD   ?= 0
 TEST_LOG    ?= warn
 QEMU_MEM_MIB ?= 512
 TIMEOUT     ?= 60
+DEBUG_TIMEOUT ?= 3600
 QEMU        := qemu-system-aarch64
 QEMU_BASE   := -M virt,virtualization=on,gic-version=3 -cpu max -m $(QEMU_MEM_MIB)M \
                -nographic -no-reboot
@@ -122,7 +123,7 @@ debug: images
 	@echo "QEMU waits for gdb on :1234. In another shell:"
 	@echo "  gdb-multiarch $(OUT)/hyp -ex 'target remote :1234'"
 	@echo "  (add-symbol-file $(OUT)/host-shim for the host shim)"
-	$(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
+	timeout --foreground $(DEBUG_TIMEOUT) $(QEMU) $(QEMU_FLAGS) -s -S -kernel $(OUT)/hyp
 
 ## ---- tests ------------------------------------------------------------------------------------
 test: test-host miri test-target scenario-selfcheck scenarios table-check table-swap-test
