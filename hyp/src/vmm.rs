@@ -28,7 +28,7 @@ use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
 use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
 use crate::arch::switch::{self, El1Sys, GuestContext};
 use crate::arch::tlb::HwTlb;
-use crate::guestcall::{self, GuestCall};
+use crate::guestcall;
 use crate::hostcall::HostResult;
 use crate::pool::VmPool;
 use abi::guest::{
@@ -77,7 +77,6 @@ enum Pending {
     MemoryFault {
         ipa: u64,
     },
-    Hypercall,
     /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
     GuestRequest(GuestRequest),
 }
@@ -710,7 +709,7 @@ fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
                 ctx.inject_data_abort(ipa);
             }
         }
-        Pending::Hypercall | Pending::GuestRequest(_) => {
+        Pending::GuestRequest(_) => {
             ctx.set_reg(0, c0);
             ctx.set_reg(1, c1);
         }
@@ -1036,13 +1035,7 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
                 | MMIO_GUARD_UNMAP
                 | MMIO_GUARD_MAP_RANGE
                 | MMIO_GUARD_UNMAP_RANGE => mmio_guard_call(hyp, h, ctx, x),
-                _ => match guestcall::decide(x) {
-                    GuestCall::Answer(r) => answer(ctx, r),
-                    GuestCall::Forward => Step::Exit(
-                        (ExitReason::Hypercall, [x[0], x[1], x[2], x[3], 0]),
-                        Pending::Hypercall,
-                    ),
-                },
+                _ => answer(ctx, guestcall::answer(x)),
             }
         }
         GuestExit::Smc => {
