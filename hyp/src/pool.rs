@@ -27,8 +27,6 @@ pub struct VmPool {
     free: Vec<u64>,
     /// Free 2 MiB-aligned chunks of 512 pages.
     blocks: Vec<u64>,
-    /// Pages the pool has been given, in total (free or in use).
-    donated: usize,
 }
 
 fn zero(pa: u64, len: usize) {
@@ -52,17 +50,11 @@ impl VmPool {
                 p += PAGE_SIZE;
             }
         }
-        self.donated += pages as usize;
     }
 
     /// Free pages left.
     pub fn free_pages(&self) -> usize {
         self.free.len() + self.blocks.len() * BLOCK_PAGES as usize
-    }
-
-    /// Pages the pool has been given.
-    pub fn donated(&self) -> usize {
-        self.donated
     }
 
     fn pop_page(&mut self) -> Option<u64> {
@@ -95,13 +87,11 @@ impl VmPool {
         } else {
             return false;
         }
-        self.donated = self.donated.saturating_sub(1);
         true
     }
 
     /// Empties the pool, for teardown: every free page, zeroed.
     pub fn drain(&mut self) -> Vec<u64> {
-        self.donated = 0;
         let mut out = core::mem::take(&mut self.free);
         for b in core::mem::take(&mut self.blocks) {
             out.extend((0..BLOCK_PAGES).map(|k| b + k * PAGE_SIZE));

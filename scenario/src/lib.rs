@@ -170,7 +170,7 @@ impl Statement {
         let read_ok = self.kind.is_read() && matches!(outcome, Outcome::Byte(_));
         match &self.expect {
             None | Some(Expect::Ok) => *outcome == Outcome::Ok || read_ok,
-            Some(e) => e.matches(outcome),
+            Some(e) => e == outcome,
         }
     }
 }

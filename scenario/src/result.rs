@@ -8,9 +8,10 @@ use abi::Errno;
 
 use crate::number::{parse_byte, parse_number};
 
-/// An `expect=<result>` value.
+/// A result in the contract's vocabulary: what actually happened when a statement ran (the
+/// runner produces these), and what an `expect=<result>` names (see [`Expect`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Expect {
+pub enum Outcome {
     /// `ok`: the statement succeeded.
     Ok,
     /// `0x..`: a read returned this byte.
@@ -23,7 +24,7 @@ pub enum Expect {
     Mmio,
     /// `memory_fault(gpa=..,size=..,private=0|1)`: the guest access exited with a memory-fault exit.
     MemoryFault { gpa: u64, size: u64, private: bool },
-    /// A host-side call failed with this error (never `EAGAIN`: that is [`Expect::Eagain`]).
+    /// A host-side call failed with this error (never `EAGAIN`: that is [`Outcome::Eagain`]).
     Errno(Errno),
     /// `EAGAIN@<error_offset>`.
     Eagain(u64),
@@ -33,51 +34,9 @@ pub enum Expect {
     NotSupported,
 }
 
-/// What actually happened when a statement ran (the runner produces these).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Ok,
-    Byte(u8),
-    Sigbus,
-    Abort,
-    Mmio,
-    MemoryFault { gpa: u64, size: u64, private: bool },
-    Errno(Errno),
-    Eagain(u64),
-    InvalidParameter,
-    NotSupported,
-}
-
-impl Expect {
-    /// The outcome this expectation names.
-    pub const fn outcome(self) -> Outcome {
-        match self {
-            Expect::Ok => Outcome::Ok,
-            Expect::Byte(b) => Outcome::Byte(b),
-            Expect::Sigbus => Outcome::Sigbus,
-            Expect::Abort => Outcome::Abort,
-            Expect::Mmio => Outcome::Mmio,
-            Expect::MemoryFault { gpa, size, private } => {
-                Outcome::MemoryFault { gpa, size, private }
-            }
-            Expect::Errno(e) => Outcome::Errno(e),
-            Expect::Eagain(o) => Outcome::Eagain(o),
-            Expect::InvalidParameter => Outcome::InvalidParameter,
-            Expect::NotSupported => Outcome::NotSupported,
-        }
-    }
-
-    /// Exact comparison by value (numbers inside results are compared as numbers).
-    pub fn matches(&self, outcome: &Outcome) -> bool {
-        self.outcome() == *outcome
-    }
-}
-
-impl From<Expect> for Outcome {
-    fn from(e: Expect) -> Outcome {
-        e.outcome()
-    }
-}
+/// An `expect=<result>` value: the same vocabulary as [`Outcome`], compared by value (numbers
+/// inside results compare as numbers).
+pub type Expect = Outcome;
 
 /// Parses a result in the contract's vocabulary, e.g. `ok`, `0x5a`, `sigbus`, `EINVAL`,
 /// `EAGAIN@0x2000`, `memory_fault(gpa=0x80001000,size=4K,private=1)`, `INVALID_PARAMETER`.
@@ -163,11 +122,5 @@ impl fmt::Display for Outcome {
             Outcome::InvalidParameter => f.write_str("INVALID_PARAMETER"),
             Outcome::NotSupported => f.write_str("NOT_SUPPORTED"),
         }
-    }
-}
-
-impl fmt::Display for Expect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.outcome(), f)
     }
 }

