@@ -34,6 +34,20 @@ pub const OP_MMIO_GUARD: u64 = 8;
 /// RESULT0 = EL2 instructions, RESULT1 = instructions at all levels, between the two reads.
 pub const OP_MEASURE: u64 = 9;
 
+/// Writes one of the guest's own registers: ARG0 = [`WorldReg`] number, ARG1 = value.
+/// A refused access ends the step with `STATUS_EXCEPTION` (RESULT0 = ESR_EL1, EC 0 = undef).
+pub const OP_REG_WRITE: u64 = 10;
+/// Reads one of the guest's own registers: ARG0 = [`WorldReg`] number -> RESULT0 = value.
+pub const OP_REG_READ: u64 = 11;
+/// Executes one instruction: ARG0 = [`Insn`] number. An exception ends the step with
+/// `STATUS_EXCEPTION` (undef) or `STATUS_ABORTED` (an abort).
+pub const OP_EXEC: u64 = 12;
+/// Spins without trapping until a flag byte becomes non-zero: ARG0 = IPA of a page the guest
+/// first shares with the host (MEM_SHARE; 0 = none), ARG1 = IPA of the flag byte it polls (the
+/// coco shared alias, where it applies). RESULT0 = number of polls. The host stops it by writing
+/// the flag after its timer brought `VcpuRun` back.
+pub const OP_SPIN: u64 = 13;
+
 /// Nothing between the two reads (the baseline of the reads themselves).
 pub const MEASURE_EMPTY: u64 = 0;
 /// Exactly [`MEASURE_NOPS_COUNT`] `nop`s (calibration).
@@ -57,3 +71,104 @@ pub const STATUS_ABORTED: u64 = 1;
 pub const STATUS_EXCEPTION: u64 = 2;
 /// Unknown command.
 pub const STATUS_BAD_COMMAND: u64 = 3;
+
+/// Registers a world may read and write in `reg-read` / `reg-write` (SCENARIOS.md "Registers
+/// across the world switch"), by number (`OP_REG_*` ARG0, and the host shim's own probes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u64)]
+pub enum WorldReg {
+    /// FP/SIMD `d0` (the low 64 bits of `v0`).
+    D0 = 0,
+    Fpcr = 1,
+    TpidrEl0 = 2,
+    /// Pointer authentication key IA, low half.
+    ApiaKeyLoEl1 = 3,
+    CntvCvalEl0 = 4,
+    CntpCvalEl0 = 5,
+    PmccntrEl0 = 6,
+    ZcrEl1 = 7,
+}
+
+impl WorldReg {
+    pub const ALL: [WorldReg; 8] = [
+        WorldReg::D0,
+        WorldReg::Fpcr,
+        WorldReg::TpidrEl0,
+        WorldReg::ApiaKeyLoEl1,
+        WorldReg::CntvCvalEl0,
+        WorldReg::CntpCvalEl0,
+        WorldReg::PmccntrEl0,
+        WorldReg::ZcrEl1,
+    ];
+
+    /// The scenario name (`d0`, `fpcr`, `apiakeylo_el1`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            WorldReg::D0 => "d0",
+            WorldReg::Fpcr => "fpcr",
+            WorldReg::TpidrEl0 => "tpidr_el0",
+            WorldReg::ApiaKeyLoEl1 => "apiakeylo_el1",
+            WorldReg::CntvCvalEl0 => "cntv_cval_el0",
+            WorldReg::CntpCvalEl0 => "cntp_cval_el0",
+            WorldReg::PmccntrEl0 => "pmccntr_el0",
+            WorldReg::ZcrEl1 => "zcr_el1",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<WorldReg> {
+        Self::ALL.iter().copied().find(|r| r.name() == name)
+    }
+
+    pub fn from_u64(v: u64) -> Option<WorldReg> {
+        Self::ALL.iter().copied().find(|r| *r as u64 == v)
+    }
+}
+
+/// Instructions a world may execute in `exec` (SCENARIOS.md), by number (`OP_EXEC` ARG0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u64)]
+pub enum Insn {
+    /// `rdvl x0, #1` (SVE).
+    Sve = 0,
+    /// `rdsvl x0, #1` (SME).
+    Sme = 1,
+    /// `mrs x0, pmcr_el0`.
+    Pmu = 2,
+    /// `mrs x0, mdscr_el1` (emulated for guests).
+    Dbg = 3,
+    /// `HLT #0xF000` asking semihosting to write a string to the console.
+    Semihost = 4,
+    /// A branch to the UART's address (an instruction fetch from device memory).
+    FetchDevice = 5,
+}
+
+impl Insn {
+    pub const ALL: [Insn; 6] = [
+        Insn::Sve,
+        Insn::Sme,
+        Insn::Pmu,
+        Insn::Dbg,
+        Insn::Semihost,
+        Insn::FetchDevice,
+    ];
+
+    /// The scenario name (`sve`, `sme`, `pmu`, `dbg`, `semihost`, `fetch-device`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Insn::Sve => "sve",
+            Insn::Sme => "sme",
+            Insn::Pmu => "pmu",
+            Insn::Dbg => "dbg",
+            Insn::Semihost => "semihost",
+            Insn::FetchDevice => "fetch-device",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Insn> {
+        Self::ALL.iter().copied().find(|i| i.name() == name)
+    }
+
+    pub fn from_u64(v: u64) -> Option<Insn> {
+        Self::ALL.iter().copied().find(|i| *i as u64 == v)
+    }
+}

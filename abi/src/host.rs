@@ -77,10 +77,19 @@ pub enum HostCall {
     VmSetFaultMode,
     /// x1 = VM, x2 = IPA, x3 = 1 for a write: the host serves a `PageFault` exit. -> x0 = PA.
     ServeFault,
+    /// x1 = VM, x2 = 0 (a free 4 KiB page) or 1 (a free 2 MiB chunk): takes one free page or
+    /// chunk out of the VM's pool and gives it back to the host, zeroed. -> x0 = its physical
+    /// address. `ENOENT` if the pool has none (pKVM's host reclaims unused memcache pages so).
+    PoolReclaim,
+    /// x1 = VM -> x0 = free loose pages in the VM's pool, x1 = free 2 MiB chunks.
+    PoolStats,
+    /// x1 = VM: the VM's vCPUs may read the PMU's counters (benchmarks). Introspection only:
+    /// without it a guest's PMU access is an undefined instruction.
+    VmOpenPmu,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 25] = [
+    pub const ALL: [HostCall; 28] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -106,7 +115,67 @@ impl HostCall {
         HostCall::CheckInvariants,
         HostCall::VmSetFaultMode,
         HostCall::ServeFault,
+        HostCall::PoolReclaim,
+        HostCall::PoolStats,
+        HostCall::VmOpenPmu,
     ];
+
+    /// The calls that exist only in the introspection build of the hyp (cargo feature
+    /// `introspection`: scenarios, the hostile suite, the table and benchmarks). The build of
+    /// `make run` answers them `ENOSYS`, as it answers unknown calls.
+    pub const INTROSPECTION: [HostCall; 7] = [
+        HostCall::VmStats,
+        HostCall::VmWalk,
+        HostCall::GmemPhys,
+        HostCall::CheckInvariants,
+        HostCall::VmSetFaultMode,
+        HostCall::ServeFault,
+        HostCall::VmOpenPmu,
+    ];
+
+    /// Whether this call exists only in the introspection build.
+    pub fn is_introspection(self) -> bool {
+        Self::INTROSPECTION.contains(&self)
+    }
+
+    /// The call's name as written in this enum (`"VmCreate"`), which `host call` in scenarios uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostCall::Version => "Version",
+            HostCall::VmCreate => "VmCreate",
+            HostCall::VmDestroy => "VmDestroy",
+            HostCall::GmemCreate => "GmemCreate",
+            HostCall::GmemDestroy => "GmemDestroy",
+            HostCall::MemslotCreate => "MemslotCreate",
+            HostCall::MemslotDelete => "MemslotDelete",
+            HostCall::SetMemoryAttributes => "SetMemoryAttributes",
+            HostCall::Convert => "Convert",
+            HostCall::PunchHole => "PunchHole",
+            HostCall::HostPin => "HostPin",
+            HostCall::HostUnpin => "HostUnpin",
+            HostCall::HostMapGmem => "HostMapGmem",
+            HostCall::HostMapUaddr => "HostMapUaddr",
+            HostCall::Donate => "Donate",
+            HostCall::MapHostShared => "MapHostShared",
+            HostCall::VcpuCreate => "VcpuCreate",
+            HostCall::VcpuRun => "VcpuRun",
+            HostCall::VmStats => "VmStats",
+            HostCall::VmWalk => "VmWalk",
+            HostCall::GmemPhys => "GmemPhys",
+            HostCall::GuestConvert => "GuestConvert",
+            HostCall::CheckInvariants => "CheckInvariants",
+            HostCall::VmSetFaultMode => "VmSetFaultMode",
+            HostCall::ServeFault => "ServeFault",
+            HostCall::PoolReclaim => "PoolReclaim",
+            HostCall::PoolStats => "PoolStats",
+            HostCall::VmOpenPmu => "VmOpenPmu",
+        }
+    }
+
+    /// Finds a call by [`HostCall::name`].
+    pub fn from_name(name: &str) -> Option<HostCall> {
+        Self::ALL.iter().copied().find(|c| c.name() == name)
+    }
 
     pub fn from_id(id: u64) -> Option<HostCall> {
         Self::ALL.iter().copied().find(|c| *c as u64 == id)
@@ -137,13 +206,19 @@ pub enum ExitReason {
     /// The VM's page pool is empty: x1 = pages wanted. Donate and re-run; nothing changed.
     NeedPages = 3,
     /// A guest hypercall the host must handle: x1 = function ID, x2..x4 = guest x1..x3.
-    /// Completion: x2, x3 become the guest's x0, x1.
+    /// For a forwarded MEM_SHARE / MEM_UNSHARE the host carries the request out with
+    /// `GuestConvert` (and sets memory attributes); the completion values are ignored: what the
+    /// guest sees is decided by the hyp from the state it holds (Trust rule 2).
     Hypercall = 4,
-    /// The guest took an exception it could not handle itself: x1 = ESR, x2 = ELR, x3 = FAR.
+    /// The guest took an exception it could not take itself: x1 = the exception class
+    /// (ESR_EL2.EC) and nothing more (Trust rule 1).
     GuestException = 5,
     /// A first-touch fault the host must serve (fault mode 1 only): x1 = IPA, x2 = 1 for a
     /// write. Serve it with `ServeFault` and re-run.
     PageFault = 6,
+    /// A physical interrupt (the host's own timer, say) arrived while the guest ran: the host
+    /// has the CPU back (Trust rule 6). No data; re-run the vCPU to continue.
+    Interrupt = 7,
 }
 
 impl ExitReason {
@@ -155,6 +230,7 @@ impl ExitReason {
             4 => Some(Self::Hypercall),
             5 => Some(Self::GuestException),
             6 => Some(Self::PageFault),
+            7 => Some(Self::Interrupt),
             _ => None,
         }
     }
@@ -166,3 +242,23 @@ pub const CONVERT_MODE_DEFAULT: u64 = u64::MAX;
 
 /// `VcpuRun` completion value for a memory-fault exit: inject a data abort into the guest.
 pub const COMPLETE_INJECT_ABORT: u64 = 1;
+
+/// Largest gmem file, in bytes (Trust rule 7): 2^48. Larger is `EINVAL`.
+pub const GMEM_MAX_SIZE: u64 = 1 << 48;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_ids_are_distinct() {
+        for (i, c) in HostCall::ALL.iter().enumerate() {
+            assert_eq!(HostCall::from_name(c.name()), Some(*c));
+            assert_eq!(HostCall::from_id(c.id()), Some(*c));
+            assert_eq!(c.id(), HOST_CALL_BASE + i as u64);
+        }
+        assert!(HostCall::VmWalk.is_introspection());
+        assert!(!HostCall::VcpuRun.is_introspection());
+        assert_eq!(HostCall::from_name("NoSuchCall"), None);
+    }
+}

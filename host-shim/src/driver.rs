@@ -141,6 +141,7 @@ impl GuestDriver {
                     vm::serve_fault(self.vm, ipa, write)?;
                     report.host_served_faults += 1;
                 }
+                Exit::Interrupt => {}
                 Exit::GuestException { esr, elr, far } => {
                     report.exception = Some((esr, elr, far));
                     self.dead = true;

@@ -50,6 +50,8 @@ pub enum Exit {
         ipa: u64,
         write: bool,
     },
+    /// A physical interrupt brought `VcpuRun` back (the host's timer).
+    Interrupt,
 }
 
 /// Counters the hyp keeps for a VM.
@@ -258,6 +260,7 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
             ipa: r[1],
             write: r[2] != 0,
         },
+        ExitReason::Interrupt => Exit::Interrupt,
     })
 }
 
