@@ -42,6 +42,9 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
         HostCall::CheckInvariants => calls::check_invariants(),
         HostCall::VmSetFaultMode => calls::vm_set_fault_mode(a[0], a[1]),
         HostCall::ServeFault => calls::serve_fault(a[0], a[1], a[2]),
+        HostCall::PoolReclaim => calls::pool_reclaim(a[0], a[1]),
+        HostCall::PoolStats => calls::pool_stats(a[0]),
+        HostCall::VmOpenPmu => calls::vm_open_pmu(a[0]),
     };
     r.map_err(|e| (e, 0))
 }

@@ -90,6 +90,22 @@ impl VmPool {
         true
     }
 
+    /// Free loose pages and free 2 MiB chunks.
+    pub fn stats(&self) -> (usize, usize) {
+        (self.free.len(), self.blocks.len())
+    }
+
+    /// Takes one free page (`block = false`) or one free 2 MiB chunk out of the pool for good
+    /// (it goes back to the host): its physical address, or `None` if there is none. Pool pages
+    /// are zero already.
+    pub fn take_free(&mut self, block: bool) -> Option<u64> {
+        if block {
+            self.blocks.pop()
+        } else {
+            self.free.pop()
+        }
+    }
+
     /// Empties the pool, for teardown: every free page, zeroed.
     pub fn drain(&mut self) -> Vec<u64> {
         let mut out = core::mem::take(&mut self.free);

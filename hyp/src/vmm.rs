@@ -67,6 +67,8 @@ pub(crate) struct HypVm {
     /// Serve first-touch faults the way upstream pKVM does: exit to the host, which maps the
     /// page by hypercall (`ServeFault`) and re-runs the vCPU. For comparison benchmarks.
     faults_to_host: bool,
+    /// The VM's vCPUs may read the PMU (`VmOpenPmu`, benchmarks); else PMU accesses are UNDEF.
+    pub(crate) pmu_open: bool,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -256,6 +258,7 @@ pub mod calls {
                     stats: VmStats::default(),
                     mmio_guard: None,
                     faults_to_host: false,
+                    pmu_open: false,
                 },
             );
             log::debug!("VM {} created ({})", h.0, t.name());
@@ -646,6 +649,48 @@ pub mod calls {
                 FaultResolution::NeedPages => Err(Errno::ENOMEM),
                 _ => Err(Errno::EFAULT),
             }
+        })
+    }
+
+    /// One free page (`kind` 0) or 2 MiB chunk (`kind` 1) of the VM's pool back to the host.
+    pub fn pool_reclaim(vm: u64, kind: u64) -> HostResult {
+        let block = match kind {
+            0 => false,
+            1 => true,
+            _ => return Err(Errno::EINVAL),
+        };
+        with_hyp(|hyp| {
+            let pool = hyp.vm_mut(vm)?.stage2.mm_mut();
+            let pa = pool.take_free(block).ok_or(Errno::ENOENT)?;
+            let pages = if block {
+                hyp_mem::stage2::SIZE_2M / PAGE_SIZE
+            } else {
+                1
+            };
+            let t = Transition::HypDonateToHost;
+            if let Err(e) = hyp.transition_all(pa, pages, t, |_, _| Ok(())) {
+                // Not the hyp's (cannot happen for a pool page): keep it in the pool.
+                hyp.vm_mut(vm)?.stage2.mm_mut().add_run(pa, pages);
+                return Err(e);
+            }
+            hyp.transition_all(pa, pages, t, |o, p| o.hyp_donate_to_host(p))?;
+            ok(pa)
+        })
+    }
+
+    /// Free loose pages and free 2 MiB chunks of the VM's pool.
+    pub fn pool_stats(vm: u64) -> HostResult {
+        with_hyp(|hyp| {
+            let (pages, blocks) = hyp.vm_mut(vm)?.stage2.mm().stats();
+            Ok([pages as u64, blocks as u64, 0, 0, 0, 0])
+        })
+    }
+
+    /// Lets the VM's vCPUs read the PMU (benchmarks).
+    pub fn vm_open_pmu(vm: u64) -> HostResult {
+        with_hyp(|hyp| {
+            hyp.vm_mut(vm)?.pmu_open = true;
+            ok(0)
         })
     }
 
