@@ -204,6 +204,8 @@ pub enum ExitReason {
     /// Completion: x2 = [`COMPLETE_INJECT_ABORT`] injects a data abort, 0 retries the access.
     MemoryFault = 2,
     /// The VM's page pool is empty: x1 = pages wanted. Donate and re-run; nothing changed.
+    /// Completion: x2 = [`COMPLETE_INJECT_ABORT`] injects a data abort into the guest instead
+    /// (a host that will not donate ends the guest's access so).
     NeedPages = 3,
     /// A guest hypercall the host must handle: x1 = function ID, x2..x4 = guest x1..x3.
     /// For a forwarded MEM_SHARE / MEM_UNSHARE the host carries the request out with
