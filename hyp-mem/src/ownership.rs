@@ -268,6 +268,12 @@ pub enum Transition {
     /// A dying guest's page goes back to the host, from any of the three guest states: zeroed
     /// if the guest owned it; `EBUSY` if the guest shared it with the host and the host pins it.
     HostReclaimFromGuest(VmHandle),
+    /// A page a VM's memory gave up (punch, relinquish, teardown, memslot delete) becomes the
+    /// hyp's again (its pool): from guest OWNED, guest SHARED_OWNED / host SHARED_BORROWED
+    /// (`EBUSY` if the host pins it) or host SHARED_OWNED / guest SHARED_BORROWED (`anon`
+    /// memory the host lent); zeroed in between. One step, so a caller can check it before it
+    /// changes anything.
+    GuestReclaimToHyp(VmHandle),
     /// Host pin of a page it borrows (SHARED_BORROWED).
     HostPin,
     /// Host unpin; `EPERM` without a pin.
@@ -596,6 +602,23 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
                 }
                 PageInfo::HOST_OWNED
             }
+            T::GuestReclaimToHyp(vm) => {
+                if other_vm(vm) {
+                    return Err(Errno::ENOENT);
+                }
+                match (cur.host, cur.hyp, cur.guest) {
+                    (NoPage, NoPage, Owned)
+                    | (SharedOwned, NoPage, SharedBorrowed)
+                    | (SharedBorrowed, NoPage, SharedOwned) => {
+                        if cur.host_pins > 0 {
+                            return Err(Errno::EBUSY);
+                        }
+                    }
+                    _ => return Err(Errno::EPERM),
+                }
+                zero = true;
+                owned(NoPage, Owned, NoPage, 0)
+            }
             T::HostPin => {
                 expect(cur.host == SharedBorrowed)?;
                 let host_pins = cur.host_pins.checked_add(1).ok_or(Errno::ERANGE)?;
@@ -713,6 +736,17 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
         zero: &mut dyn FnMut(u64),
     ) -> Result<(), Errno> {
         self.apply(pa, Transition::HostReclaimFromGuest(vm), Some(zero))
+    }
+    /// A page a VM gave up goes back to the hyp (see [`Transition::GuestReclaimToHyp`]);
+    /// `zero(pa)` is called once, after every check passed and before the state flips (every
+    /// mapping of the page must already be gone).
+    pub fn guest_reclaim_to_hyp(
+        &mut self,
+        pa: u64,
+        vm: VmHandle,
+        zero: &mut dyn FnMut(u64),
+    ) -> Result<(), Errno> {
+        self.apply(pa, Transition::GuestReclaimToHyp(vm), Some(zero))
     }
     /// The host pins a page it borrows. `EPERM` unless host SHARED_BORROWED, `ERANGE` on overflow.
     pub fn host_pin(&mut self, pa: u64) -> Result<(), Errno> {

@@ -907,16 +907,35 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
 
     // ---- unmap / set_attrs ---------------------------------------------------------------------
 
-    /// Removes every valid leaf in `[ipa, ipa + size)` (page aligned, any number of pages).
-    /// Blocks that straddle an edge are split first (break-before-make), so mappings outside
-    /// the range stay as they were. Holes and annotated entries are left alone. A table whose
-    /// whole span is inside the range and that ends up empty is unlinked and freed.
+    /// Removes every valid leaf that translates any page of `[ipa, ipa + size)` (page aligned,
+    /// any number of pages). A block that straddles an edge of the range is removed whole
+    /// (break-before-make), as KVM's stage-2 unmap does: the pages of it outside the range fault
+    /// again and are mapped afresh. So an unmap never needs memory and, once the range is
+    /// valid, never fails (Trust rule 3). Holes and annotated entries are left alone. A table
+    /// whose whole span is inside the range and that ends up empty is unlinked and freed (after
+    /// its entry was invalidated).
     ///
-    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range range, `ENOMEM` if
-    /// a needed split cannot get table pages.
+    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range range.
     pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), Errno> {
         let end = self.check_range(ipa, size)?;
         self.modify(ipa, end, Op::Unmap)
+    }
+
+    /// [`Stage2::unmap`] of `[ipa, ipa + size)` rounded out to pages and clamped to the IPA
+    /// space: it cannot fail, needs no memory, and returns only when every leaf touching the
+    /// range is invalid and its TLB entries are gone. The form callers use on paths that take
+    /// pages away (Trust rule 3), so there is no error to ignore.
+    pub fn unmap_clamped(&mut self, ipa: u64, size: u64) {
+        let lo = ipa & !(PAGE_SIZE - 1);
+        let hi = ipa
+            .saturating_add(size)
+            .saturating_add(PAGE_SIZE - 1)
+            .min(self.ipa.limit())
+            & !(PAGE_SIZE - 1);
+        if lo < hi {
+            // An unmap never splits, so it takes no table pages from the pool.
+            self.modify_in(self.root, 1, lo, hi, Op::Unmap, &mut Prealloc::empty());
+        }
     }
 
     /// Sets the attributes of every leaf in `[ipa, ipa + size)` to `attrs`, splitting blocks
@@ -936,6 +955,12 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         self.modify(ipa, end, Op::SetAttrs(bits))
     }
 
+    /// Whether `op` on a leaf that straddles the range's edge needs a split (a table page):
+    /// only attribute changes do; an unmap removes the whole leaf.
+    fn op_splits(op: Op) -> bool {
+        matches!(op, Op::SetAttrs(_))
+    }
+
     fn op_changes(op: Op, desc: u64) -> bool {
         match op {
             Op::Unmap => true,
@@ -952,7 +977,10 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 continue;
             }
             let (level, _, _, desc) = self.descend(edge, 3);
-            if kind(desc, level) != Kind::Leaf || !Self::op_changes(op, desc) {
+            if !Self::op_splits(op)
+                || kind(desc, level) != Kind::Leaf
+                || !Self::op_changes(op, desc)
+            {
                 continue;
             }
             let mut lvl = level;
@@ -997,7 +1025,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
             match kind(desc, level) {
                 Kind::Empty | Kind::Annotated(_) => {}
                 Kind::Leaf if !Self::op_changes(op, desc) => {}
-                Kind::Leaf if full => {
+                Kind::Leaf if full || !Self::op_splits(op) => {
                     self.break_leaf(table, idx, level, base);
                     if let Op::SetAttrs(bits) = op {
                         self.write(table, idx, leaf_desc(desc & OA_MASK, level, bits));

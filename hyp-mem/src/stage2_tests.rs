@@ -442,79 +442,71 @@ fn merge_refuses_nonuniform_tables() {
 }
 
 #[test]
-fn unmap_a_page_inside_a_block_splits_it() {
-    let (_, mut s2) = setup();
+fn unmap_a_page_inside_a_block_removes_the_block() {
+    let (arena, mut s2) = setup();
     s2.map(0x20_0000, 0x8020_0000, SIZE_2M, RWX).unwrap();
     s2.tlb_mut().clear();
+    // No memory needed: the block goes whole (break-before-make), nothing is split.
+    arena.set_alloc_budget(Some(0));
     s2.unmap(0x20_3000, SIZE_4K).unwrap();
+    arena.set_alloc_budget(None);
     assert_eq!(
         s2.tlb().events,
-        [
-            TlbEvent::InvalidateIpa {
-                vmid: VMID,
-                ipa: 0x20_0000,
-                leaf_level: Some(2)
-            },
-            TlbEvent::Publish,
-            TlbEvent::InvalidateIpa {
-                vmid: VMID,
-                ipa: 0x20_3000,
-                leaf_level: Some(3)
-            },
-        ]
+        [TlbEvent::InvalidateIpa {
+            vmid: VMID,
+            ipa: 0x20_0000,
+            leaf_level: Some(2)
+        }]
     );
     assert_eq!(s2.walk(0x20_3000), None);
-    let ms: Vec<Mapping> = s2.mappings().collect();
-    assert_eq!(ms.len(), 511);
-    assert!(ms
-        .iter()
-        .all(|m| m.pa_base - 0x8000_0000 == m.ipa_base && m.attrs == RWX));
-    // Map it back and merge.
-    s2.map(0x20_3000, 0x8020_3000, SIZE_4K, RWX).unwrap();
+    assert_eq!(s2.walk(0x20_0000), None);
+    assert_eq!(s2.mappings().count(), 0);
+    // The other pages are mapped again one by one, then merge back.
+    for i in 0..512u64 {
+        s2.map(
+            0x20_0000 + i * SIZE_4K,
+            0x8020_0000 + i * SIZE_4K,
+            SIZE_4K,
+            RWX,
+        )
+        .unwrap();
+    }
     assert_eq!(s2.try_merge_block(0x20_0000), Ok(true));
     assert_bbm(&s2);
 }
 
 #[test]
-fn unmap_inside_a_1g_block_splits_two_levels() {
+fn unmap_inside_a_1g_block_removes_it_without_memory() {
     let (arena, mut s2) = setup();
     s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();
-    arena.set_alloc_budget(Some(1));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
-        s.unmap(0x1234_5000, SIZE_4K)
-    });
-    arena.set_alloc_budget(None);
+    s2.map(SIZE_1G, 0x8000_0000, SIZE_4K, RWX).unwrap();
+    arena.set_alloc_budget(Some(0));
     s2.unmap(0x1234_5000, SIZE_4K).unwrap();
+    arena.set_alloc_budget(None);
     assert_eq!(s2.walk(0x1234_5000), None);
-    assert_eq!(s2.walk(0x1234_4000).unwrap().level, 3);
-    assert_eq!(s2.walk(0x1200_0000).unwrap().level, 2);
-    assert_eq!(s2.walk(0x1220_0000).unwrap().level, 3);
-    assert_eq!(
-        s2.walk(0x3fff_f000).unwrap().pa_of(0x3fff_f000),
-        Some(0x7fff_f000)
-    );
-    assert_eq!(s2.mappings().count(), 511 + 511);
+    assert_eq!(s2.walk(0x1234_4000), None);
+    assert_eq!(s2.walk(0x3fff_f000), None);
+    // Outside the block nothing moved.
+    assert_eq!(s2.walk(SIZE_1G).unwrap().pa_base, 0x8000_0000);
+    assert_eq!(s2.mappings().count(), 1);
     assert_bbm(&s2);
 }
 
 #[test]
 fn unmap_range_across_blocks_and_edges() {
     let (arena, mut s2) = setup();
-    // Two 2 MiB blocks; unmap from the middle of the first to the middle of the second: both
-    // edges split, four table pages at most.
+    // Two 2 MiB blocks and a page after them; unmap from the middle of the first block to the
+    // middle of the second: both blocks go whole, without memory; the page stays.
     s2.map(0, 0x8000_0000, SIZE_2M, RWX).unwrap();
     s2.map(SIZE_2M, 0x8020_0000, SIZE_2M, RWX).unwrap();
-    arena.set_alloc_budget(Some(1));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
-        s.unmap(0x10_0000, SIZE_2M)
-    });
-    arena.set_alloc_budget(None);
+    s2.map(2 * SIZE_2M, 0x9000_0000, SIZE_4K, RWX).unwrap();
+    arena.set_alloc_budget(Some(0));
     s2.unmap(0x10_0000, SIZE_2M).unwrap();
-    assert_eq!(s2.mappings().count(), 256 + 256);
-    assert_eq!(s2.walk(0xf_f000).unwrap().pa_base, 0x800f_f000);
-    assert_eq!(s2.walk(0x10_0000), None);
-    assert_eq!(s2.walk(0x2f_f000), None);
-    assert_eq!(s2.walk(0x30_0000).unwrap().pa_base, 0x8030_0000);
+    arena.set_alloc_budget(None);
+    assert_eq!(s2.walk(0xf_f000), None);
+    assert_eq!(s2.walk(0x30_0000), None);
+    assert_eq!(s2.walk(2 * SIZE_2M).unwrap().pa_base, 0x9000_0000);
+    assert_eq!(s2.mappings().count(), 1);
     // Holes and annotations are left alone; unmapping everything frees the tables.
     s2.set_annotation(0x50_0000, 0x77).unwrap();
     s2.unmap(0, 4 * SIZE_2M).unwrap();
@@ -530,6 +522,27 @@ fn unmap_range_across_blocks_and_edges() {
     s2.unmap(0, SIZE_1G).unwrap();
     assert_eq!(arena.live_pages(), 2);
     assert_eq!(s2.table_pages(), 2);
+    assert_bbm(&s2);
+}
+
+#[test]
+fn unmap_clamped_rounds_out_clamps_and_never_needs_memory() {
+    let (arena, mut s2) = setup();
+    s2.map(0, 0x8000_0000, SIZE_2M, RWX).unwrap();
+    s2.map((1 << 40) - SIZE_4K, 0x9000_0000, SIZE_4K, RWX)
+        .unwrap();
+    arena.set_alloc_budget(Some(0));
+    // An unaligned byte range inside the block takes the block.
+    s2.unmap_clamped(0x1234, 1);
+    assert_eq!(s2.walk(0), None);
+    // A range running past the IPA space takes what lies inside it.
+    s2.unmap_clamped((1 << 40) - SIZE_4K, u64::MAX);
+    assert_eq!(s2.walk((1 << 40) - SIZE_4K), None);
+    // Nothing at all inside: nothing happens.
+    s2.unmap_clamped(u64::MAX - 10, 100);
+    s2.unmap_clamped(0, 0);
+    arena.set_alloc_budget(None);
+    assert_eq!(s2.mappings().count(), 0);
     assert_bbm(&s2);
 }
 
