@@ -34,7 +34,7 @@
 use abi::flags::{MemoryFaultFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::{Errno, PAGE_SIZE};
 
-use crate::gmem::BlockCheck;
+use crate::gmem::{BlockCheck, Shareability};
 use crate::provider::{PageProvider, BLOCK_SIZE};
 use crate::vm::{page_down, GmemHandle, SlotId, Vm, VmHandle};
 use crate::world::World;
@@ -66,6 +66,8 @@ pub enum FaultSource {
     UserspaceAnon,
     /// `userspace_addr` pointing at the host's mmap view of the slot's gmem.
     UserspaceGmem,
+    /// A host page shared into the guest outside every memslot (`MapHostShared`).
+    HostShared,
 }
 
 /// What the hyp must do about a guest stage-2 fault.
@@ -81,7 +83,8 @@ pub enum FaultResolution {
         /// Physical address of the first page (aligned to `size`).
         pa: u64,
         source: FaultSource,
-        slot: SlotId,
+        /// The memslot that served it (`None` for a host-shared page).
+        slot: Option<SlotId>,
         /// 4096, or [`BLOCK_SIZE`] (2 MiB) for a block (see the module docs).
         size: u64,
         /// Whether the host may reach the page(s) through its stage-2
@@ -154,6 +157,21 @@ impl World {
             size: PAGE_SIZE,
             flags: mf_flags,
         };
+        // A host page shared into the guest (plain; coco at the shared alias): one backing per
+        // IPA, so no memslot is there.
+        if !is_private || v.shared_bit().is_none() {
+            if let Some(pa) = v.host_shared_pa(gpa) {
+                return Ok(FaultResolution::Map {
+                    ipa: ipa_page,
+                    gpa,
+                    pa,
+                    source: FaultSource::HostShared,
+                    slot: None,
+                    size: PAGE_SIZE,
+                    host_access: true,
+                });
+            }
+        }
         // A block needs a free 2 MiB chunk (or pages already allocated as one, which a
         // provider without chunks skips: they are then mapped page by page).
         let block = if provider.may_have_block() {
@@ -169,7 +187,7 @@ impl World {
                         gpa: plan.gpa,
                         pa,
                         source: plan.source,
-                        slot: plan.slot,
+                        slot: Some(plan.slot),
                         size: BLOCK_SIZE,
                         host_access: e.file.host_stage2_allowed(plan.offset),
                     });
@@ -197,7 +215,7 @@ impl World {
             gpa,
             pa,
             source,
-            slot: slot_id,
+            slot: Some(slot_id),
             size: PAGE_SIZE,
             host_access,
         };
@@ -247,8 +265,9 @@ impl World {
         match lookup {
             Ok(r) => Ok(r),
             Err(Errno::ENOMEM) => Ok(FaultResolution::NeedPages),
-            // EACCES: get_pfn validation; EFAULT/ENODEV: the mmap view refused the access.
-            Err(Errno::EACCES | Errno::EFAULT | Errno::ENODEV) => Ok(memory_fault),
+            // EACCES: get_pfn validation; EFAULT/ENODEV: the mmap view refused the access;
+            // EBUSY: a pkvm first touch of a page the host pins (Trust rule 9).
+            Err(Errno::EACCES | Errno::EFAULT | Errno::ENODEV | Errno::EBUSY) => Ok(memory_fault),
             Err(e) => Err(e),
         }
     }
@@ -340,5 +359,76 @@ impl World {
             return None;
         }
         file.contiguous_block(plan.offset)
+    }
+}
+
+impl World {
+    /// The invariant checker's view of the guest (Trust rules 1 and 3): what a stage-2 mapping
+    /// of the 4 KiB page at `ipa` of `vm` may be, from the state the core holds now.
+    /// `Some((pa, private))`: the page a fault there would map now, and whether the guest was
+    /// told it is private (a `pkvm` page it took or the host gave it, a `coco` private-alias
+    /// page), so that only the guest may own it. `None`: nothing may be mapped there (a fault
+    /// would exit as MMIO or with a memory fault, or no page backs it). Routes exactly as
+    /// [`World::resolve_fault`], but allocates and changes nothing: a second reading of the
+    /// rules, which a stale or wrong mapping fails.
+    pub fn expected_mapping(&self, vm: VmHandle, ipa: u64) -> Option<(u64, bool)> {
+        let v = self.vms.get(&vm.0)?;
+        if ipa >= v.ipa_limit() {
+            return None;
+        }
+        let vm_type = v.vm_type();
+        let (gpa, is_private) = match v.shared_bit() {
+            Some(bit) => (page_down(ipa & !bit), ipa & bit == 0),
+            None => (page_down(ipa), false),
+        };
+        if !is_private || v.shared_bit().is_none() {
+            if let Some(pa) = v.host_shared_pa(gpa) {
+                return Some((pa, false));
+            }
+        }
+        let (_, slot) = v.slot_containing(gpa)?;
+        let always = slot.flags().contains(MemslotFlags::ALWAYS_FAULT_FROM_GMEM);
+        let dont_check = slot.flags().contains(MemslotFlags::DONT_CHECK_MISMATCHES);
+        if vm_type == VmType::Coco && !dont_check && v.attr_private(gpa) != is_private {
+            return None;
+        }
+        let to_gmem = match vm_type {
+            VmType::Pkvm => true,
+            VmType::Plain => always,
+            VmType::Coco => is_private || always,
+        };
+        if to_gmem {
+            let (g, off) = slot.gmem_offset(gpa)?;
+            let file = &self.gmems.get(&g.0)?.file;
+            let pa = file.page_pa(off)?;
+            return match (vm_type, file.shareability(off)) {
+                (VmType::Pkvm, Some(Shareability::Guest)) => Some((pa, true)),
+                // A page the guest shared itself; an untaken one is never mapped (rule 9).
+                (VmType::Pkvm, Some(Shareability::All)) => {
+                    file.guest_shared(off).then_some((pa, false))
+                }
+                (VmType::Pkvm, None) => None,
+                (_, Some(s)) => {
+                    let need = if is_private {
+                        Shareability::Guest
+                    } else {
+                        Shareability::All
+                    };
+                    (s == need).then_some((pa, is_private))
+                }
+                (VmType::Coco, None) => Some((pa, is_private)),
+                (_, None) => Some((pa, false)),
+            };
+        }
+        match slot.userspace_addr() {
+            UserspaceAddr::None => None,
+            UserspaceAddr::Anon => slot.anon_pa(gpa - slot.gpa()).map(|pa| (pa, false)),
+            UserspaceAddr::Gmem => {
+                let (g, off) = slot.gmem_offset(gpa)?;
+                let file = &self.gmems.get(&g.0)?.file;
+                file.host_access_check(off).ok()?;
+                file.page_pa(off).map(|pa| (pa, false))
+            }
+        }
     }
 }

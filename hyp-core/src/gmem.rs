@@ -124,6 +124,11 @@ pub struct GmemFile {
     pages: PageMap,
     pins: BTreeMap<u64, u32>,
     share: Option<RangeStore<Shareability>>,
+    /// For a `pkvm` VM's tracked file (Trust rule 9): per page, whether the guest itself made
+    /// it `ALL` with its own MEM_SHARE. An `ALL` page the guest did not share (content the host
+    /// put there with `INIT_SHARED`) is taken from the host at the guest's first touch. Only
+    /// `ALL` pages may be marked; a punch keeps the marks, as it keeps shareability.
+    guest_shared: Option<RangeStore<bool>>,
 }
 
 impl GmemFile {
@@ -131,7 +136,7 @@ impl GmemFile {
     /// `EINVAL` for unknown flag bits or a size that is not a positive multiple of 4 KiB.
     pub fn new(size: u64, flags: u64, owner_type: VmType) -> Result<Self, Errno> {
         let flags = GmemFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
-        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size > abi::host::GMEM_MAX_SIZE {
             return Err(Errno::EINVAL);
         }
         let npages = size >> PAGE_SHIFT;
@@ -145,6 +150,8 @@ impl GmemFile {
         } else {
             None
         };
+        let guest_shared =
+            (share.is_some() && owner_type == VmType::Pkvm).then(|| RangeStore::new(npages, false));
         Ok(GmemFile {
             size,
             flags,
@@ -152,6 +159,7 @@ impl GmemFile {
             pages: PageMap::new(),
             pins: BTreeMap::new(),
             share,
+            guest_shared,
         })
     }
 
@@ -232,6 +240,9 @@ impl GmemFile {
             }
         };
         match check {
+            BlockCheck::NoValidate if self.guest_shared.is_some() => {
+                self.block_uniform_after_take(first, last)
+            }
             BlockCheck::NoValidate => uniform(None),
             BlockCheck::Validate { private } => uniform(Some(if private {
                 Shareability::Guest
@@ -265,7 +276,10 @@ impl GmemFile {
         // Cheapest checks first: the page map (one chunk, or nothing yet), then a chunk from
         // the provider, and only then the per-range policy check.
         if let Some(pa) = self.contiguous_block(offset) {
-            return self.block_check(offset, check).then_some(pa);
+            if !self.block_check(offset, check) {
+                return None;
+            }
+            return self.block_taken(offset, check).then_some(pa);
         }
         let first = offset >> PAGE_SHIFT;
         if self.pages.any_in(first, first.saturating_add(BLOCK_PAGES)) {
@@ -278,7 +292,42 @@ impl GmemFile {
             return None;
         }
         self.pages.insert_run(first, pa, BLOCK_PAGES);
-        Some(pa)
+        // Cannot fail: the check above found nothing pinned that the touch takes.
+        self.block_taken(offset, check).then_some(pa)
+    }
+
+    /// The first touch of a block about to be mapped for a `pkvm` guest (see
+    /// [`GmemFile::take`]); `true` when there is nothing to take or it was taken.
+    fn block_taken(&mut self, offset: u64, check: BlockCheck) -> bool {
+        check != BlockCheck::NoValidate || self.take(offset, BLOCK_SIZE).is_ok()
+    }
+
+    /// The allocated pages of `[offset, offset + size)` (clipped to the file), in order: what
+    /// a punch of that range would free. O(runs), whatever the size.
+    pub fn allocated_in(&self, offset: u64, size: u64) -> Vec<u64> {
+        let first = offset >> PAGE_SHIFT;
+        let last = offset.saturating_add(size).min(self.size) >> PAGE_SHIFT;
+        let mut out = Vec::new();
+        self.pages.for_each_in(first, last, |_, pa, count| {
+            out.extend((0..count).map(|i| pa.saturating_add(i << PAGE_SHIFT)));
+        });
+        out
+    }
+
+    /// The allocated pages of `[offset, offset + size)` with their file offsets.
+    pub fn allocated_with_offsets(&self, offset: u64, size: u64) -> Vec<(u64, u64)> {
+        let first = offset >> PAGE_SHIFT;
+        let last = offset.saturating_add(size).min(self.size) >> PAGE_SHIFT;
+        let mut out = Vec::new();
+        self.pages.for_each_in(first, last, |index, pa, count| {
+            out.extend((0..count).map(|i| {
+                (
+                    index.saturating_add(i) << PAGE_SHIFT,
+                    pa.saturating_add(i << PAGE_SHIFT),
+                )
+            }));
+        });
+        out
     }
 
     /// Host pin count of the page holding byte `offset`.
@@ -289,6 +338,112 @@ impl GmemFile {
     /// Whether any page of the file is pinned.
     pub fn has_pins(&self) -> bool {
         !self.pins.is_empty()
+    }
+
+    /// Whether the guest itself made the page holding byte `offset` `ALL` (its own MEM_SHARE);
+    /// only kept for a `pkvm` VM's tracked file (Trust rule 9), `false` otherwise.
+    pub fn guest_shared(&self, offset: u64) -> bool {
+        self.guest_shared
+            .as_ref()
+            .and_then(|g| g.get(offset >> PAGE_SHIFT))
+            .unwrap_or(false)
+    }
+
+    /// Whether the page at `index` is taken from the host at the guest's first touch (Trust
+    /// rule 9): an `ALL` page of a `pkvm` VM's file that the guest did not share itself.
+    fn takeable(&self, index: u64) -> bool {
+        match (&self.share, &self.guest_shared) {
+            (Some(s), Some(g)) => {
+                s.get(index) == Some(Shareability::All) && g.get(index) == Some(false)
+            }
+            _ => false,
+        }
+    }
+
+    /// The runs `[a, b)` of page indices in `[first, last)` that a first touch takes.
+    fn takeable_runs(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if let (Some(s), Some(g)) = (&self.share, &self.guest_shared) {
+            for (a, b, v) in s.segments(first, last) {
+                if v != Shareability::All {
+                    continue;
+                }
+                out.extend(
+                    g.segments(a, b)
+                        .filter(|(_, _, gs)| !gs)
+                        .map(|(c, d, _)| (c, d)),
+                );
+            }
+        }
+        out
+    }
+
+    /// [`GmemFile::takeable_runs`] for the core's checks.
+    pub(crate) fn takeable_runs_of(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        self.takeable_runs(first, last)
+    }
+
+    /// Whether the host pins a page of `[first, last)` (page indices).
+    pub(crate) fn pinned_in(&self, first: u64, last: u64) -> bool {
+        self.pins.range(first..last).next().is_some()
+    }
+
+    /// The guest's first touch of `[offset, offset + size)` (Trust rule 9; a no-op for files of
+    /// other VM types): every `ALL` page the guest did not share itself becomes `GUEST`, its
+    /// content kept. `EINVAL` for a bad range; `EBUSY`, with nothing changed, if the host pins
+    /// such a page (it cannot be taken). Returns the byte ranges `(offset, size)` taken: the
+    /// host must lose its access to their allocated pages.
+    pub fn take(&mut self, offset: u64, size: u64) -> Result<Vec<(u64, u64)>, Errno> {
+        let (first, last) = page_range(offset, size, self.size)?;
+        let runs = self.takeable_runs(first, last);
+        if runs
+            .iter()
+            .any(|&(a, b)| self.pins.range(a..b).next().is_some())
+        {
+            return Err(Errno::EBUSY);
+        }
+        if let Some(store) = self.share.as_mut() {
+            for &(a, b) in &runs {
+                store.set(a, b, Shareability::Guest)?;
+            }
+        }
+        Ok(runs
+            .into_iter()
+            .map(|(a, b)| (a << PAGE_SHIFT, (b - a) << PAGE_SHIFT))
+            .collect())
+    }
+
+    /// For `pkvm` (`get_pfn_no_validate`) blocks: whether the 2 MiB range `[first, last)` is of
+    /// one state once the guest's first touch has taken what it takes, and nothing it would take
+    /// is pinned (a 2 MiB block is mapped only where every page of it may be taken).
+    fn block_uniform_after_take(&self, first: u64, last: u64) -> bool {
+        let (Some(s), Some(g)) = (&self.share, &self.guest_shared) else {
+            return false;
+        };
+        let mut seen: Option<Shareability> = None;
+        let mut same = |v: Shareability| *seen.get_or_insert(v) == v;
+        for (a, b, v) in s.segments(first, last) {
+            if v == Shareability::Guest {
+                if !same(Shareability::Guest) {
+                    return false;
+                }
+                continue;
+            }
+            for (c, d, gs) in g.segments(a, b) {
+                let after = if gs {
+                    Shareability::All
+                } else {
+                    if self.pins.range(c..d).next().is_some() {
+                        return false;
+                    }
+                    Shareability::Guest
+                };
+                if !same(after) {
+                    return false;
+                }
+            }
+        }
+        seen.is_some()
     }
 
     fn index(&self, offset: u64) -> Result<u64, Errno> {
@@ -330,13 +485,27 @@ impl GmemFile {
     /// `kvm_gmem_get_pfn_no_validate()`: the page whatever its shareability (used for `pkvm`,
     /// whose faults carry no private/shared bit). `EINVAL` beyond the file, `ENOMEM` from the
     /// provider.
+    ///
+    /// For a `pkvm` VM this is the guest's first touch (Trust rule 9): an `ALL` page the guest did
+    /// not share itself becomes `GUEST` (content kept), and such a page the host pins cannot be
+    /// taken: `EBUSY` (a memory-fault exit), nothing changed.
     pub fn get_pfn_no_validate(
         &mut self,
         offset: u64,
         provider: &mut dyn PageProvider,
     ) -> Result<u64, Errno> {
         let index = self.index(offset)?;
-        self.get_or_alloc(index, provider)
+        let take = self.takeable(index);
+        if take && self.pins.contains_key(&index) {
+            return Err(Errno::EBUSY);
+        }
+        let pa = self.get_or_alloc(index, provider)?;
+        if take {
+            if let Some(store) = self.share.as_mut() {
+                store.set(index, index + 1, Shareability::Guest)?;
+            }
+        }
+        Ok(pa)
     }
 
     /// The check of the host's mmap fault handler (seed column 5), without allocating.
@@ -469,17 +638,62 @@ impl GmemFile {
     /// Nothing changes on failure. On success only the pages whose state changes are touched:
     /// on private -> shared they are zeroed with `ZERO` or when a host converts a `coco` VM's
     /// page; otherwise content is preserved. Returns the byte ranges `(offset, size)` whose state
-    /// changed, in order.
+    /// changed, in order. For a `pkvm` VM's file, a guest's own to-shared marks the pages it
+    /// shared (Trust rule 9) and every to-private clears the marks.
     pub fn convert(
         &mut self,
         req: &ConvertRequest,
         provider: &mut dyn PageProvider,
     ) -> Result<Vec<(u64, u64)>, ConvertError> {
+        let plan = self.convert_plan_pages(req)?;
+        if plan.zero {
+            for &(s, e) in &plan.changed {
+                self.pages.for_each_in(s, e, |_, pa, count| {
+                    for i in 0..count {
+                        provider.zero_page(pa.saturating_add(i << PAGE_SHIFT));
+                    }
+                });
+            }
+        }
+        if let Some(store) = self.share.as_mut() {
+            store.set(plan.first, plan.last, plan.target)?;
+        }
+        if let Some(gs) = self.guest_shared.as_mut() {
+            match (req.to, req.initiator) {
+                (ConvertTo::Shared, Initiator::Guest) => {
+                    for &(s, e) in &plan.changed {
+                        gs.set(s, e, true)?;
+                    }
+                }
+                (ConvertTo::Private, _) => gs.set(plan.first, plan.last, false)?,
+                (ConvertTo::Shared, Initiator::Host) => {}
+            }
+        }
+        Ok(plan
+            .changed
+            .into_iter()
+            .map(|(s, e)| (s << PAGE_SHIFT, e.saturating_sub(s) << PAGE_SHIFT))
+            .collect())
+    }
+
+    /// What [`GmemFile::convert`] would do, without doing it: the same checks in the same order
+    /// (same errors), then the byte ranges whose state would change. Lets the hyp check every
+    /// page's ownership change before anything changes.
+    pub fn convert_plan(&self, req: &ConvertRequest) -> Result<Vec<(u64, u64)>, ConvertError> {
+        Ok(self
+            .convert_plan_pages(req)?
+            .changed
+            .into_iter()
+            .map(|(s, e)| (s << PAGE_SHIFT, e.saturating_sub(s) << PAGE_SHIFT))
+            .collect())
+    }
+
+    fn convert_plan_pages(&self, req: &ConvertRequest) -> Result<ConvertPlan, ConvertError> {
         if req.to == ConvertTo::Private && req.mode == ContentMode::Zero {
             return Err(Errno::EOPNOTSUPP.into());
         }
         let (first, last) = page_range(req.offset, req.size, self.size)?;
-        let Some(store) = self.share.as_mut() else {
+        let Some(store) = self.share.as_ref() else {
             return Err(Errno::EINVAL.into());
         };
         let zero = match (req.to, req.initiator) {
@@ -508,24 +722,27 @@ impl GmemFile {
             ConvertTo::Private => Shareability::Guest,
             ConvertTo::Shared => Shareability::All,
         };
-        let changed: Vec<(u64, u64)> = store
+        let changed = store
             .segments(first, last)
             .filter(|(_, _, v)| *v != target)
             .map(|(s, e, _)| (s, e))
             .collect();
-        if zero {
-            for (s, e) in &changed {
-                self.pages.for_each_in(*s, *e, |_, pa, count| {
-                    for i in 0..count {
-                        provider.zero_page(pa.saturating_add(i << PAGE_SHIFT));
-                    }
-                });
-            }
-        }
-        store.set(first, last, target)?;
-        Ok(changed
-            .into_iter()
-            .map(|(s, e)| (s << PAGE_SHIFT, e.saturating_sub(s) << PAGE_SHIFT))
-            .collect())
+        Ok(ConvertPlan {
+            first,
+            last,
+            target,
+            zero,
+            changed,
+        })
     }
+}
+
+/// A checked conversion, in page indices.
+struct ConvertPlan {
+    first: u64,
+    last: u64,
+    target: Shareability,
+    zero: bool,
+    /// Page-index runs `[s, e)` whose state changes.
+    changed: Vec<(u64, u64)>,
 }

@@ -31,7 +31,7 @@ pub use pages::PageMap;
 pub use provider::{FakeArena, PageProvider, BLOCK_PAGES, BLOCK_SIZE};
 pub use range::RangeStore;
 pub use vm::{GmemBinding, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle};
-pub use world::{GmemRange, GuestRangePiece, Invalidation, Stage2Unmap, World};
+pub use world::{GmemRange, GuestRangePiece, Invalidation, Stage2Unmap, Teardown, World};
 
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,11 @@ impl Memslot {
         Ok(pa)
     }
 
+    /// Every allocated `anon` page.
+    pub(crate) fn anon_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.anon.values().copied()
+    }
+
     /// The `anon` page backing byte `offset`, if allocated.
     pub fn anon_pa(&self, offset: u64) -> Option<u64> {
         self.anon.get(&(offset >> PAGE_SHIFT)).copied()
@@ -159,6 +164,12 @@ pub struct Vm {
     by_gpa: BTreeMap<u64, u32>,
     next_slot: u32,
     attrs: RangeStore<bool>,
+    /// Host pages shared into the guest outside its memslots (`MapHostShared`; `plain` and
+    /// `coco` VMs only, for `coco` at the shared alias): page GPA -> physical page. One backing
+    /// per IPA: never overlaps a memslot (Trust rule 4).
+    pub(crate) host_shared: BTreeMap<u64, u64>,
+    /// Set at the first `VcpuRun`: a `pkvm` VM's memslots are then frozen (Trust rule 9).
+    started: bool,
 }
 
 impl Vm {
@@ -176,6 +187,8 @@ impl Vm {
             by_gpa: BTreeMap::new(),
             next_slot: 0,
             attrs: RangeStore::new(0, false),
+            host_shared: BTreeMap::new(),
+            started: false,
         };
         vm.attrs = RangeStore::new(vm.gpa_limit() >> PAGE_SHIFT, false);
         Ok(vm)
@@ -260,6 +273,25 @@ impl Vm {
             id = id.wrapping_add(1);
         }
         Err(Errno::ENOSPC)
+    }
+
+    /// Whether one of the VM's vCPUs has run (see [`crate::World::vcpu_started`]).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    pub(crate) fn set_started(&mut self) {
+        self.started = true;
+    }
+
+    /// The host page shared into the guest at `gpa` (page of a GPA, no shared bit), if any.
+    pub fn host_shared_pa(&self, gpa: u64) -> Option<u64> {
+        self.host_shared.get(&page_down(gpa)).copied()
+    }
+
+    /// Whether a host-shared page lies in `[gpa, end)`.
+    pub(crate) fn host_shared_in(&self, gpa: u64, end: u64) -> bool {
+        self.host_shared.range(gpa..end).next().is_some()
     }
 
     /// Whether the gfn of `gpa` has the `PRIVATE` attribute (`false` outside the domain).

@@ -55,6 +55,17 @@ pub struct GuestRangePiece {
     pub gmem: Option<(GmemHandle, u64)>,
     /// Whether that file tracks shareability (else only memory attributes can change).
     pub tracked: bool,
+    /// Whether the memory attributes count too: without tracking (the legacy case), and with
+    /// tracking in a `coco` memslot that checks mismatches (Trust rule 2).
+    pub attr_checked: bool,
+}
+
+/// What tearing a VM down gave back: the pages it held (zeroed, freed to the provider) and the
+/// host pages that were shared into it (the host's own, to be unshared).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    pub freed: Vec<u64>,
+    pub host_shared: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -101,8 +112,9 @@ impl World {
         &mut self,
         vm: VmHandle,
         provider: &mut dyn PageProvider,
-    ) -> Result<Vec<u64>, Errno> {
+    ) -> Result<Teardown, Errno> {
         let mut v = self.vms.remove(&vm.0).ok_or(Errno::ENOENT)?;
+        let host_shared = core::mem::take(&mut v.host_shared).into_values().collect();
         let mut freed = Vec::new();
         for slot in v.slots.values_mut() {
             slot.release(provider, &mut freed);
@@ -118,7 +130,68 @@ impl World {
                 freed.extend(e.file.release_all(provider));
             }
         }
-        Ok(freed)
+        Ok(Teardown { freed, host_shared })
+    }
+
+    /// Every page a teardown of `vm` would free (its memslots' `anon` memory and its gmem
+    /// files' pages), without changing anything: so the hyp can check each page's ownership
+    /// change first.
+    pub fn vm_pages(&self, vm: VmHandle) -> Result<Vec<u64>, Errno> {
+        let v = self.vm(vm)?;
+        let mut out: Vec<u64> = v.slots.values().flat_map(|s| s.anon_pages()).collect();
+        for e in self.gmems.values().filter(|e| e.owner == vm) {
+            out.extend(e.file.allocated_in(0, e.file.size()));
+        }
+        Ok(out)
+    }
+
+    /// The `anon` pages of one memslot: what deleting it would free.
+    pub fn slot_pages(&self, vm: VmHandle, slot: SlotId) -> Result<Vec<u64>, Errno> {
+        let s = self.vm(vm)?.slot(slot).ok_or(Errno::ENOENT)?;
+        Ok(s.anon_pages().collect())
+    }
+
+    /// Marks that one of `vm`'s vCPUs runs (its first `VcpuRun`): a `pkvm` VM's memslots are
+    /// frozen from now on (Trust rule 9). `ENOENT` for an unknown VM.
+    pub fn vcpu_started(&mut self, vm: VmHandle) -> Result<(), Errno> {
+        self.vm_mut(vm)?.set_started();
+        Ok(())
+    }
+
+    /// Host pages shared into a guest at `gpa` (`MapHostShared`): `pages` pages from `pa`,
+    /// physically contiguous (the hyp checks the host owns them). Checks, in order: `ENOENT`
+    /// unknown VM; `EPERM` a `pkvm` VM (pKVM shares host pages only with non-protected VMs);
+    /// `EINVAL` unaligned, empty, overflowing, or beyond the VM's memory (for `coco`, the GPA
+    /// without the shared bit: the pages appear at the shared alias); `EEXIST` where a memslot
+    /// or another host-shared page covers the range (one backing per IPA, Trust rule 4).
+    /// Guest faults there map the host pages ([`crate::FaultSource::HostShared`]).
+    pub fn map_host_shared(
+        &mut self,
+        vm: VmHandle,
+        gpa: u64,
+        pa: u64,
+        pages: u64,
+    ) -> Result<(), Errno> {
+        let v = self.vm(vm)?;
+        if v.vm_type() == VmType::Pkvm {
+            return Err(Errno::EPERM);
+        }
+        let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+        page_range(gpa, size, v.gpa_limit())?;
+        if !pa.is_multiple_of(PAGE_SIZE) || pa.checked_add(size).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let end = gpa + size;
+        if v.slots().any(|(_, s)| gpa < s.gpa_end() && s.gpa() < end) || v.host_shared_in(gpa, end)
+        {
+            return Err(Errno::EEXIST);
+        }
+        let v = self.vm_mut(vm)?;
+        for i in 0..pages {
+            v.host_shared
+                .insert(gpa + i * PAGE_SIZE, pa + i * PAGE_SIZE);
+        }
+        Ok(())
     }
 
     pub fn vm(&self, vm: VmHandle) -> Result<&Vm, Errno> {
@@ -196,63 +269,64 @@ impl World {
 
     // ---- memslots ----
 
-    /// Creates a memslot. Checks, in this order:
-    /// - `ENOENT`: unknown VM;
-    /// - `EINVAL`: unknown flag bits; GPA range unaligned, empty, overflowing, or beyond the
-    ///   VM's memory (for `coco`: reaching the shared bit);
-    /// - `ENOENT`: unknown gmem handle; `EINVAL`: a gmem owned by another VM, or a gmem range
-    ///   (`offset`, `size`) unaligned, overflowing or beyond the file;
-    /// - `EINVAL` (SEMANTICS.md "Combinations that cannot work"): `userspace_addr = gmem`
-    ///   without a gmem binding or whose file lacks `MMAP`; `ALWAYS_FAULT_FROM_GMEM` without
-    ///   gmem; `pkvm` without gmem, with a file lacking `TRACK_SHAREABILITY`, or without
-    ///   `ALWAYS_FAULT_FROM_GMEM`; `coco` with `DONT_CHECK_MISMATCHES` and no gmem or a file
-    ///   lacking `TRACK_SHAREABILITY`;
-    /// - `EEXIST`: overlaps another memslot of the VM.
+    /// Creates a memslot. Checks, in Linux's order (Trust rule 4):
+    /// 1. `ENOENT`: unknown VM;
+    /// 2. `EINVAL`, the arguments and flags alone: unknown flag bits; GPA range unaligned,
+    ///    empty, overflowing, or beyond the VM's memory (for `coco`: reaching the shared bit);
+    ///    `ALWAYS_FAULT_FROM_GMEM` or `userspace_addr = gmem` without gmem; `pkvm` without gmem
+    ///    or without `ALWAYS_FAULT_FROM_GMEM`; `coco` with `DONT_CHECK_MISMATCHES` and no gmem;
+    /// 3. `EPERM`: a `pkvm` VM whose vCPUs have run (its memslots are frozen, Trust rule 9);
+    /// 4. `EEXIST`: overlaps another memslot of the VM, or host pages shared into it;
+    /// 5. the gmem binding: `ENOENT` unknown handle; `EINVAL` a gmem of another VM, a gmem range
+    ///    (`offset`, `size`) unaligned, overflowing or beyond the file, a range of the file
+    ///    another memslot binds already (one binding per gmem page), `userspace_addr = gmem`
+    ///    on a file without `MMAP`, a `pkvm` VM's file without `TRACK_SHAREABILITY`, a `coco`
+    ///    memslot with `DONT_CHECK_MISMATCHES` on a file without `TRACK_SHAREABILITY` (SEMANTICS.md
+    ///    "Combinations that cannot work").
     pub fn create_memslot(&mut self, vm: VmHandle, spec: &MemslotSpec) -> Result<SlotId, Errno> {
         let v = self.vm(vm)?;
         let flags = MemslotFlags::from_bits(spec.flags).ok_or(Errno::EINVAL)?;
         page_range(spec.gpa, spec.size, v.gpa_limit())?;
-        let file = match spec.gmem {
-            Some(b) => {
-                let e = self.gmems.get(&b.gmem.0).ok_or(Errno::ENOENT)?;
-                if e.owner != vm {
-                    return Err(Errno::EINVAL);
-                }
-                page_range(b.offset, spec.size, e.file.size())?;
-                Some(&e.file)
-            }
-            None => None,
-        };
-        let gflags = file.map(|f| f.flags()).unwrap_or_default();
-        let tracked = gflags.contains(GmemFlags::TRACK_SHAREABILITY);
+        let has_gmem = spec.gmem.is_some();
         let always = flags.contains(MemslotFlags::ALWAYS_FAULT_FROM_GMEM);
         let dont_check = flags.contains(MemslotFlags::DONT_CHECK_MISMATCHES);
-        if spec.userspace_addr == UserspaceAddr::Gmem
-            && (file.is_none() || !gflags.contains(GmemFlags::MMAP))
-        {
-            return Err(Errno::EINVAL);
-        }
-        if always && file.is_none() {
+        if (spec.userspace_addr == UserspaceAddr::Gmem || always) && !has_gmem {
             return Err(Errno::EINVAL);
         }
         match v.vm_type() {
-            VmType::Pkvm => {
-                if file.is_none() || !tracked || !always {
-                    return Err(Errno::EINVAL);
-                }
-            }
-            VmType::Coco => {
-                if dont_check && (file.is_none() || !tracked) {
-                    return Err(Errno::EINVAL);
-                }
-            }
-            VmType::Plain => {}
+            VmType::Pkvm if !has_gmem || !always => return Err(Errno::EINVAL),
+            VmType::Coco if dont_check && !has_gmem => return Err(Errno::EINVAL),
+            _ => {}
+        }
+        if v.vm_type() == VmType::Pkvm && v.started() {
+            return Err(Errno::EPERM);
         }
         let end = spec.gpa.saturating_add(spec.size);
         if v.slots()
             .any(|(_, s)| spec.gpa < s.gpa_end() && s.gpa() < end)
+            || v.host_shared_in(spec.gpa, end)
         {
             return Err(Errno::EEXIST);
+        }
+        if let Some(b) = spec.gmem {
+            let e = self.gmems.get(&b.gmem.0).ok_or(Errno::ENOENT)?;
+            if e.owner != vm {
+                return Err(Errno::EINVAL);
+            }
+            page_range(b.offset, spec.size, e.file.size())?;
+            if !self.bindings_of(b.gmem, b.offset, spec.size).is_empty() {
+                return Err(Errno::EINVAL);
+            }
+            let gflags = e.file.flags();
+            let tracked = gflags.contains(GmemFlags::TRACK_SHAREABILITY);
+            if spec.userspace_addr == UserspaceAddr::Gmem && !gflags.contains(GmemFlags::MMAP) {
+                return Err(Errno::EINVAL);
+            }
+            match v.vm_type() {
+                VmType::Pkvm if !tracked => return Err(Errno::EINVAL),
+                VmType::Coco if dont_check && !tracked => return Err(Errno::EINVAL),
+                _ => {}
+            }
         }
         let slot = Memslot::new(spec.gpa, spec.size, spec.gmem, spec.userspace_addr, flags);
         self.vm_mut(vm)?.add_slot(slot)
@@ -260,6 +334,9 @@ impl World {
 
     /// Deletes a memslot (`ENOENT` if unknown): its whole GPA range must be unmapped, and its
     /// `anon` memory is freed.
+    ///
+    /// `EPERM` (after `ENOENT`) for a `pkvm` VM whose vCPUs have run: its memslots are frozen
+    /// (Trust rule 9), so no IPA the guest knows as private can be re-pointed.
     pub fn delete_memslot(
         &mut self,
         vm: VmHandle,
@@ -267,6 +344,12 @@ impl World {
         provider: &mut dyn PageProvider,
     ) -> Result<Invalidation, Errno> {
         let v = self.vm_mut(vm)?;
+        if v.slot(slot).is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if v.vm_type() == VmType::Pkvm && v.started() {
+            return Err(Errno::EPERM);
+        }
         let mut s = v.remove_slot(slot).ok_or(Errno::ENOENT)?;
         let mut inv = Invalidation {
             stage2_unmap: alloc::vec![Stage2Unmap {
@@ -465,8 +548,10 @@ impl World {
     /// granules at `ipa` (the hyp maps an `x2` of 0 to 1 before calling) and splits it into
     /// per-memslot pieces for the host. `ENOENT` unknown VM; `EINVAL` (the guest's
     /// INVALID_PARAMETER): unaligned, `pages == 0`, overflow, or a page outside every memslot;
-    /// `EPERM` (also INVALID_PARAMETER for the guest): where the file tracks shareability, a page
-    /// already in the target state (sharing a shared page, unsharing a private one).
+    /// `EPERM` (also INVALID_PARAMETER for the guest), a page already in the target state:
+    /// where the file tracks shareability, its shareability (sharing a shared page, unsharing a
+    /// private one); without tracking (the legacy case), its `PRIVATE` attribute. For a `pkvm`
+    /// VM, call [`World::guest_first_touch`] first (Trust rule 9).
     pub fn guest_range(
         &self,
         vm: VmHandle,
@@ -475,12 +560,7 @@ impl World {
         to: ConvertTo,
     ) -> Result<Vec<GuestRangePiece>, Errno> {
         let v = self.vm(vm)?;
-        if !ipa.is_multiple_of(PAGE_SIZE) || pages == 0 {
-            return Err(Errno::EINVAL);
-        }
-        let gpa = Self::ipa_to_gpa(v, ipa)?;
-        let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
-        let end = gpa.checked_add(size).ok_or(Errno::EINVAL)?;
+        let (gpa, end) = Self::guest_span(v, ipa, pages)?;
         let mut out = Vec::new();
         let mut cur = gpa;
         while cur < end {
@@ -503,16 +583,139 @@ impl World {
                     }
                 }
             }
+            let checks_mismatches = v.vm_type() == VmType::Coco
+                && !s.flags().contains(MemslotFlags::DONT_CHECK_MISMATCHES);
+            let attr_checked = !tracked || checks_mismatches;
+            if !tracked {
+                // The attribute is the only state: it must be the other one now.
+                let was_private = to == ConvertTo::Shared;
+                if !v
+                    .attributes()
+                    .all_eq(cur >> PAGE_SHIFT, stop >> PAGE_SHIFT, was_private)
+                {
+                    return Err(Errno::EPERM);
+                }
+            }
             out.push(GuestRangePiece {
                 gpa: cur,
                 size: stop - cur,
                 slot: id,
                 gmem,
                 tracked,
+                attr_checked,
             });
             cur = stop;
         }
         Ok(out)
+    }
+
+    /// The GPA span `[gpa, end)` of a guest range call: `EINVAL` unaligned, empty, overflowing
+    /// or beyond the VM's IPA space.
+    fn guest_span(v: &Vm, ipa: u64, pages: u64) -> Result<(u64, u64), Errno> {
+        if !ipa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let gpa = Self::ipa_to_gpa(v, ipa)?;
+        let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+        let end = gpa.checked_add(size).ok_or(Errno::EINVAL)?;
+        Ok((gpa, end))
+    }
+
+    /// A `pkvm` guest's MEM_SHARE / MEM_UNSHARE of pages it has not touched first brings them
+    /// in, which is a first touch (Trust rule 9): every `ALL` page of the range the guest did
+    /// not share itself becomes `GUEST`, before the call is validated (so unsharing an untouched
+    /// `INIT_SHARED` page fails with the page taken). A no-op for other VM types. `EINVAL` as
+    /// [`World::guest_range`] for a bad range or a page outside every memslot; `EBUSY`, with
+    /// nothing changed, if the host pins a page to be taken. The result's `host_unmap` lists the
+    /// ranges taken: the host must lose its access to them.
+    pub fn guest_first_touch(
+        &mut self,
+        vm: VmHandle,
+        ipa: u64,
+        pages: u64,
+    ) -> Result<Invalidation, Errno> {
+        let v = self.vm(vm)?;
+        if v.vm_type() != VmType::Pkvm {
+            return Ok(Invalidation::default());
+        }
+        let (gpa, end) = Self::guest_span(v, ipa, pages)?;
+        // Check every piece first (slots, pins), then take: all or nothing.
+        let mut pieces = Vec::new();
+        let mut cur = gpa;
+        while cur < end {
+            let (_, s) = v.slot_containing(cur).ok_or(Errno::EINVAL)?;
+            let stop = end.min(s.gpa_end());
+            if let Some((g, off)) = s.gmem_offset(cur) {
+                pieces.push((g, off, stop - cur));
+            }
+            cur = stop;
+        }
+        for &(g, off, size) in &pieces {
+            let f = self.gmem(g)?;
+            let first = off >> PAGE_SHIFT;
+            let last = first.saturating_add(size >> PAGE_SHIFT);
+            if f.takeable_runs_of(first, last)
+                .iter()
+                .any(|&(a, b)| f.pinned_in(a, b))
+            {
+                return Err(Errno::EBUSY);
+            }
+        }
+        let mut inv = Invalidation::default();
+        for (g, off, size) in pieces {
+            for (offset, size) in self.gmem_mut(g)?.take(off, size)? {
+                inv.host_unmap.push(GmemRange {
+                    gmem: g,
+                    offset,
+                    size,
+                });
+            }
+        }
+        Ok(inv)
+    }
+
+    /// Trust rule 2: how many pages of a forwarded piece are done, from the state the core
+    /// holds, whatever the host claimed. A page counts as done when its shareability is now
+    /// the requested one (with tracking) and, where attributes count
+    /// ([`GuestRangePiece::attr_checked`]), its `PRIVATE` attribute is too; the pieces were
+    /// validated in the other state, so "is now" means "changed". Counted from the start of the
+    /// piece up to the first page not done (the guest resumes from there). 0 when the VM, slot
+    /// or file is gone.
+    pub fn guest_pages_done(&self, vm: VmHandle, piece: &GuestRangePiece, to: ConvertTo) -> u64 {
+        let Ok(v) = self.vm(vm) else {
+            return 0;
+        };
+        let file = match (piece.tracked, piece.gmem) {
+            (true, Some((g, _))) => match self.gmem(g) {
+                Ok(f) => Some(f),
+                Err(_) => return 0,
+            },
+            (true, None) => return 0,
+            (false, _) => None,
+        };
+        let target = match to {
+            ConvertTo::Shared => Shareability::All,
+            ConvertTo::Private => Shareability::Guest,
+        };
+        let want_private = to == ConvertTo::Private;
+        let pages = piece.size >> PAGE_SHIFT;
+        let mut done = 0;
+        for i in 0..pages {
+            let delta = i << PAGE_SHIFT;
+            let share_ok = match (file, piece.gmem) {
+                (Some(f), Some((_, off))) => {
+                    f.shareability(off.saturating_add(delta)) == Some(target)
+                }
+                _ => true,
+            };
+            let attr_ok = !piece.attr_checked
+                || v.attr_private(piece.gpa.saturating_add(delta)) == want_private;
+            if !(share_ok && attr_ok) {
+                break;
+            }
+            done += 1;
+        }
+        done
     }
 
     /// `MEM_RELINQUISH` of one page: the page leaves the guest, is zeroed and freed. `ENOENT`

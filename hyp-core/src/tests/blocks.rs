@@ -165,7 +165,7 @@ fn block_on_every_gmem_route() {
             gpa: GPA,
             pa,
             source: FaultSource::Gmem,
-            slot: SlotId(0),
+            slot: Some(SlotId(0)),
             size: B,
             host_access: true,
         }
@@ -323,7 +323,7 @@ fn block_relinquish_pin_and_teardown_work_per_page() {
     );
     assert_eq!(r.mergeable(512), None);
     let zeroes = r.a.zero_calls();
-    let freed = r.w.destroy_vm(vm, &mut r.a).unwrap();
+    let freed = r.w.destroy_vm(vm, &mut r.a).unwrap().freed;
     assert_eq!(freed.len(), 1023);
     assert_eq!(r.a.zero_calls(), zeroes + 1023);
     assert_eq!(r.a.allocated(), 0);

@@ -1121,7 +1121,8 @@ fn guest_range_validation() {
             size: 2 * P,
             slot: r.slot,
             gmem: Some((r.g, P)),
-            tracked: true
+            tracked: true,
+            attr_checked: false,
         }]
     );
     r.set_share(2, Shareability::All).unwrap();
@@ -1213,7 +1214,7 @@ fn teardown_frees_every_page_once() {
         FaultResolution::Map { .. }
     ));
     assert_eq!(r.a.allocated(), 2);
-    let freed = r.w.destroy_vm(r.vm, &mut r.a).unwrap();
+    let freed = r.w.destroy_vm(r.vm, &mut r.a).unwrap().freed;
     assert_eq!(freed.len(), 2);
     assert_eq!(r.a.allocated(), 0);
     assert_eq!(r.a.bad_frees(), 0);

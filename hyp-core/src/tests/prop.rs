@@ -368,7 +368,7 @@ proptest! {
             step(&mut r, &mut m, op)?;
             check(&r, &m)?;
         }
-        let freed = r.w.destroy_vm(vm, &mut r.a).unwrap();
+        let freed = r.w.destroy_vm(vm, &mut r.a).unwrap().freed;
         prop_assert_eq!(freed.len(), m.pages.iter().filter(|p| p.allocated).count());
         prop_assert_eq!(r.a.allocated(), 0);
         prop_assert_eq!(r.a.bad_frees(), 0);

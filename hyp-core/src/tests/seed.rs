@@ -74,6 +74,9 @@ fn served_by(r: &mut Rig, page: u64, res: FaultResolution) -> Via {
             }
             Via::UserspaceAddr
         }
+        FaultSource::HostShared => {
+            panic!("a memslot fault served by a host-shared page")
+        }
     }
 }
 
