@@ -63,7 +63,7 @@ fn make_vm(
     };
     vm::memslot_create(v, &spec).map_err(err)?;
     donate(pages, v, pool, blocks)?;
-    let guest = GuestDriver::load(v, pages).map_err(err)?;
+    let guest = GuestDriver::load(v, t, pages).map_err(err)?;
     Ok((Bvm { vm: v, guest }, g))
 }
 

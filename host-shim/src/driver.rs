@@ -6,13 +6,19 @@ use abi::guest::CMD_DEVICE_IPA;
 use abi::host::COMPLETE_INJECT_ABORT;
 use abi::{Errno, PAGE_SIZE};
 
+use abi::flags::{ContentMode, ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+
 use crate::pages::HostPages;
-use crate::vm::{self, Exit, VcpuId, VmId};
+use crate::vm::{self, Exit, GmemId, SlotId, SlotSpec, VcpuId, VmId};
 
 /// IPA where guests' code, data and stack live (above the scenario window).
 pub const GUEST_CODE_IPA: u64 = 0x1_4000_0000;
 /// Pages mapped for a guest image (code + data + bss + stack).
 pub const GUEST_IMAGE_PAGES: u64 = 8;
+/// The page after the image: a flag page the guest shares with the host (`guest spin`).
+pub const GUEST_FLAG_IPA: u64 = GUEST_CODE_IPA + GUEST_IMAGE_PAGES * PAGE_SIZE;
+/// Pages of the guest's own memory: the image and the flag page.
+pub const GUEST_PAGES: u64 = GUEST_IMAGE_PAGES + 1;
 /// Pages donated at a time when the hyp asks for more.
 pub const TOP_UP_PAGES: u64 = 64;
 
@@ -29,8 +35,8 @@ pub struct StepReport {
     pub memory_fault: Option<(u64, u64, u64)>,
     /// An MMIO exit outside the command device (ipa, write, data).
     pub mmio: Option<(u64, bool, u64)>,
-    /// The guest took an exception the hyp could not hand to its own vectors (esr, elr, far).
-    pub exception: Option<(u64, u64, u64)>,
+    /// The guest took an exception the hyp could not give its own vectors: its class (EC).
+    pub exception: Option<u64>,
     /// Exits to the host during the step.
     pub exits: u64,
     /// Pages donated because the pool ran dry.
@@ -42,41 +48,132 @@ pub struct StepReport {
 /// Answers a forwarded guest hypercall: (func, x1..x3) -> (x0, x1) for the guest.
 pub type HypercallHandler<'a> = &'a mut dyn FnMut(u64, [u64; 3]) -> (u64, u64);
 
+/// Where the guest's own memory (image and flag page) lives, by VM type (Trust rule 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMemory {
+    /// `plain`: host pages shared into the guest (`MapHostShared`) at [`GUEST_CODE_IPA`]; the
+    /// host keeps them (first physical page given).
+    HostShared { pa: u64 },
+    /// `pkvm` and `coco`: a gmem file of the VM behind a memslot at [`GUEST_CODE_IPA`], the
+    /// guest's private memory. `pkvm`: `INIT_SHARED`, loaded through the host's mmap view, then
+    /// each page the guest's at its first touch (Trust rule 9). `coco`: loaded the same way,
+    /// then converted to private by the host, all but the flag page.
+    Gmem { gmem: GmemId, slot: SlotId },
+}
+
 /// One VM running the step guest on one vCPU.
 #[derive(Debug)]
 pub struct GuestDriver {
     pub vm: VmId,
     pub vcpu: VcpuId,
+    pub vm_type: VmType,
+    pub memory: GuestMemory,
     /// Value an MMIO load outside the command device returns.
     pub mmio_read_value: u64,
     dead: bool,
 }
 
+/// Copies `bytes` to physical address `pa` (the host's MMU is off).
+fn copy_to(pa: u64, bytes: &[u8]) -> Result<(), Errno> {
+    for (i, &b) in bytes.iter().enumerate() {
+        crate::exceptions::probe_write(pa as usize + i, b).map_err(|_| Errno::EFAULT)?;
+    }
+    Ok(())
+}
+
 impl GuestDriver {
-    /// Loads the step guest into `vm` (host pages shared at [`GUEST_CODE_IPA`]) and creates
-    /// its vCPU.
-    pub fn load(vm: VmId, pages: &mut HostPages) -> Result<Self, Errno> {
-        let pa = pages
-            .alloc_contiguous(GUEST_IMAGE_PAGES, PAGE_SIZE)
-            .ok_or(Errno::ENOMEM)?;
-        let len = (GUEST_IMAGE_PAGES * PAGE_SIZE) as usize;
-        if STEP_GUEST.len() > len {
+    /// Loads the step guest into `vm` (see [`GuestMemory`]) and creates its vCPU. The VM's
+    /// pool must hold [`GUEST_PAGES`] pages for `pkvm` and `coco`.
+    pub fn load(vm: VmId, vm_type: VmType, pages: &mut HostPages) -> Result<Self, Errno> {
+        let image_len = (GUEST_IMAGE_PAGES * PAGE_SIZE) as usize;
+        if STEP_GUEST.len() > image_len {
             return Err(Errno::E2BIG);
         }
-        // SAFETY: the pages were just taken from the host's own free RAM and nothing else uses
-        // them; the host runs with its MMU off, so physical addresses are directly usable.
-        unsafe {
-            core::ptr::write_bytes(pa as *mut u8, 0, len);
-            core::ptr::copy_nonoverlapping(STEP_GUEST.as_ptr(), pa as *mut u8, STEP_GUEST.len());
-        }
-        vm::map_host_shared(vm, GUEST_CODE_IPA, pa, GUEST_IMAGE_PAGES)?;
+        let memory = match vm_type {
+            VmType::Plain => {
+                let pa = pages
+                    .alloc_contiguous(GUEST_PAGES, PAGE_SIZE)
+                    .ok_or(Errno::ENOMEM)?;
+                // SAFETY: the pages were just taken from the host's own free RAM and nothing
+                // else uses them; the host runs with its MMU off, so physical addresses are
+                // directly usable.
+                unsafe {
+                    core::ptr::write_bytes(pa as *mut u8, 0, (GUEST_PAGES * PAGE_SIZE) as usize);
+                    core::ptr::copy_nonoverlapping(
+                        STEP_GUEST.as_ptr(),
+                        pa as *mut u8,
+                        STEP_GUEST.len(),
+                    );
+                }
+                vm::map_host_shared(vm, GUEST_CODE_IPA, pa, GUEST_PAGES)?;
+                GuestMemory::HostShared { pa }
+            }
+            VmType::Pkvm | VmType::Coco => {
+                let flags =
+                    GmemFlags::MMAP | GmemFlags::INIT_SHARED | GmemFlags::TRACK_SHAREABILITY;
+                let gmem = vm::gmem_create(vm, GUEST_PAGES * PAGE_SIZE, flags)?;
+                let slot = vm::memslot_create(
+                    vm,
+                    &SlotSpec {
+                        gpa: GUEST_CODE_IPA,
+                        size: GUEST_PAGES * PAGE_SIZE,
+                        gmem: Some((gmem, 0)),
+                        uaddr: UserspaceAddr::None,
+                        flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM
+                            | MemslotFlags::DONT_CHECK_MISMATCHES,
+                    },
+                )?;
+                // The host puts the image there through its mmap view while it is shared.
+                for (i, chunk) in STEP_GUEST.chunks(PAGE_SIZE as usize).enumerate() {
+                    let pa = vm::map_gmem(gmem, i as u64 * PAGE_SIZE, true)?;
+                    copy_to(pa, chunk)?;
+                }
+                if vm_type == VmType::Coco {
+                    vm::convert(
+                        gmem,
+                        0,
+                        GUEST_IMAGE_PAGES * PAGE_SIZE,
+                        ConvertTo::Private,
+                        ContentMode::Preserve,
+                    )
+                    .map_err(|(e, _)| e)?;
+                }
+                GuestMemory::Gmem { gmem, slot }
+            }
+        };
         let vcpu = vm::vcpu_create(vm, GUEST_CODE_IPA, 0)?;
         Ok(Self {
             vm,
             vcpu,
+            vm_type,
+            memory,
             mmio_read_value: 0,
             dead: false,
         })
+    }
+
+    /// The arguments of `OP_SPIN` for this guest: the page it first shares with the host (0 if
+    /// the host can write the flag page already) and the IPA of the flag byte it polls.
+    pub fn spin_args(&self) -> (u64, u64) {
+        match self.vm_type {
+            // Its own memory since its first touch: the guest shares the flag page first.
+            VmType::Pkvm => (GUEST_FLAG_IPA, GUEST_FLAG_IPA),
+            // The flag page stays shared: the guest reads it through the shared alias.
+            VmType::Coco => (0, GUEST_FLAG_IPA | crate::runner::COCO_SHARED_BIT),
+            VmType::Plain => (0, GUEST_FLAG_IPA),
+        }
+    }
+
+    /// Writes the flag byte the spinning guest polls, as the host may (its mmap view of the
+    /// shared flag page, or its own page).
+    pub fn write_spin_flag(&self, value: u8) -> Result<(), Errno> {
+        let pa = match self.memory {
+            GuestMemory::HostShared { pa } => pa + GUEST_IMAGE_PAGES * PAGE_SIZE,
+            GuestMemory::Gmem { gmem, .. } => {
+                vm::map_gmem(gmem, GUEST_IMAGE_PAGES * PAGE_SIZE, true)?
+            }
+        };
+        crate::exceptions::probe_write(pa as usize, value).map_err(|_| Errno::EFAULT)
     }
 
     /// Runs one command to its `STATUS` store.
@@ -142,8 +239,8 @@ impl GuestDriver {
                     report.host_served_faults += 1;
                 }
                 Exit::Interrupt => {}
-                Exit::GuestException { esr, elr, far } => {
-                    report.exception = Some((esr, elr, far));
+                Exit::GuestException { class } => {
+                    report.exception = Some(class);
                     self.dead = true;
                     return Ok(report);
                 }

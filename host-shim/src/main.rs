@@ -81,7 +81,7 @@ fn demo() -> Result<(), abi::Errno> {
         .alloc_contiguous(pool_pages, 4096)
         .ok_or(abi::Errno::ENOMEM)?;
     vm::donate(v, pool, pool_pages)?;
-    let mut d = GuestDriver::load(v, &mut pages)?;
+    let mut d = GuestDriver::load(v, VmType::Pkvm, &mut pages)?;
     let vcpu = d.vcpu;
     let h = &mut |f, a| forward_hypercall(v, vcpu, f, a);
     let secret_ipa = 0x8000_1000;

@@ -71,7 +71,7 @@ impl<'p> Runner<'p> {
             .alloc_contiguous(INITIAL_POOL, PAGE_SIZE)
             .ok_or(Errno::ENOMEM)?;
         vm::donate(vm, pool, INITIAL_POOL)?;
-        let guest = GuestDriver::load(vm, pages)?;
+        let guest = GuestDriver::load(vm, vm_type, pages)?;
         Ok(Self {
             vm_type,
             vm,
@@ -166,10 +166,10 @@ impl<'p> Runner<'p> {
                 ),
             );
         }
-        if let Some((esr, elr, far)) = r.exception {
+        if let Some(class) = r.exception {
             return done(
                 Outcome::Abort,
-                format!("guest exception ESR 0x{esr:x} ELR 0x{elr:x} FAR 0x{far:x}"),
+                format!("guest exception of class 0x{class:x}"),
             );
         }
         let served = match vm_walk(self.vm, ipa) {

@@ -41,10 +41,9 @@ pub enum Exit {
         func: u64,
         args: [u64; 3],
     },
+    /// The guest took an exception it could not take itself: its class (ESR EC) only.
     GuestException {
-        esr: u64,
-        elr: u64,
-        far: u64,
+        class: u64,
     },
     PageFault {
         ipa: u64,
@@ -251,11 +250,7 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
             func: r[1],
             args: [r[2], r[3], r[4]],
         },
-        ExitReason::GuestException => Exit::GuestException {
-            esr: r[1],
-            elr: r[2],
-            far: r[3],
-        },
+        ExitReason::GuestException => Exit::GuestException { class: r[1] },
         ExitReason::PageFault => Exit::PageFault {
             ipa: r[1],
             write: r[2] != 0,

@@ -616,6 +616,16 @@ impl GmemFile {
         Ok(freed)
     }
 
+    /// The checks of [`GmemFile::punch`] (`EINVAL`, `EBUSY`), changing nothing: the pages a
+    /// punch would free.
+    pub fn punch_plan(&self, offset: u64, size: u64) -> Result<Vec<u64>, Errno> {
+        let (first, last) = page_range(offset, size, self.size)?;
+        if self.pins.range(first..last).next().is_some() {
+            return Err(Errno::EBUSY);
+        }
+        Ok(self.allocated_in(offset, size))
+    }
+
     /// Frees every page (zeroed first) and drops every pin; for file destruction and VM
     /// teardown. Returns the freed physical pages.
     pub fn release_all(&mut self, provider: &mut dyn PageProvider) -> Vec<u64> {

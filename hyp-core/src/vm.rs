@@ -1,6 +1,7 @@
 //! VMs, memslots and memory attributes.
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 use abi::flags::{MemslotFlags, UserspaceAddr, VmType};
 use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
@@ -287,6 +288,11 @@ impl Vm {
     /// The host page shared into the guest at `gpa` (page of a GPA, no shared bit), if any.
     pub fn host_shared_pa(&self, gpa: u64) -> Option<u64> {
         self.host_shared.get(&page_down(gpa)).copied()
+    }
+
+    /// Every host page shared into the guest.
+    pub fn host_shared_pages(&self) -> Vec<u64> {
+        self.host_shared.values().copied().collect()
     }
 
     /// Whether a host-shared page lies in `[gpa, end)`.

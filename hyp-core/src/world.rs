@@ -172,6 +172,23 @@ impl World {
         pa: u64,
         pages: u64,
     ) -> Result<(), Errno> {
+        self.host_shared_check(vm, gpa, pa, pages)?;
+        let v = self.vm_mut(vm)?;
+        for i in 0..pages {
+            v.host_shared
+                .insert(gpa + i * PAGE_SIZE, pa.saturating_add(i * PAGE_SIZE));
+        }
+        Ok(())
+    }
+
+    /// The checks of [`World::map_host_shared`], changing nothing.
+    pub fn host_shared_check(
+        &self,
+        vm: VmHandle,
+        gpa: u64,
+        pa: u64,
+        pages: u64,
+    ) -> Result<(), Errno> {
         let v = self.vm(vm)?;
         if v.vm_type() == VmType::Pkvm {
             return Err(Errno::EPERM);
@@ -185,11 +202,6 @@ impl World {
         if v.slots().any(|(_, s)| gpa < s.gpa_end() && s.gpa() < end) || v.host_shared_in(gpa, end)
         {
             return Err(Errno::EEXIST);
-        }
-        let v = self.vm_mut(vm)?;
-        for i in 0..pages {
-            v.host_shared
-                .insert(gpa + i * PAGE_SIZE, pa + i * PAGE_SIZE);
         }
         Ok(())
     }
@@ -275,14 +287,16 @@ impl World {
     ///    empty, overflowing, or beyond the VM's memory (for `coco`: reaching the shared bit);
     ///    `ALWAYS_FAULT_FROM_GMEM` or `userspace_addr = gmem` without gmem; `pkvm` without gmem
     ///    or without `ALWAYS_FAULT_FROM_GMEM`; `coco` with `DONT_CHECK_MISMATCHES` and no gmem;
-    /// 3. `EPERM`: a `pkvm` VM whose vCPUs have run (its memslots are frozen, Trust rule 9);
-    /// 4. `EEXIST`: overlaps another memslot of the VM, or host pages shared into it;
-    /// 5. the gmem binding: `ENOENT` unknown handle; `EINVAL` a gmem of another VM, a gmem range
+    /// 3. `EEXIST`: overlaps another memslot of the VM, or host pages shared into it;
+    /// 4. the gmem binding: `ENOENT` unknown handle; `EINVAL` a gmem of another VM, a gmem range
     ///    (`offset`, `size`) unaligned, overflowing or beyond the file, a range of the file
     ///    another memslot binds already (one binding per gmem page), `userspace_addr = gmem`
     ///    on a file without `MMAP`, a `pkvm` VM's file without `TRACK_SHAREABILITY`, a `coco`
     ///    memslot with `DONT_CHECK_MISMATCHES` on a file without `TRACK_SHAREABILITY` (SEMANTICS.md
-    ///    "Combinations that cannot work").
+    ///    "Combinations that cannot work");
+    /// 5. `EPERM`: a `pkvm` VM whose vCPUs have run (its memslots are frozen, Trust rule 9),
+    ///    after every other check, as Linux's arch hook runs after the generic checks and the
+    ///    gmem binding.
     pub fn create_memslot(&mut self, vm: VmHandle, spec: &MemslotSpec) -> Result<SlotId, Errno> {
         let v = self.vm(vm)?;
         let flags = MemslotFlags::from_bits(spec.flags).ok_or(Errno::EINVAL)?;
@@ -297,9 +311,6 @@ impl World {
             VmType::Pkvm if !has_gmem || !always => return Err(Errno::EINVAL),
             VmType::Coco if dont_check && !has_gmem => return Err(Errno::EINVAL),
             _ => {}
-        }
-        if v.vm_type() == VmType::Pkvm && v.started() {
-            return Err(Errno::EPERM);
         }
         let end = spec.gpa.saturating_add(spec.size);
         if v.slots()
@@ -327,6 +338,9 @@ impl World {
                 VmType::Coco if dont_check && !tracked => return Err(Errno::EINVAL),
                 _ => {}
             }
+        }
+        if v.vm_type() == VmType::Pkvm && v.started() {
+            return Err(Errno::EPERM);
         }
         let slot = Memslot::new(spec.gpa, spec.size, spec.gmem, spec.userspace_addr, flags);
         self.vm_mut(vm)?.add_slot(slot)

@@ -905,6 +905,52 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         Ok(true)
     }
 
+    /// Maps the 2 MiB block `ipa_2m -> pa_2m` with `attrs` where a level-3 table already holds
+    /// some pages of that range: if every valid entry of the table maps exactly the page the
+    /// block would map there, with the same attributes, and nothing else is in it (no
+    /// annotation), the table is replaced by the block (break-before-make: the table entry
+    /// invalidated with the whole range, then the block written) and freed. A guest that
+    /// refaults a range whose block an unmap took gets the block back this way once the range
+    /// is uniform again. Needs no memory.
+    ///
+    /// Returns `Ok(true)` if mapped, `Ok(false)` if the range does not qualify (nothing
+    /// changed). `EINVAL` for unaligned or out-of-range arguments or attributes.
+    pub fn map_block_over_pages(
+        &mut self,
+        ipa_2m: u64,
+        pa_2m: u64,
+        attrs: S2Attrs,
+    ) -> Result<bool, Errno> {
+        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
+        if !ipa_2m.is_multiple_of(SIZE_2M)
+            || !pa_2m.is_multiple_of(SIZE_2M)
+            || ipa_2m >= self.ipa.limit()
+            || pa_2m.checked_add(SIZE_2M).is_none_or(|e| e > 1 << PA_BITS)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let (level, table, idx, desc) = self.descend(ipa_2m, 2);
+        let Kind::Table(sub) = kind(desc, level) else {
+            return Ok(false);
+        };
+        if level != 2 {
+            return Ok(false);
+        }
+        let fits = (0..ENTRIES).all(|i| {
+            let d = self.read(sub, i);
+            d == 0 || d == leaf_desc(pa_2m + i as u64 * SIZE_4K, 3, bits)
+        });
+        if !fits {
+            return Ok(false);
+        }
+        self.write(table, idx, 0);
+        self.tlb.invalidate_range(self.vmid, ipa_2m, SIZE_2M);
+        self.write(table, idx, leaf_desc(pa_2m, 2, bits));
+        self.tlb.publish();
+        self.mm.free_pages(sub, 1);
+        Ok(true)
+    }
+
     // ---- unmap / set_attrs ---------------------------------------------------------------------
 
     /// Removes every valid leaf that translates any page of `[ipa, ipa + size)` (page aligned,

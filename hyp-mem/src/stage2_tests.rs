@@ -476,6 +476,41 @@ fn unmap_a_page_inside_a_block_removes_the_block() {
 }
 
 #[test]
+fn a_block_maps_over_the_pages_of_it_already_there() {
+    let (arena, mut s2) = setup();
+    for i in [0u64, 7, 511] {
+        s2.map(i * SIZE_4K, 0x8000_0000 + i * SIZE_4K, SIZE_4K, RWX)
+            .unwrap();
+    }
+    // A page elsewhere in the table, or other attributes: refused, nothing changed.
+    s2.map(9 * SIZE_4K, 0x9000_0000, SIZE_4K, RWX).unwrap();
+    let before = leaves(&s2);
+    assert_eq!(s2.map_block_over_pages(0, 0x8000_0000, RWX), Ok(false));
+    s2.unmap(9 * SIZE_4K, SIZE_4K).unwrap();
+    assert_eq!(
+        s2.map_block_over_pages(0, 0x8000_0000, RWX.with_sw(1)),
+        Ok(false)
+    );
+    assert_ne!(leaves(&s2), before);
+    assert_eq!(
+        s2.map_block_over_pages(0x1000, 0x8000_0000, RWX),
+        Err(Errno::EINVAL)
+    );
+    // The pages fit the block: the table goes, the block comes, no memory needed.
+    arena.set_alloc_budget(Some(0));
+    assert_eq!(s2.map_block_over_pages(0, 0x8000_0000, RWX), Ok(true));
+    arena.set_alloc_budget(None);
+    let m = s2.walk(0x1f_f000).unwrap();
+    assert_eq!((m.level, m.pa_base), (2, 0x8000_0000));
+    // Nothing there to map over: not this call's business.
+    assert_eq!(
+        s2.map_block_over_pages(SIZE_2M, 0x8020_0000, RWX),
+        Ok(false)
+    );
+    assert_bbm(&s2);
+}
+
+#[test]
 fn unmap_inside_a_1g_block_removes_it_without_memory() {
     let (arena, mut s2) = setup();
     s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();

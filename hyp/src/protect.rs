@@ -15,7 +15,9 @@ use alloc::vec::Vec;
 use abi::{Errno, PAGE_SIZE};
 use board::layout::RAM_BASE;
 use hyp_core::{GmemHandle, Invalidation, VmHandle};
-use hyp_mem::ownership::{Access, Component, Ownership, PageMeta, PageState, Violation};
+use hyp_mem::ownership::{
+    Access, Component, Ownership, PageMeta, PageState, Transition, Violation,
+};
 use hyp_mem::stage2::{PhysMem, S2Attrs, Stage2, ENTRIES};
 
 use crate::arch::tlb::HwTlb;
@@ -55,52 +57,85 @@ fn vmid(vm: VmHandle) -> u16 {
     vm.0 as u16
 }
 
+/// How a gmem page's ownership gets to what the policy asks (see [`Hyp::settle_plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Already there.
+    Nothing,
+    /// One checked transition; `unmap_host`: the host loses the page (its stage-2 entry goes
+    /// first).
+    Do(Transition, bool),
+}
+
 impl Hyp {
-    /// The host can no longer reach `pa`: remove it from the host stage-2 (splitting a block).
+    /// The host can no longer reach `pa`: remove it from the host stage-2 (the whole block that
+    /// maps it, if a block does: the host refaults the rest). Cannot fail, needs no memory.
     pub(crate) fn host_unmap(&mut self, pa: u64) {
-        if let Err(e) = self.host_s2.unmap(pa, PAGE_SIZE) {
-            log::error!("host stage-2 unmap of 0x{pa:x} failed: {e}");
-        }
+        self.host_s2.unmap_clamped(pa, PAGE_SIZE);
     }
 
     /// Host pages become the hyp's (a VM pool): checked for every page before any changes.
     pub(crate) fn take_from_host(&mut self, pa: u64, pages: u64) -> Result<(), Errno> {
+        let t = Transition::HostDonateToHyp;
         for i in 0..pages {
-            self.owners.check(
-                pa + i * PAGE_SIZE,
-                hyp_mem::ownership::Transition::HostDonateToHyp,
-            )?;
+            self.owners.check(pa + i * PAGE_SIZE, t)?;
         }
         for i in 0..pages {
             let p = pa + i * PAGE_SIZE;
-            self.owners.host_donate_to_hyp(p)?;
             self.host_unmap(p);
+            self.owners.host_donate_to_hyp(p)?;
         }
         Ok(())
     }
 
-    /// Brings a gmem page of `vm` to what the policy asks: the guest owns it, and the host
-    /// borrows it iff `host_allowed`.
-    pub(crate) fn sync_gmem_page(
-        &mut self,
+    /// The transition that brings a gmem page of `vm` where the policy wants it: the guest owns
+    /// it, and the host borrows it iff `host_allowed`. Pure: the caller checks every page of an
+    /// operation with this before it changes anything. `EPERM` for a page in no state a gmem
+    /// page of `vm` can be in.
+    pub(crate) fn settle_plan(
+        &self,
         vm: VmHandle,
         pa: u64,
         host_allowed: bool,
-    ) -> Result<(), Errno> {
+    ) -> Result<Settle, Errno> {
         let id = vmid(vm);
         let info = self.owners.info(pa)?;
-        if info.state_of(Component::Hyp) == PageState::Owned {
+        let t = if info.state_of(Component::Hyp) == PageState::Owned {
             // Fresh from the pool: straight to the guest (shared with the host if allowed).
-            return self.owners.hyp_donate_to_guest(pa, id, host_allowed);
-        }
-        match (info.state_of(Component::Guest(id)), host_allowed) {
-            (PageState::Owned, true) => self.owners.guest_share_with_host(pa, id),
-            (PageState::SharedOwned, false) => {
-                self.owners.guest_unshare_from_host(pa, id)?;
-                self.host_unmap(pa);
-                Ok(())
+            Transition::HypDonateToGuest {
+                vm: id,
+                shared: host_allowed,
             }
-            _ => Ok(()),
+        } else {
+            match (info.state_of(Component::Guest(id)), host_allowed) {
+                (PageState::Owned, true) => Transition::GuestShareWithHost(id),
+                (PageState::SharedOwned, false) => Transition::GuestUnshareFromHost(id),
+                (PageState::Owned, false) | (PageState::SharedOwned, true) => {
+                    return Ok(Settle::Nothing)
+                }
+                _ => return Err(Errno::EPERM),
+            }
+        };
+        self.owners.check(pa, t)?;
+        Ok(Settle::Do(t, !host_allowed))
+    }
+
+    /// Applies a plan from [`Hyp::settle_plan`]: the host stage-2 entry first when the host
+    /// loses the page, then the ownership change.
+    pub(crate) fn settle(&mut self, pa: u64, plan: Settle) -> Result<(), Errno> {
+        let Settle::Do(t, unmap_host) = plan else {
+            return Ok(());
+        };
+        if unmap_host {
+            self.host_unmap(pa);
+        }
+        match t {
+            Transition::HypDonateToGuest { vm, shared } => {
+                self.owners.hyp_donate_to_guest(pa, vm, shared)
+            }
+            Transition::GuestShareWithHost(vm) => self.owners.guest_share_with_host(pa, vm),
+            Transition::GuestUnshareFromHost(vm) => self.owners.guest_unshare_from_host(pa, vm),
+            _ => Err(Errno::EINVAL),
         }
     }
 
@@ -108,64 +143,72 @@ impl Hyp {
     pub(crate) fn sync_anon_page(&mut self, vm: VmHandle, pa: u64) -> Result<(), Errno> {
         let info = self.owners.info(pa)?;
         if info.state_of(Component::Hyp) == PageState::Owned {
+            self.owners.check(pa, Transition::HypDonateToHost)?;
             self.owners.hyp_donate_to_host(pa)?;
             self.owners.host_share_with_guest(pa, vmid(vm))?;
         }
         Ok(())
     }
 
-    /// Every allocated page of `[offset, offset + size)` of `g` to the policy's state.
-    pub(crate) fn sync_gmem_range(&mut self, g: GmemHandle, offset: u64, size: u64) {
-        let Ok(owner) = self.world.gmem_owner(g) else {
-            return;
-        };
-        let mut pages = Vec::new();
-        if let Ok(file) = self.world.gmem(g) {
-            let end = offset.saturating_add(size).min(file.size());
-            let mut off = offset & !(PAGE_SIZE - 1);
-            while off < end {
-                if let Some(pa) = file.page_pa(off) {
-                    pages.push((pa, file.host_stage2_allowed(off)));
-                }
-                off += PAGE_SIZE;
+    /// Every allocated page of `[offset, offset + size)` of `g` to the policy's state: all
+    /// checked first, then applied (all or nothing). O(allocated pages), whatever the size.
+    pub(crate) fn sync_gmem_range(
+        &mut self,
+        g: GmemHandle,
+        offset: u64,
+        size: u64,
+    ) -> Result<(), Errno> {
+        let owner = self.world.gmem_owner(g)?;
+        let file = self.world.gmem(g)?;
+        let mut plans = Vec::new();
+        for (off, pa) in file.allocated_with_offsets(offset, size) {
+            let plan = self.settle_plan(owner, pa, file.host_stage2_allowed(off))?;
+            if plan != Settle::Nothing {
+                plans.push((pa, plan));
             }
         }
-        for (pa, allowed) in pages {
-            if let Err(e) = self.sync_gmem_page(owner, pa, allowed) {
-                log::error!("ownership of gmem page 0x{pa:x}: {e}");
-            }
+        for (pa, plan) in plans {
+            self.settle(pa, plan)?;
         }
+        Ok(())
     }
 
-    /// A page the core freed (zeroed) into `vm`'s pool becomes the hyp's again.
-    pub(crate) fn reclaim_to_pool(&mut self, vm: VmHandle, pa: u64) {
-        let Ok(info) = self.owners.info(pa) else {
-            return;
-        };
-        if info.state_of(Component::Hyp) == PageState::Owned {
-            return;
+    /// Whether a page `vm` gives up can go back to the hyp (see [`Hyp::reclaim_to_pool`]).
+    pub(crate) fn check_reclaim(&self, vm: VmHandle, pa: u64) -> Result<(), Errno> {
+        if self.owners.info(pa)?.state_of(Component::Hyp) == PageState::Owned {
+            return Ok(());
         }
-        let r = self
-            .owners
-            .host_reclaim_from_guest(pa, vmid(vm), &mut zero)
-            .and_then(|()| {
-                self.host_unmap(pa);
-                self.owners.host_donate_to_hyp(pa)
-            });
-        if let Err(e) = r {
-            log::error!("reclaiming page 0x{pa:x} from VM {}: {e}", vm.0);
+        self.owners
+            .check(pa, Transition::GuestReclaimToHyp(vmid(vm)))
+    }
+
+    /// Checks [`Hyp::check_reclaim`] for every page.
+    pub(crate) fn check_reclaim_all(&self, vm: VmHandle, pages: &[u64]) -> Result<(), Errno> {
+        pages.iter().try_for_each(|&pa| self.check_reclaim(vm, pa))
+    }
+
+    /// A page the core freed (zeroed) into `vm`'s pool becomes the hyp's again: out of the
+    /// host stage-2 first (if the host borrowed it), then zeroed and the hyp's. Callers check
+    /// it with [`Hyp::check_reclaim`] before the core changes anything; every guest mapping of
+    /// it is gone already (Trust rule 3).
+    pub(crate) fn reclaim_to_pool(&mut self, vm: VmHandle, pa: u64) -> Result<(), Errno> {
+        if self.owners.info(pa)?.state_of(Component::Hyp) == PageState::Owned {
+            return Ok(());
         }
+        self.host_unmap(pa);
+        self.owners.guest_reclaim_to_hyp(pa, vmid(vm), &mut zero)
     }
 
     /// Ownership side of an [`Invalidation`] (after the guest stage-2 unmaps): freed pages go
     /// back to the pool, pages that changed shareability to their new state.
-    pub(crate) fn sync_after(&mut self, owner: VmHandle, inv: &Invalidation) {
+    pub(crate) fn sync_after(&mut self, owner: VmHandle, inv: &Invalidation) -> Result<(), Errno> {
         for &pa in &inv.freed {
-            self.reclaim_to_pool(owner, pa);
+            self.reclaim_to_pool(owner, pa)?;
         }
         for r in inv.host_unmap.iter().chain(inv.host_grant.iter()) {
-            self.sync_gmem_range(r.gmem, r.offset, r.size);
+            self.sync_gmem_range(r.gmem, r.offset, r.size)?;
         }
+        Ok(())
     }
 
     /// A host stage-2 fault at `ipa` (== PA): map the largest block the host may reach.

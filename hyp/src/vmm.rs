@@ -20,7 +20,7 @@ use hyp_core::{
     Access, ConvertRequest, FaultResolution, FaultSource, GmemBinding, GmemHandle, GuestRangePiece,
     Initiator, Invalidation, MemslotSpec, SlotId, VmHandle, World,
 };
-use hyp_mem::ownership::{Component, Ownership, PageMeta, PageState, Transition};
+use hyp_mem::ownership::{Ownership, PageMeta, Transition};
 
 use crate::protect::{self, HostStage2};
 use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
@@ -55,12 +55,6 @@ pub struct VmStats {
 
 pub(crate) struct HypVm {
     pub(crate) stage2: Stage2<VmPool, HwTlb>,
-    /// 2 MiB ranges whose block an unmap split (a part of the range stays mapped): a later
-    /// 4 KiB fault there asks whether the range can be merged back. Only these are asked, so a
-    /// fault elsewhere pays nothing for merging.
-    split_blocks: BTreeSet<u64>,
-    /// Host pages shared with the guest outside its memslots (code, stack): IPA -> PA.
-    host_shared: BTreeMap<u64, u64>,
     stats: VmStats,
     /// MMIO guard: once enrolled, only guarded IPAs (pages) exit as MMIO.
     mmio_guard: Option<BTreeSet<u64>>,
@@ -79,6 +73,11 @@ enum Pending {
     MemoryFault {
         ipa: u64,
     },
+    /// The pool ran dry on a guest access at `ipa`: the host donates and re-runs, or completes
+    /// with an injected abort.
+    NeedPages {
+        ipa: u64,
+    },
     /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
     GuestRequest(GuestRequest),
 }
@@ -90,6 +89,16 @@ struct GuestRequest {
     piece: GuestRangePiece,
     /// Set once the host carried it out.
     converted: bool,
+}
+
+/// Answers a guest's forwarded MEM_SHARE / MEM_UNSHARE from the state the hyp holds (Trust
+/// rule 2): `SUCCESS` and the pages done when any page was done, `INVALID_PARAMETER` (x1 = 0)
+/// when none was, whatever the host's completion values say.
+fn guest_request_answer(world: &World, vm: VmHandle, req: &GuestRequest) -> (u64, u64) {
+    match world.guest_pages_done(vm, &req.piece, req.to) {
+        0 => (SMCCC_INVALID_PARAMETER, 0),
+        done => (SMCCC_SUCCESS, done),
+    }
 }
 
 struct Vcpu {
@@ -166,49 +175,63 @@ fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
     Ok(size)
 }
 
-impl HypVm {
-    /// Before unmapping `[ipa, ipa + size)`: remembers the 2 MiB blocks that only partly lie in
-    /// it (they will be split).
-    fn note_split_blocks(&mut self, ipa: u64, size: u64) {
-        const BLOCK: u64 = hyp_mem::stage2::SIZE_2M;
-        let end = ipa.saturating_add(size);
-        for edge in [ipa, end.saturating_sub(PAGE_SIZE)] {
-            let base = edge & !(BLOCK - 1);
-            let partial = base < ipa || base.saturating_add(BLOCK) > end;
-            if partial && self.stage2.walk(edge).is_some_and(|m| m.size == BLOCK) {
-                self.split_blocks.insert(base);
-            }
-        }
-    }
-}
-
 impl Hyp {
     fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm, Errno> {
         self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
     }
 
     /// Rule 5, then ownership: removes every stage-2 mapping the change invalidated (both coco
-    /// aliases), then brings the pages' ownership in line (`owner` = the gmem's VM).
-    fn apply_and_sync(&mut self, owner: VmHandle, inv: &Invalidation) {
+    /// aliases), then brings the pages' ownership in line (`owner` = the gmem's VM). Callers
+    /// checked the ownership changes before the core changed anything, so the second step
+    /// cannot fail; if it ever did, access stays removed (the unmaps happened first) and the
+    /// error goes back to the caller.
+    fn apply_and_sync(&mut self, owner: VmHandle, inv: &Invalidation) -> Result<(), Errno> {
         self.apply(inv);
-        self.sync_after(owner, inv);
+        self.sync_after(owner, inv)
     }
 
-    /// Rule 5: removes every stage-2 mapping the change invalidated, both coco aliases.
+    /// Rule 5: removes every stage-2 mapping the change invalidated, both coco aliases. An
+    /// unmap needs no memory and cannot fail (Trust rule 3): a block straddling the range goes
+    /// whole and the guest refaults the rest.
     fn apply(&mut self, inv: &Invalidation) {
         for u in &inv.stage2_unmap {
             let shared_bit = self.world.vm(u.vm).ok().and_then(|vm| vm.shared_bit());
             let Some(v) = self.vms.get_mut(&u.vm.0) else {
                 continue;
             };
-            let aliases = [Some(u.gpa), shared_bit.map(|bit| u.gpa | bit)];
-            for base in aliases.into_iter().flatten() {
-                v.note_split_blocks(base, u.size);
-                if let Err(e) = v.stage2.unmap(base, u.size) {
-                    log::error!("stage-2 unmap 0x{base:x}+0x{:x} failed: {e}", u.size);
-                }
+            v.stage2.unmap_clamped(u.gpa, u.size);
+            if let Some(bit) = shared_bit {
+                v.stage2.unmap_clamped(u.gpa | bit, u.size);
             }
         }
+    }
+
+    /// Checks, before anything changes, that every allocated page of the gmem ranges can take
+    /// its new state (the host may reach it iff `host_allowed`).
+    fn check_gmem_ranges(
+        &self,
+        owner: VmHandle,
+        g: GmemHandle,
+        ranges: &[(u64, u64)],
+        host_allowed: bool,
+    ) -> Result<(), Errno> {
+        let file = self.world.gmem(g)?;
+        for &(off, size) in ranges {
+            for pa in file.allocated_in(off, size) {
+                self.settle_plan(owner, pa, host_allowed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a host-named run of physical pages: aligned, non-empty, no overflow, inside RAM
+    /// (so every later walk over it is bounded by RAM, Trust rule 7).
+    fn ram_run(&self, pa: u64, pages: u64) -> Result<u64, Errno> {
+        let size = page_run(pa, pages)?;
+        if pa < self.owners.ram_base() || pa + size > self.owners.ram_end() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(size)
     }
 
     /// Checks a transition on every page of a run before any page changes, then applies it.
@@ -253,8 +276,6 @@ pub mod calls {
                 h.0,
                 HypVm {
                     stage2,
-                    split_blocks: BTreeSet::new(),
-                    host_shared: BTreeMap::new(),
                     stats: VmStats::default(),
                     mmio_guard: None,
                     faults_to_host: false,
@@ -267,6 +288,7 @@ pub mod calls {
     }
 
     /// Tears a VM down; every page it held goes back to the host zeroed. -> x0 = pages returned.
+    /// Every page's ownership change is checked before anything changes.
     pub fn vm_destroy(vm: u64) -> HostResult {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
@@ -276,24 +298,29 @@ pub mod calls {
             if hyp.vcpus.values().any(|c| c.vm == h && c.ctx.is_none()) {
                 return Err(Errno::EBUSY);
             }
+            let pages = hyp.world.vm_pages(h)?;
+            hyp.check_reclaim_all(h, &pages)?;
+            for &pa in hyp.world.vm(h)?.host_shared_pages().iter() {
+                hyp.owners
+                    .check(pa, Transition::HostUnshareFromGuest(h.0 as u16))?;
+            }
             let Some(mut v) = hyp.vms.remove(&h.0) else {
                 return Err(Errno::ENOENT);
             };
-            // The core zeroes every page that held data as it frees it into the pool; each
+            // The guest runs no more: its stage-2 goes first (every TLB entry of the VMID),
+            // then the core zeroes every page that held data as it frees it into the pool; each
             // goes back to the hyp's ownership, then the whole pool back to the host.
-            let freed = hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
-            for &pa in &freed {
-                hyp.reclaim_to_pool(h, pa);
-            }
+            let mut teardown = hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
             let (mut pool, _) = v.stage2.destroy();
+            for &pa in &teardown.freed {
+                hyp.reclaim_to_pool(h, pa)?;
+            }
+            for pa in core::mem::take(&mut teardown.host_shared) {
+                hyp.owners.host_unshare_from_guest(pa, h.0 as u16)?;
+            }
             let pages = pool.drain();
             for &pa in &pages {
-                if let Err(e) = hyp.owners.hyp_donate_to_host(pa) {
-                    log::error!("returning page 0x{pa:x} to the host: {e}");
-                }
-            }
-            for (_, &pa) in v.host_shared.iter() {
-                let _ = hyp.owners.host_unshare_from_guest(pa, h.0 as u16);
+                hyp.owners.hyp_donate_to_host(pa)?;
             }
             hyp.vcpus.retain(|_, c| c.vm != h);
             log::debug!(
@@ -318,10 +345,14 @@ pub mod calls {
         with_hyp(|hyp| {
             let g = GmemHandle(handle32(gmem)?);
             let owner = hyp.world.gmem_owner(g)?;
+            let file = hyp.world.gmem(g)?;
+            let pages = file.allocated_in(0, file.size());
+            hyp.check_reclaim_all(owner, &pages)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+            // No memslot binds the file (EBUSY otherwise), so no guest maps its pages.
             let freed = hyp.world.destroy_gmem(g, v.stage2.mm_mut())?;
             for pa in freed {
-                hyp.reclaim_to_pool(owner, pa);
+                hyp.reclaim_to_pool(owner, pa)?;
             }
             ok(0)
         })
@@ -354,11 +385,12 @@ pub mod calls {
     pub fn memslot_delete(vm: u64, slot: u64) -> HostResult {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
+            let slot = SlotId(handle32(slot)?);
+            let pages = hyp.world.slot_pages(h, slot)?;
+            hyp.check_reclaim_all(h, &pages)?;
             let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
-            let inv = hyp
-                .world
-                .delete_memslot(h, SlotId(handle32(slot)?), v.stage2.mm_mut())?;
-            hyp.apply_and_sync(h, &inv);
+            let inv = hyp.world.delete_memslot(h, slot, v.stage2.mm_mut())?;
+            hyp.apply_and_sync(h, &inv)?;
             ok(0)
         })
     }
@@ -373,6 +405,31 @@ pub mod calls {
             hyp.apply(&inv);
             ok(0)
         })
+    }
+
+    /// Converts a gmem range (the host's own, or a guest's request it carries out): the core's
+    /// checks, then every changing page's ownership checked, then the change, the unmaps and the
+    /// ownership moves. `Err((errno, error_offset))`; nothing changed on error.
+    fn convert_range(
+        hyp: &mut Hyp,
+        g: GmemHandle,
+        req: &ConvertRequest,
+    ) -> Result<(), (Errno, u64)> {
+        let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
+        let changed = hyp
+            .world
+            .gmem(g)
+            .map_err(|e| (e, 0))?
+            .convert_plan(req)
+            .map_err(|e| (e.errno, e.error_offset))?;
+        hyp.check_gmem_ranges(owner, g, &changed, req.to == ConvertTo::Shared)
+            .map_err(|e| (e, 0))?;
+        let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
+        let inv = hyp
+            .world
+            .convert(g, req, v.stage2.mm_mut())
+            .map_err(|e| (e.errno, e.error_offset))?;
+        hyp.apply_and_sync(owner, &inv).map_err(|e| (e, 0))
     }
 
     /// Converts a gmem range at the host's initiative. `Err((errno, error_offset))`.
@@ -392,6 +449,10 @@ pub mod calls {
         let mut guard = HYP.lock();
         let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
         let g = GmemHandle(handle32(gmem).map_err(|e| (e, 0))?);
+        // EOPNOTSUPP is decided from the request alone, before the handle.
+        if to == ConvertTo::Private && explicit == Some(ContentMode::Zero) {
+            return Err((Errno::EOPNOTSUPP, 0));
+        }
         let owner = hyp.world.gmem_owner(g).map_err(|e| (e, 0))?;
         // No mode given: preserve, except where the rules always zero (a coco VM's memory made
         // shared at the host's initiative); an explicit preserve there is refused by the core.
@@ -411,12 +472,7 @@ pub mod calls {
             mode,
             initiator: Initiator::Host,
         };
-        let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
-        let inv = hyp
-            .world
-            .convert(g, &req, v.stage2.mm_mut())
-            .map_err(|e| (e.errno, e.error_offset))?;
-        hyp.apply_and_sync(owner, &inv);
+        convert_range(hyp, g, &req)?;
         Ok([0; 6])
     }
 
@@ -424,11 +480,23 @@ pub mod calls {
         with_hyp(|hyp| {
             let g = GmemHandle(handle32(gmem)?);
             let owner = hyp.world.gmem_owner(g)?;
+            let pages = hyp.world.gmem(g)?.punch_plan(offset, size)?;
+            hyp.check_reclaim_all(owner, &pages)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
             let inv = hyp.world.punch(g, offset, size, v.stage2.mm_mut())?;
-            hyp.apply_and_sync(owner, &inv);
+            hyp.apply_and_sync(owner, &inv)?;
             ok(0)
         })
+    }
+
+    /// Checks that the page behind a gmem offset (if allocated) can take the state the policy
+    /// gives it, before a host access changes anything.
+    fn check_gmem_page(hyp: &Hyp, owner: VmHandle, g: GmemHandle, off: u64) -> Result<(), Errno> {
+        let file = hyp.world.gmem(g)?;
+        if let Some(pa) = file.page_pa(off) {
+            hyp.settle_plan(owner, pa, file.host_stage2_allowed(off))?;
+        }
+        Ok(())
     }
 
     pub fn host_pin(gmem: u64, offset: u64, pin: bool) -> HostResult {
@@ -439,9 +507,10 @@ pub mod calls {
                 return ok(0);
             }
             let owner = hyp.world.gmem_owner(g)?;
+            check_gmem_page(hyp, owner, g, offset)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
             let pa = hyp.world.pin(g, offset, v.stage2.mm_mut())?;
-            hyp.sync_gmem_range(g, offset, PAGE_SIZE);
+            hyp.sync_gmem_range(g, offset & !(PAGE_SIZE - 1), PAGE_SIZE)?;
             ok(pa)
         })
     }
@@ -451,9 +520,10 @@ pub mod calls {
         with_hyp(|hyp| {
             let g = GmemHandle(handle32(gmem)?);
             let owner = hyp.world.gmem_owner(g)?;
+            check_gmem_page(hyp, owner, g, offset)?;
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
             let pa = hyp.world.host_fault(g, offset, v.stage2.mm_mut())?;
-            hyp.sync_gmem_range(g, offset, PAGE_SIZE);
+            hyp.sync_gmem_range(g, offset & !(PAGE_SIZE - 1), PAGE_SIZE)?;
             ok(pa)
         })
     }
@@ -462,15 +532,22 @@ pub mod calls {
     pub fn host_map_uaddr(vm: u64, slot: u64, offset: u64) -> HostResult {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
-            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
             let slot = SlotId(handle32(slot)?);
+            let s = hyp.world.vm(h)?.slot(slot).ok_or(Errno::ENOENT)?;
+            let view = match s.userspace_addr() {
+                UserspaceAddr::Gmem => s.gmem_offset(s.gpa().saturating_add(offset)),
+                _ => None,
+            };
+            if let Some((g, off)) = view {
+                check_gmem_page(hyp, h, g, off)?;
+            }
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
             let pa = hyp
                 .world
                 .host_uaddr_fault(h, slot, offset, v.stage2.mm_mut())?;
-            let s = hyp.world.vm(h)?.slot(slot).ok_or(Errno::ENOENT)?;
-            match (s.userspace_addr(), s.gmem_offset(s.gpa() + offset)) {
-                (UserspaceAddr::Gmem, Some((g, off))) => hyp.sync_gmem_range(g, off, PAGE_SIZE),
-                _ => hyp.sync_anon_page(h, pa)?,
+            match view {
+                Some((g, off)) => hyp.sync_gmem_range(g, off & !(PAGE_SIZE - 1), PAGE_SIZE)?,
+                None => hyp.sync_anon_page(h, pa)?,
             }
             ok(pa)
         })
@@ -479,8 +556,8 @@ pub mod calls {
     /// Host pages join a VM's pool (host OWNED -> hyp OWNED). All or nothing.
     pub fn donate(vm: u64, pa: u64, pages: u64) -> HostResult {
         with_hyp(|hyp| {
-            page_run(pa, pages)?;
             hyp.vm_mut(vm)?;
+            hyp.ram_run(pa, pages)?;
             hyp.take_from_host(pa, pages)?;
             let v = hyp.vm_mut(vm)?;
             v.stage2.mm_mut().add_run(pa, pages);
@@ -488,40 +565,23 @@ pub mod calls {
         })
     }
 
-    /// Host pages shared with the guest at `ipa` (host SHARED_OWNED, guest SHARED_BORROWED),
-    /// outside every memslot: the guest's code and stack.
-    pub fn map_host_shared(vm: u64, ipa: u64, pa: u64, pages: u64) -> HostResult {
+    /// Host pages shared with the guest at `gpa` (host SHARED_OWNED, guest SHARED_BORROWED),
+    /// outside every memslot: `plain` and `coco` VMs only (for `coco` at the shared alias);
+    /// `EPERM` for `pkvm` (Trust rule 4). The guest's faults there map them.
+    pub fn map_host_shared(vm: u64, gpa: u64, pa: u64, pages: u64) -> HostResult {
         with_hyp(|hyp| {
-            let size = page_run(pa, pages)?;
             let h = VmHandle(handle32(vm)?);
-            hyp.vm_mut(vm)?;
-            let end = ipa.checked_add(size).ok_or(Errno::EINVAL)?;
-            if !ipa.is_multiple_of(PAGE_SIZE) || end > IPA.limit() {
-                return Err(Errno::EINVAL);
-            }
-            if (0..pages).any(|i| hyp.world.gpa_to_gmem(h, ipa + i * PAGE_SIZE).is_ok()) {
-                return Err(Errno::EEXIST);
-            }
+            hyp.world.host_shared_check(h, gpa, pa, pages)?;
+            hyp.ram_run(pa, pages)?;
             let t = Transition::HostShareWithGuest(h.0 as u16);
-            hyp.transition_all(pa, pages, t, |_, _| Ok(()))?;
-            let v = hyp.vm_mut(vm)?;
             for i in 0..pages {
-                if v.host_shared.contains_key(&(ipa + i * PAGE_SIZE))
-                    || v.stage2.walk(ipa + i * PAGE_SIZE).is_some()
-                {
-                    return Err(Errno::EEXIST);
-                }
+                hyp.owners.check(pa + i * PAGE_SIZE, t)?;
             }
+            hyp.world.map_host_shared(h, gpa, pa, pages)?;
             for i in 0..pages {
-                let (ipa_i, pa_i) = (ipa + i * PAGE_SIZE, pa + i * PAGE_SIZE);
-                if let Err(e) = v.stage2.map(ipa_i, pa_i, PAGE_SIZE, S2Attrs::NORMAL_RWX) {
-                    let _ = v.stage2.unmap(ipa, i * PAGE_SIZE);
-                    v.host_shared.retain(|&k, _| k < ipa || k >= ipa_i);
-                    return Err(e);
-                }
-                v.host_shared.insert(ipa_i, pa_i);
+                hyp.owners
+                    .host_share_with_guest(pa + i * PAGE_SIZE, h.0 as u16)?;
             }
-            hyp.transition_all(pa, pages, t, |o, p| o.host_share_with_guest(p, h.0 as u16))?;
             ok(0)
         })
     }
@@ -567,7 +627,8 @@ pub mod calls {
 
     /// Carries out the share/unshare the vCPU's last exit asked for (the host cannot name any
     /// other range). `Err((EAGAIN, error_offset))` if a page is pinned; nothing changes then.
-    /// -> x0 = 0, x1 = pages converted.
+    /// -> x0 = 0, x1 = pages converted. What the guest sees is decided at its next run from the
+    /// state (Trust rule 2), not from this call or the host's completion values.
     pub fn guest_convert(vcpu: u64) -> Result<[u64; 6], (Errno, u64)> {
         let mut guard = HYP.lock();
         let hyp = guard.as_mut().ok_or((Errno::ENODEV, 0))?;
@@ -579,10 +640,8 @@ pub mod calls {
         if req.converted {
             return Err((Errno::EINVAL, 0));
         }
-        let vm = c.vm;
         let pages = req.piece.size / PAGE_SIZE;
         if let (true, Some((g, offset))) = (req.piece.tracked, req.piece.gmem) {
-            let v = hyp.vms.get_mut(&vm.0).ok_or((Errno::ENOENT, 0))?;
             let creq = ConvertRequest {
                 offset,
                 size: req.piece.size,
@@ -590,11 +649,7 @@ pub mod calls {
                 mode: ContentMode::Preserve,
                 initiator: Initiator::Guest,
             };
-            let inv = hyp
-                .world
-                .convert(g, &creq, v.stage2.mm_mut())
-                .map_err(|e| (e.errno, e.error_offset))?;
-            hyp.apply_and_sync(vm, &inv);
+            convert_range(hyp, g, &creq)?;
         }
         if let Some(c) = hyp.vcpus.get_mut(&id) {
             c.pending = Pending::GuestRequest(GuestRequest {
@@ -624,12 +679,12 @@ pub mod calls {
     pub fn serve_fault(vm: u64, ipa: u64, write: u64) -> HostResult {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
-            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
             let access = if write != 0 {
                 Access::Write
             } else {
                 Access::Read
             };
+            let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
             match hyp.world.resolve_fault(h, ipa, access, v.stage2.mm_mut())? {
                 FaultResolution::Map {
                     ipa: page,
@@ -639,11 +694,7 @@ pub mod calls {
                     host_access,
                     ..
                 } => {
-                    v.stage2.map(page, pa, size, S2Attrs::NORMAL_RWX)?;
-                    v.stats.faults_served += 1;
-                    for i in 0..size / PAGE_SIZE {
-                        sync_mapped_page(hyp, h, pa + i * PAGE_SIZE, source, host_access);
-                    }
+                    map_resolved(hyp, h, ipa, (page, pa, size), source, host_access)?;
                     ok(pa)
                 }
                 FaultResolution::NeedPages => Err(Errno::ENOMEM),
@@ -727,8 +778,10 @@ pub mod calls {
 /// An exit to report to the host: reason and `x1..x5`.
 type HostExit = (ExitReason, [u64; 5]);
 
-/// Applies the host's completion of the last exit to the guest's registers.
-fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
+/// Applies the host's completion of the last exit to the guest's registers. For a forwarded
+/// MEM_SHARE / MEM_UNSHARE the host's values are ignored: the answer comes from the state the
+/// hyp holds (Trust rule 2).
+fn complete(world: &World, vm: VmHandle, ctx: &mut GuestContext, pending: Pending, c0: u64) {
     match pending {
         Pending::None => {}
         Pending::Mmio(m) => {
@@ -749,14 +802,15 @@ fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
             }
             ctx.pc += 4;
         }
-        Pending::MemoryFault { ipa } => {
+        Pending::MemoryFault { ipa } | Pending::NeedPages { ipa } => {
             if c0 == COMPLETE_INJECT_ABORT {
                 ctx.inject_data_abort(ipa);
             }
         }
-        Pending::GuestRequest(_) => {
-            ctx.set_reg(0, c0);
-            ctx.set_reg(1, c1);
+        Pending::GuestRequest(req) => {
+            let (x0, x1) = guest_request_answer(world, vm, &req);
+            ctx.set_reg(0, x0);
+            ctx.set_reg(1, x1);
         }
     }
 }
@@ -776,49 +830,65 @@ fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
     )
 }
 
-/// Ownership of a page just mapped for the guest: a fresh pool page becomes the guest's (shared
-/// with the host if the policy lets the host reach it). A page the guest had already (mapped
-/// again after an unmap) is refused by the transition with `EPERM` and needs nothing.
-fn sync_mapped_page(hyp: &mut Hyp, h: VmHandle, pa: u64, source: FaultSource, host_access: bool) {
-    let r = match source {
-        FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa),
+/// Maps what the core resolved for a guest fault: `(ipa, pa, size)` of the block or page.
+/// Ownership first (a fresh pool page becomes the guest's; a page the guest takes at its first
+/// touch leaves the host stage-2 before the guest can reach it), then the stage-2 entry. Where
+/// other pages of a block range are still mapped one by one, the faulting page is mapped alone
+/// and the range merged back into a block when the core says it is one chunk again.
+/// `ENOMEM` when the pool has no table page (nothing is mapped; ownership may already be the
+/// guest's, which the next fault finds in place).
+fn map_resolved(
+    hyp: &mut Hyp,
+    h: VmHandle,
+    fault_ipa: u64,
+    (ipa, pa, size): (u64, u64, u64),
+    source: FaultSource,
+    host_access: bool,
+) -> Result<u64, Errno> {
+    match source {
+        FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa)?,
+        // The host's own page, shared with the guest when the host shared it.
+        FaultSource::HostShared => {}
         FaultSource::Gmem | FaultSource::UserspaceGmem => {
-            match hyp.owners.hyp_donate_to_guest(pa, h.0 as u16, host_access) {
-                Err(Errno::EPERM) => match hyp.owners.state(pa, Component::Guest(h.0 as u16)) {
-                    Ok(PageState::Owned | PageState::SharedOwned) => Ok(()),
-                    Ok(_) => Err(Errno::EPERM),
-                    Err(e) => Err(e),
-                },
-                r => r,
+            let mut plans = Vec::new();
+            for i in 0..size / PAGE_SIZE {
+                let p = pa + i * PAGE_SIZE;
+                plans.push((p, hyp.settle_plan(h, p, host_access)?));
+            }
+            for (p, plan) in plans {
+                hyp.settle(p, plan)?;
             }
         }
-    };
-    if let Err(e) = r {
-        log::error!("ownership of page 0x{pa:x} for VM {}: {e}", h.0);
     }
-}
-
-/// After a 4 KiB fault: if the 2 MiB range around it is uniform again and still the one
-/// contiguous chunk, the core says so and the stage-2 merges the pages back into a block.
-fn try_merge(hyp: &mut Hyp, h: VmHandle, ipa: u64) {
-    let ipa_2m = ipa & !(hyp_mem::stage2::SIZE_2M - 1);
-    let was_split = hyp
-        .vms
-        .get(&h.0)
-        .is_some_and(|v| v.split_blocks.contains(&ipa_2m));
-    if !was_split || hyp.world.block_mergeable(h, ipa_2m).is_none() {
-        return;
-    }
-    if let Some(v) = hyp.vms.get_mut(&h.0) {
-        match v.stage2.try_merge_block(ipa_2m) {
+    let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+    let mut r = v.stage2.map(ipa, pa, size, S2Attrs::NORMAL_RWX);
+    let mut mapped = size;
+    if r == Err(Errno::EEXIST) && size > PAGE_SIZE {
+        // Some pages of the range are mapped one by one (faulted back after an unmap took the
+        // block while the range was mixed): the block replaces them if they are its own pages,
+        // else the faulting page is mapped alone.
+        r = match v.stage2.map_block_over_pages(ipa, pa, S2Attrs::NORMAL_RWX) {
             Ok(true) => {
-                v.split_blocks.remove(&ipa_2m);
-                log::debug!("vm {} merged 0x{ipa_2m:x} back into a 2 MiB block", h.0);
+                log::debug!("vm {} 0x{ipa:x} mapped as a 2 MiB block again", h.0);
+                Ok(())
             }
-            Ok(false) => {}
-            Err(e) => log::error!("merging 0x{ipa_2m:x}: {e}"),
+            _ => {
+                let off = (fault_ipa & !(PAGE_SIZE - 1)) - ipa;
+                mapped = PAGE_SIZE;
+                v.stage2
+                    .map(ipa + off, pa + off, PAGE_SIZE, S2Attrs::NORMAL_RWX)
+            }
+        };
+    }
+    r?;
+    // Counted: faults in memslots (a host-shared page is the host's, outside every memslot).
+    if let (Some(v), false) = (hyp.vms.get_mut(&h.0), source == FaultSource::HostShared) {
+        v.stats.faults_served += 1;
+        if source != FaultSource::Gmem {
+            v.stats.faults_via_uaddr += 1;
         }
     }
+    Ok(mapped)
 }
 
 /// A stage-2 abort of the guest: served at EL2 or handed to the host.
@@ -855,56 +925,32 @@ fn stage2_abort(
     };
     match resolution {
         FaultResolution::Map {
-            ipa: block_ipa,
-            gpa: block_gpa,
-            pa: block_pa,
+            ipa: map_ipa,
+            pa,
             source,
-            size: block_size,
+            size,
             host_access,
             ..
-        } => {
-            let mut m = (block_ipa, block_gpa, block_pa, block_size);
-            let mut r = v
-                .stage2
-                .map(block_ipa, block_pa, block_size, S2Attrs::NORMAL_RWX);
-            if r == Err(Errno::EEXIST) && block_size > PAGE_SIZE {
-                // Other pages of the range are still mapped one by one (after a split): map the
-                // faulting page alone, then try to merge the range back into a block.
-                let off = (ipa & !(PAGE_SIZE - 1)) - block_ipa;
-                m = (block_ipa + off, block_gpa + off, block_pa + off, PAGE_SIZE);
-                r = v.stage2.map(m.0, m.2, PAGE_SIZE, S2Attrs::NORMAL_RWX);
-            }
-            let (page, _gpa, pa, size) = m;
-            match r {
-                Ok(()) => {
-                    v.stats.faults_served += 1;
-                    if source != FaultSource::Gmem {
-                        v.stats.faults_via_uaddr += 1;
-                    }
-                    // Only a range whose block was split can merge back.
-                    let may_merge = size == PAGE_SIZE && !v.split_blocks.is_empty();
-                    for i in 0..size / PAGE_SIZE {
-                        sync_mapped_page(hyp, h, pa + i * PAGE_SIZE, source, host_access);
-                    }
-                    if may_merge {
-                        try_merge(hyp, h, page);
-                    }
-                    log::debug!(
-                    "vm {} fault ipa 0x{page:x} {acc:?} -> pa 0x{pa:x} (0x{size:x} bytes) via {}",
+        } => match map_resolved(hyp, h, ipa, (map_ipa, pa, size), source, host_access) {
+            Ok(mapped) => {
+                log::debug!(
+                    "vm {} fault ipa 0x{ipa:x} {acc:?} -> pa 0x{pa:x} (0x{mapped:x} bytes) via {}",
                     h.0,
                     source_name(source)
                 );
-                    Step::Resume
-                }
-                Err(Errno::ENOMEM) => {
-                    Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-                }
-                Err(e) => {
-                    log::error!("stage-2 map of 0x{page:x} failed: {e}");
-                    guest_exception(ctx, ipa)
-                }
+                Step::Resume
             }
-        }
+            Err(Errno::ENOMEM) => Step::Exit(
+                (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+                Pending::NeedPages { ipa },
+            ),
+            Err(_) => {
+                // A page in no state the policy produces: nothing mapped (fail closed), the
+                // access ends in the guest as an abort.
+                ctx.inject_data_abort_live(ipa);
+                Step::Resume
+            }
+        },
         FaultResolution::MemoryFault { gpa, size, flags } => {
             v.stats.memory_fault_exits += 1;
             log::debug!("vm {} memory fault gpa 0x{gpa:x} flags {:?}", h.0, flags);
@@ -944,9 +990,10 @@ fn stage2_abort(
                 None => guest_exception(ctx, ipa),
             }
         }
-        FaultResolution::NeedPages => {
-            Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), Pending::None)
-        }
+        FaultResolution::NeedPages => Step::Exit(
+            (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+            Pending::NeedPages { ipa },
+        ),
     }
 }
 
@@ -956,7 +1003,10 @@ fn answer(ctx: &mut GuestContext, r: [u64; 4]) -> Step {
 }
 
 /// MEM_SHARE / MEM_UNSHARE: validated here; the first memslot piece (at most 256 pages) is
-/// forwarded to the host, which converts it with `GuestConvert` and re-runs the vCPU.
+/// forwarded to the host, which converts it with `GuestConvert` and re-runs the vCPU; the
+/// guest's answer is then computed from the state (Trust rule 2). For a `pkvm` VM the call
+/// first brings untouched pages in: a first touch (Trust rule 9), kept even if the call is then
+/// refused.
 fn guest_share_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 4]) -> Step {
     let [func, ipa, n, must_be_zero] = x;
     let to = if func == MEM_SHARE {
@@ -964,13 +1014,24 @@ fn guest_share_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64;
     } else {
         ConvertTo::Private
     };
+    let invalid = [SMCCC_INVALID_PARAMETER, 0, 0, 0];
+    if must_be_zero != 0 {
+        return answer(ctx, invalid);
+    }
     let pages = n.clamp(1, RANGE_CALL_MAX_GRANULES);
+    let taken = match hyp.world.guest_first_touch(h, ipa, pages) {
+        Ok(inv) => inv,
+        Err(_) => return answer(ctx, invalid),
+    };
+    if hyp.sync_after(h, &taken).is_err() {
+        return answer(ctx, invalid);
+    }
     let pieces = match hyp.world.guest_range(h, ipa, pages, to) {
-        Ok(p) if must_be_zero == 0 => p,
-        _ => return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]),
+        Ok(p) => p,
+        Err(_) => return answer(ctx, invalid),
     };
     let Some(&piece) = pieces.first() else {
-        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+        return answer(ctx, invalid);
     };
     let done = piece.size / PAGE_SIZE;
     Step::Exit(
@@ -986,26 +1047,41 @@ fn guest_share_call(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64;
 /// MEM_RELINQUISH, at EL2: the page leaves the guest, zeroed, and goes back to the host.
 fn guest_relinquish(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64; 4]) -> Step {
     let [_, ipa, a2, a3] = x;
+    let invalid = [SMCCC_INVALID_PARAMETER, 0, 0, 0];
     if a2 | a3 != 0 {
-        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+        return answer(ctx, invalid);
+    }
+    // The page it would free, checked before anything changes.
+    let page = match hyp.world.gpa_to_gmem(h, ipa) {
+        Ok((_, Some((g, off)))) => hyp.world.gmem(g).ok().and_then(|f| f.page_pa(off)),
+        _ => None,
+    };
+    if let Some(pa) = page {
+        if hyp.check_reclaim(h, pa).is_err() {
+            return answer(ctx, invalid);
+        }
     }
     let Some(v) = hyp.vms.get_mut(&h.0) else {
-        return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]);
+        return answer(ctx, invalid);
     };
     let inv = match hyp.world.relinquish(h, ipa, v.stage2.mm_mut()) {
         Ok(inv) => inv,
-        Err(_) => return answer(ctx, [SMCCC_INVALID_PARAMETER, 0, 0, 0]),
+        Err(_) => return answer(ctx, invalid),
     };
-    hyp.apply_and_sync(h, &inv);
-    // Back to the host, not to the pool.
+    if hyp.apply_and_sync(h, &inv).is_err() {
+        return answer(ctx, invalid);
+    }
+    // Back to the host, not to the pool: the page is the hyp's (reclaimed, zeroed) and free in
+    // the pool; both steps below were true by construction.
     for &pa in &inv.freed {
         let taken = hyp
             .vms
             .get_mut(&h.0)
             .is_some_and(|v| v.stage2.mm_mut().remove(pa));
-        if taken {
-            if let Err(e) = hyp.owners.hyp_donate_to_host(pa) {
-                log::error!("relinquished page 0x{pa:x} to the host: {e}");
+        if taken && hyp.owners.hyp_donate_to_host(pa).is_err() {
+            // Keep it the hyp's: back into the pool rather than to the host.
+            if let Some(v) = hyp.vms.get_mut(&h.0) {
+                v.stage2.mm_mut().add_run(pa, 1);
             }
         }
     }
@@ -1104,6 +1180,7 @@ fn source_name(s: FaultSource) -> &'static str {
         FaultSource::Gmem => "gmem",
         FaultSource::UserspaceAnon => "userspace_addr(anon)",
         FaultSource::UserspaceGmem => "userspace_addr(gmem)",
+        FaultSource::HostShared => "host-shared page",
     }
 }
 
@@ -1114,9 +1191,11 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
     let (h, mut ctx, vttbr, vtcr, host_vttbr) = with_hyp(|hyp| {
         let c = hyp.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
         let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
-        complete(&mut ctx, c.pending, c0, c1);
-        c.pending = Pending::None;
-        let h = c.vm;
+        let (h, pending) = (c.vm, core::mem::replace(&mut c.pending, Pending::None));
+        let _ = c1;
+        complete(&hyp.world, h, &mut ctx, pending, c0);
+        // The first run freezes a pkvm VM's memslots (Trust rule 9).
+        hyp.world.vcpu_started(h)?;
         let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
         Ok((
             h,

@@ -46,7 +46,7 @@ fn pkvm(gmem_pages: u64, pool: u64) -> Result<Pvm, String> {
         .map_err(e)?;
         let pool_pa = p.alloc_contiguous(pool, PAGE_SIZE).ok_or("no host pages")?;
         vm::donate(vm, pool_pa, pool).map_err(e)?;
-        let guest = GuestDriver::load(vm, p).map_err(e)?;
+        let guest = GuestDriver::load(vm, VmType::Pkvm, p).map_err(e)?;
         Ok(Pvm {
             vm,
             gmem,

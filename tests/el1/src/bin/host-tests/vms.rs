@@ -73,7 +73,7 @@ fn plain_vm(gmem_size: u64, pool: u64) -> Result<PlainVm, String> {
             vm::donate(vm, pool_pa + done * PAGE_SIZE, n).map_err(e)?;
             done += n;
         }
-        let guest = GuestDriver::load(vm, pages).map_err(e)?;
+        let guest = GuestDriver::load(vm, VmType::Plain, pages).map_err(e)?;
         Ok(PlainVm {
             vm,
             gmem,
@@ -235,8 +235,8 @@ fn vm_guest_own_exception_is_a_clean_report() -> TestResult {
 }
 
 fn vm_empty_pool_exits_for_pages_and_resumes() -> TestResult {
-    // Two pages: just the tables that map the guest's code; nothing for its memory.
-    let mut v = plain_vm(64 << 10, 2)?;
+    // No pages at all: the guest's first faults (its code, then its memory) need a top-up.
+    let mut v = plain_vm(64 << 10, 0)?;
     ensure_eq!(vm::stats(v.vm).map_err(e)?.pool_free, 0);
     let r = write(&mut v.guest, GPA + 0x2000, 7)?;
     ensure_eq!(r.status, Some(STATUS_OK));
@@ -346,7 +346,7 @@ fn vm_userspace_addr_anon_and_gmem_view_paths() -> TestResult {
         .map_err(e)?;
         let pool = pages.alloc_contiguous(32, PAGE_SIZE).ok_or("no pages")?;
         vm::donate(vm, pool, 32).map_err(e)?;
-        let guest = GuestDriver::load(vm, pages).map_err(e)?;
+        let guest = GuestDriver::load(vm, VmType::Plain, pages).map_err(e)?;
         Ok((vm, slot_anon, slot_view, gmem, guest))
     })?;
     // userspace_addr = gmem: the host's write through the gmem view is what the guest reads.
