@@ -274,6 +274,54 @@ impl Hyp {
         }
         self.owners.check_invariants(accesses)
     }
+
+    /// The guest's view (Trust rules 1 and 3): every page a guest's stage-2 maps is the page the
+    /// core says a fault there would map now (no stale mapping of a page that changed hands), and
+    /// every page the guest was told is private is owned by that guest alone.
+    pub(crate) fn check_guest_views(&self) -> Vec<GuestViewViolation> {
+        let mut out = Vec::new();
+        for (&id, v) in &self.vms {
+            let vm = VmHandle(id);
+            for m in v.stage2.mappings() {
+                for i in 0..m.size / PAGE_SIZE {
+                    let (ipa, pa) = (m.ipa_base + i * PAGE_SIZE, m.pa_base + i * PAGE_SIZE);
+                    match self.world.expected_mapping(vm, ipa) {
+                        Some((want, private)) if want == pa => {
+                            let owned_alone = self.owners.info(pa).is_ok_and(|info| {
+                                info.state_of(Component::Guest(vmid(vm))) == PageState::Owned
+                                    && info.state_of(Component::Host) == PageState::NoPage
+                            });
+                            if private && !owned_alone {
+                                out.push(GuestViewViolation::PrivateNotOwned { vm: id, ipa, pa });
+                            }
+                        }
+                        expected => out.push(GuestViewViolation::WrongPage {
+                            vm: id,
+                            ipa,
+                            pa,
+                            expected: expected.map(|(p, _)| p),
+                        }),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What the guest-view check found wrong with one guest mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestViewViolation {
+    /// The guest's stage-2 maps `ipa` to `pa`, but the core says a fault there would map
+    /// `expected` now (`None`: nothing may be mapped there).
+    WrongPage {
+        vm: u32,
+        ipa: u64,
+        pa: u64,
+        expected: Option<u64>,
+    },
+    /// The guest was told the page at `ipa` is private, but it does not own it alone.
+    PrivateNotOwned { vm: u32, ipa: u64, pa: u64 },
 }
 
 /// Builds the host stage-2 (empty: it fills on demand).

@@ -4,6 +4,7 @@ mod blocks;
 mod errors;
 mod prop;
 mod seed;
+mod trust;
 
 use crate::*;
 use abi::PAGE_SIZE;

@@ -301,6 +301,7 @@ fn step(r: &mut Rig, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                         flags
                     }
                 );
+                prop_assert_eq!(r.w.expected_mapping(r.vm, r.ipa(page, kind)), None);
             } else if fail && !pg.allocated {
                 prop_assert_eq!(got, FaultResolution::NeedPages);
             } else {
@@ -308,6 +309,11 @@ fn step(r: &mut Rig, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                     return Err(TestCaseError::fail(alloc::format!("{got:?}")));
                 };
                 prop_assert_eq!(source, FaultSource::Gmem);
+                // The checker's second reading of the rules agrees with the fault path.
+                prop_assert_eq!(
+                    r.w.expected_mapping(r.vm, r.ipa(page, kind)),
+                    Some((pa, private))
+                );
                 pg.allocated = true;
                 prop_assert_eq!(r.a.read_byte(pa + BYTE), Some(pg.byte));
                 if let Some(v) = write {
