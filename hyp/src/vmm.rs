@@ -304,14 +304,15 @@ pub mod calls {
                 hyp.owners
                     .check(pa, Transition::HostUnshareFromGuest(h.0 as u16))?;
             }
-            let Some(mut v) = hyp.vms.remove(&h.0) else {
+            let Some(v) = hyp.vms.remove(&h.0) else {
                 return Err(Errno::ENOENT);
             };
-            // The guest runs no more: its stage-2 goes first (every TLB entry of the VMID),
-            // then the core zeroes every page that held data as it frees it into the pool; each
-            // goes back to the hyp's ownership, then the whole pool back to the host.
-            let mut teardown = hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
+            // The guest runs no more: its stage-2 goes first (every TLB entry of the VMID, the
+            // table pages back into the pool), then the core zeroes every page that held data
+            // as it frees it into the pool; each goes back to the hyp's ownership, then the
+            // whole pool back to the host.
             let (mut pool, _) = v.stage2.destroy();
+            let mut teardown = hyp.world.destroy_vm(h, &mut pool)?;
             for &pa in &teardown.freed {
                 hyp.reclaim_to_pool(h, pa)?;
             }
