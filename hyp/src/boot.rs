@@ -52,16 +52,48 @@ pub struct MmioRegion {
 /// distributor and the redistributor frames of the CPUs that exist. Everything else below RAM
 /// (flash, fw_cfg and its DMA register, the RTC, GPIO, virtio-mmio, the PCIe windows) stays out
 /// of the host stage-2, so a host access there gets an abort injected.
+///
+/// Redistributors that implement LPIs (`GICR_TYPER.PLPIS`) read and write LPI tables at
+/// addresses their `RD_base` frame is programmed with, behind every stage-2: then the host gets
+/// only each CPU's `SGI_base` frame (SGI/PPI enables, priorities, configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostMmio {
-    pub regions: [MmioRegion; 3],
+    regions: [MmioRegion; 2 + MAX_CPUS],
+    count: usize,
 }
 
 impl HostMmio {
+    /// The regions the host may map.
+    pub fn regions(&self) -> &[MmioRegion] {
+        self.regions.get(..self.count).unwrap_or(&[])
+    }
+
     /// The region holding `pa`, if any.
     pub fn region_of(&self, pa: u64) -> Option<&MmioRegion> {
-        self.regions.iter().find(|r| r.base <= pa && pa < r.end)
+        self.regions().iter().find(|r| r.base <= pa && pa < r.end)
     }
+
+    fn push(&mut self, r: MmioRegion) {
+        if let Some(slot) = self.regions.get_mut(self.count) {
+            *slot = r;
+            self.count += 1;
+        }
+    }
+}
+
+/// Offset of `GICR_TYPER` in a redistributor's RD_base frame, its PLPIS bit, and the offset of
+/// the SGI_base frame.
+const GICR_TYPER: u64 = 0x8;
+const GICR_TYPER_PLPIS: u32 = 1 << 0;
+const GICR_SGI_BASE: u64 = 0x1_0000;
+
+/// Whether the redistributor frame at `frame` implements LPIs.
+fn redistributor_has_lpis(frame: u64) -> bool {
+    // SAFETY: `frame` is a redistributor frame of the DTB inside the device window (checked by
+    // `device_reg`), read at EL2 with the MMU off (device memory); GICR_TYPER is read-only and
+    // reading it has no side effect.
+    let typer = unsafe { core::ptr::read_volatile((frame + GICR_TYPER) as *const u32) };
+    typer & GICR_TYPER_PLPIS != 0
 }
 
 impl BootInfo {
@@ -144,21 +176,47 @@ fn host_mmio_from_dtb(fdt: &fdt::Fdt, cpus: usize) -> HostMmio {
     // the host gets the frames of the CPUs that exist.
     let frames = cpus.clamp(1, MAX_CPUS) * GICR_SIZE_PER_CPU;
     let gicr = device_reg(gic, 1).map(|(b, e)| (b, e.min(b + frames as u64)));
-    HostMmio {
-        regions: [
-            region(
-                "console (PL011)",
-                device_reg(uart, 0),
-                (PL011_BASE, PL011_SIZE),
-            ),
-            region(
-                "GIC distributor",
-                device_reg(gic, 0),
-                (GICD_BASE, GICD_SIZE),
-            ),
-            region("GIC redistributors", gicr, (GICR_BASE, frames)),
-        ],
+    let gicr = region("GIC redistributors", gicr, (GICR_BASE, frames));
+    let empty = MmioRegion {
+        name: "",
+        base: 0,
+        end: 0,
+    };
+    let mut map = HostMmio {
+        regions: [empty; 2 + MAX_CPUS],
+        count: 0,
+    };
+    map.push(region(
+        "console (PL011)",
+        device_reg(uart, 0),
+        (PL011_BASE, PL011_SIZE),
+    ));
+    map.push(region(
+        "GIC distributor",
+        device_reg(gic, 0),
+        (GICD_BASE, GICD_SIZE),
+    ));
+    let per_cpu = GICR_SIZE_PER_CPU as u64;
+    let lpis = (gicr.base..gicr.end)
+        .step_by(GICR_SIZE_PER_CPU)
+        .any(|f| f + per_cpu <= gicr.end && redistributor_has_lpis(f));
+    if lpis {
+        log::warn!(
+            "the GIC redistributors implement LPIs: the host gets only their SGI_base frames"
+        );
+        for f in (gicr.base..gicr.end).step_by(GICR_SIZE_PER_CPU) {
+            if f + per_cpu <= gicr.end {
+                map.push(MmioRegion {
+                    name: "GIC redistributor (SGI_base)",
+                    base: f + GICR_SGI_BASE,
+                    end: f + per_cpu,
+                });
+            }
+        }
+    } else {
+        map.push(gicr);
     }
+    map
 }
 
 trait ChosenStdout<'a> {
@@ -298,7 +356,7 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         ram_size >> 20,
         if mmu::enabled() { "on" } else { "off" }
     );
-    for r in &info.host_mmio.regions {
+    for r in info.host_mmio.regions() {
         log::debug!("host device: {} 0x{:x}..0x{:x}", r.name, r.base, r.end);
     }
     if info.cpus > MAX_CPUS {
