@@ -208,7 +208,7 @@ SEMI_MARKER := semihost-probe-marker-7f3a9c
 SEMI_FILE   := target/semihost-probe-created.txt
 semihost-check: images
 	@echo "== product command lines: no semihosting; its=off, -nic none, no PCIe device"
-	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench 2>/dev/null | grep -- '$(QEMU)' > target/product-cmdlines.txt; \
+	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench 2>/dev/null | grep -- '$(QEMU) -M' > target/product-cmdlines.txt; \
 	  n=$$(wc -l < target/product-cmdlines.txt); [ $$n -ge 5 ] || { echo "FAIL: found $$n product command lines"; exit 1; }; \
 	  ! grep -qE -- '-semihosting|-device (virtio|pci|e1000|nvme)|-netdev' target/product-cmdlines.txt && \
 	  [ $$(grep -c -- 'its=off' target/product-cmdlines.txt) -eq $$n ] && \
@@ -291,7 +291,7 @@ bench: setup
 	@test -s target/convert_1g_host_ns || $(MAKE) bench-host
 	$(MAKE) images FAULT_PAD=$(FAULT_PAD)
 	@$(call blob,bench,bench target/convert_1g_host_ns)
-	@set -o pipefail; $(QEMU_WRAP) --timeout 600 -- $(QEMU) $(subst -m $(QEMU_MEM_MIB)M,-m $(BENCH_MEM_MIB)M,$(QEMU_BASE)) \
+	@set -o pipefail; python3 tools/qemu-run.py --timeout 600 -- $(QEMU) $(subst -m $(QEMU_MEM_MIB)M,-m $(BENCH_MEM_MIB)M,$(QEMU_BASE)) \
 	  $(PRODUCT_DEVICES) -icount shift=0,sleep=off \
 	  -device loader,file=$(BLOBS)/bench.blob,addr=$(HOST_INPUT_ADDR),force-raw=on -kernel $(HYP_INTRO) \
 	  | tee target/bench.log | grep -v '^BENCH-JSON '
