@@ -1,5 +1,7 @@
-//! Semihosting: the exit call that makes QEMU's process status the image's verdict, and a write
-//! path for test reports.
+//! Semihosting, for test images only (the `semihosting` feature): the exit call that makes
+//! QEMU's process status the image's verdict, and a write path for test reports. QEMU honours
+//! semihosting from any EL1, so a product run, whose EL1 is untrusted, never enables it (Trust
+//! rule 11); product images leave through the console and PSCI SYSTEM_OFF instead.
 
 /// Ends QEMU with `code` as its exit status (0 = success).
 pub fn exit(code: i32) -> ! {
@@ -25,37 +27,4 @@ pub fn write_line(args: core::fmt::Arguments) {
     }
     let _ = W.write_fmt(args);
     let _ = W.write_str("\n");
-}
-
-/// Calls `f` with each command-line argument QEMU was given with `-semihosting-config arg=...`
-/// (the first is the program name).
-pub fn for_each_arg(mut f: impl FnMut(&str)) {
-    if let Ok(args) = semihosting::experimental::env::args::<2048>() {
-        for a in (&args).flatten() {
-            f(a);
-        }
-    }
-}
-
-/// Reads a whole file on the machine running QEMU into `buf`; returns the bytes read.
-pub fn read_file(path: &str, buf: &mut [u8]) -> Result<usize, &'static str> {
-    use semihosting::io::Read;
-    let mut cpath = [0u8; 256];
-    if path.len() >= cpath.len() {
-        return Err("path too long");
-    }
-    cpath[..path.len()].copy_from_slice(path.as_bytes());
-    let c = core::ffi::CStr::from_bytes_until_nul(&cpath).map_err(|_| "bad path")?;
-    let mut f = semihosting::fs::File::open(c).map_err(|_| "cannot open")?;
-    let mut total = 0;
-    loop {
-        let n = f.read(&mut buf[total..]).map_err(|_| "read error")?;
-        if n == 0 {
-            return Ok(total);
-        }
-        total += n;
-        if total == buf.len() {
-            return Err("file too large");
-        }
-    }
 }

@@ -160,6 +160,15 @@ pub fn probe_write(pa: usize, value: u8) -> Result<(), HostFault> {
     disarm().map_or(Ok(()), Err)
 }
 
+/// Runs `f`, which issues one instruction that may fault (an `HLT`, a system register
+/// access), under the probe: a synchronous exception taken at EL1 is returned, and the
+/// instruction that took it is skipped.
+pub fn probe<R>(f: impl FnOnce() -> R) -> Result<R, HostFault> {
+    arm();
+    let r = f();
+    disarm().map_or(Ok(r), Err)
+}
+
 /// A function the EL1 test harness installs to report a crash as the current test's failure.
 pub type CrashHook = fn(fmt::Arguments);
 static CRASH_HOOK: AtomicUsize = AtomicUsize::new(0);
@@ -218,5 +227,5 @@ extern "C" fn host_handle_exception(frame: &mut Frame) {
         frame.elr,
         far
     ));
-    board::semihost::exit(1)
+    crate::verdict::crash()
 }

@@ -15,6 +15,7 @@ pub mod pages;
 pub mod regs;
 pub mod runner;
 pub mod table;
+pub mod verdict;
 pub mod vm;
 
 use buddy_system_allocator::LockedHeap;
@@ -57,8 +58,12 @@ extern "Rust" {
 #[no_mangle]
 extern "C" fn host_rust_start(x0: u64, x1: u64, x2: u64, x3: u64) -> ! {
     let heap_start = (core::ptr::addr_of!(__image_end) as usize).next_multiple_of(4096);
+    if heap_start + HEAP_SIZE > board::layout::HOST_INPUT_BASE {
+        board::eprintln_emergency!("*** host: image and heap overlap the host input blob");
+        verdict::crash();
+    }
     // SAFETY: the host owns the RAM above its image; the heap takes the 16 MiB right after it,
-    // which nothing else in the host uses.
+    // which nothing else in the host uses (it ends below the host input blob, checked above).
     unsafe { HEAP.lock().init(heap_start, HEAP_SIZE) };
     board::console::init_logger("host", board::console::parse_level(option_env!("HOST_LOG")));
     exceptions::install();
@@ -66,9 +71,11 @@ extern "C" fn host_rust_start(x0: u64, x1: u64, x2: u64, x3: u64) -> ! {
     unsafe { host_image_main([x0, x1, x2, x3]) }
 }
 
-/// The first byte above the host heap: memory the host may donate or use freely.
+/// The first byte above the host heap and the host input blob: memory the host may donate or
+/// use freely.
 pub fn free_memory_start() -> usize {
-    (core::ptr::addr_of!(__image_end) as usize).next_multiple_of(4096) + HEAP_SIZE
+    let heap_end = (core::ptr::addr_of!(__image_end) as usize).next_multiple_of(4096) + HEAP_SIZE;
+    heap_end.max(board::layout::HOST_INPUT_END)
 }
 
 /// The exception level this code runs at (1 for the host).
@@ -83,5 +90,5 @@ pub fn current_el() -> u64 {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     board::eprintln_emergency!("\n*** host: panic: {}", info);
     exceptions::run_crash_hook(format_args!("panic: {}", info));
-    board::semihost::exit(1)
+    verdict::crash()
 }

@@ -1,8 +1,17 @@
 //! From `_start` to the image's main: per-CPU data, vectors, console, DTB, EL2 MMU, heap and page
 //! allocator. Then the image (product hyp or a test image) takes over through `hyp_image_main`.
+//!
+//! Secondary CPUs start only when the host asks (PSCI `CPU_ON`, relayed by `crate::psci`):
+//! `hyp_secondary_rust_start` gives them the same per-CPU EL2 set-up as CPU 0
+//! ([`cpu_el2_init`]) and enters the host at EL1 where it asked, under the host stage-2.
+//!
+//! The DTB also says which devices the host may reach ([`HostMmio`]): its console, the GIC
+//! distributor and one redistributor frame per CPU; nothing else below RAM is ever mapped in
+//! the host stage-2 (Trust rules 1 and 11).
 
 use board::layout::{
-    DEVICE_BASE, DEVICE_END, DTB_ADDR, HOST_BASE, HYP_END, HYP_HEAP_SIZE, HYP_STACK_SIZE, RAM_BASE,
+    DEVICE_BASE, DEVICE_END, DTB_ADDR, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_SIZE_PER_CPU,
+    HOST_BASE, HYP_END, HYP_HEAP_SIZE, HYP_STACK_SIZE, MAX_CPUS, PL011_BASE, PL011_SIZE, RAM_BASE,
 };
 
 use crate::arch::{self, cache, el1, mmu, vectors};
@@ -25,6 +34,66 @@ pub struct BootInfo {
     pub heap: (usize, usize),
     pub frames: (usize, usize),
     pub el2_stack_top: usize,
+    /// CPUs the DTB lists (the hyp serves at most `MAX_CPUS` of them).
+    pub cpus: usize,
+    /// The device MMIO the host stage-2 may map (from the DTB).
+    pub host_mmio: HostMmio,
+}
+
+/// One device the host may reach: `[base, end)`, page-aligned, below RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioRegion {
+    pub name: &'static str,
+    pub base: u64,
+    pub end: u64,
+}
+
+/// The device MMIO the host needs, and nothing more: its console (the PL011 page), the GIC
+/// distributor and the redistributor frames of the CPUs that exist. Everything else below RAM
+/// (flash, fw_cfg and its DMA register, the RTC, GPIO, virtio-mmio, the PCIe windows) stays out
+/// of the host stage-2, so a host access there gets an abort injected.
+///
+/// Redistributors that implement LPIs (`GICR_TYPER.PLPIS`) read and write LPI tables at
+/// addresses their `RD_base` frame is programmed with, behind every stage-2: then the host gets
+/// only each CPU's `SGI_base` frame (SGI/PPI enables, priorities, configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMmio {
+    regions: [MmioRegion; 2 + MAX_CPUS],
+    count: usize,
+}
+
+impl HostMmio {
+    /// The regions the host may map.
+    pub fn regions(&self) -> &[MmioRegion] {
+        self.regions.get(..self.count).unwrap_or(&[])
+    }
+
+    /// The region holding `pa`, if any.
+    pub fn region_of(&self, pa: u64) -> Option<&MmioRegion> {
+        self.regions().iter().find(|r| r.base <= pa && pa < r.end)
+    }
+
+    fn push(&mut self, r: MmioRegion) {
+        if let Some(slot) = self.regions.get_mut(self.count) {
+            *slot = r;
+            self.count += 1;
+        }
+    }
+}
+
+/// Offset of `GICR_TYPER` in a redistributor's RD_base frame, its PLPIS bit, and the offset of
+/// the SGI_base frame.
+const GICR_TYPER: u64 = 0x8;
+const GICR_TYPER_PLPIS: u32 = 1 << 0;
+const GICR_SGI_BASE: u64 = 0x1_0000;
+
+/// Whether the redistributor frame at `frame` implements LPIs.
+fn redistributor_has_lpis(frame: u64) -> bool {
+    // SAFETY: `frame` is a redistributor frame of the DTB inside the device window (checked by
+    // `device_reg`), read at EL2 with the MMU off (device memory); GICR_TYPER is read-only and
+    // reading it has no side effect.
+    let typer = unsafe { core::ptr::read_volatile((frame + GICR_TYPER) as *const u32) };
+    typer & GICR_TYPER_PLPIS != 0
 }
 
 impl BootInfo {
@@ -72,13 +141,117 @@ impl mmu::TablePages for BumpTables {
     }
 }
 
-fn ram_from_dtb() -> (usize, usize) {
+/// What the hyp reads from the DTB.
+struct DtbFacts {
+    ram: (usize, usize),
+    cpus: usize,
+    host_mmio: HostMmio,
+}
+
+/// The first `reg` region of `node` (`index` picks a later one), rounded out to whole pages;
+/// `None` unless it lies in the device window below RAM.
+fn device_reg(node: Option<fdt::node::FdtNode>, index: usize) -> Option<(u64, u64)> {
+    let r = node?.reg()?.nth(index)?;
+    let base = r.starting_address as u64;
+    let end = base.checked_add(r.size? as u64)?;
+    let (base, end) = (base & !0xfff, end.checked_next_multiple_of(0x1000)?);
+    let window = DEVICE_BASE as u64..=DEVICE_END as u64;
+    (base < end && window.contains(&base) && window.contains(&end)).then_some((base, end))
+}
+
+fn region(name: &'static str, found: Option<(u64, u64)>, default: (usize, usize)) -> MmioRegion {
+    let (base, end) = found.unwrap_or_else(|| {
+        log::warn!("{name}: not in the DTB, using 0x{:x}", default.0);
+        (default.0 as u64, (default.0 + default.1) as u64)
+    });
+    MmioRegion { name, base, end }
+}
+
+fn host_mmio_from_dtb(fdt: &fdt::Fdt, cpus: usize) -> HostMmio {
+    let gic = fdt.find_compatible(&["arm,gic-v3"]);
+    let uart = fdt
+        .chosen_stdout()
+        .or_else(|| fdt.find_compatible(&["arm,pl011"]));
+    // The DTB's redistributor region covers every frame the machine could have (QEMU: 123);
+    // the host gets the frames of the CPUs that exist.
+    let frames = cpus.clamp(1, MAX_CPUS) * GICR_SIZE_PER_CPU;
+    let gicr = device_reg(gic, 1).map(|(b, e)| (b, e.min(b + frames as u64)));
+    let gicr = region("GIC redistributors", gicr, (GICR_BASE, frames));
+    let empty = MmioRegion {
+        name: "",
+        base: 0,
+        end: 0,
+    };
+    let mut map = HostMmio {
+        regions: [empty; 2 + MAX_CPUS],
+        count: 0,
+    };
+    map.push(region(
+        "console (PL011)",
+        device_reg(uart, 0),
+        (PL011_BASE, PL011_SIZE),
+    ));
+    map.push(region(
+        "GIC distributor",
+        device_reg(gic, 0),
+        (GICD_BASE, GICD_SIZE),
+    ));
+    let per_cpu = GICR_SIZE_PER_CPU as u64;
+    let lpis = (gicr.base..gicr.end)
+        .step_by(GICR_SIZE_PER_CPU)
+        .any(|f| f + per_cpu <= gicr.end && redistributor_has_lpis(f));
+    if lpis {
+        log::warn!(
+            "the GIC redistributors implement LPIs: the host gets only their SGI_base frames"
+        );
+        for f in (gicr.base..gicr.end).step_by(GICR_SIZE_PER_CPU) {
+            if f + per_cpu <= gicr.end {
+                map.push(MmioRegion {
+                    name: "GIC redistributor (SGI_base)",
+                    base: f + GICR_SGI_BASE,
+                    end: f + per_cpu,
+                });
+            }
+        }
+    } else {
+        map.push(gicr);
+    }
+    map
+}
+
+trait ChosenStdout<'a> {
+    fn chosen_stdout(&self) -> Option<fdt::node::FdtNode<'_, 'a>>;
+}
+
+impl<'a> ChosenStdout<'a> for fdt::Fdt<'a> {
+    fn chosen_stdout(&self) -> Option<fdt::node::FdtNode<'_, 'a>> {
+        self.find_node("/chosen")?;
+        self.chosen().stdout()
+    }
+}
+
+fn read_dtb() -> DtbFacts {
     // SAFETY: QEMU places a valid flattened device tree at the RAM base when the image leaves
     // room for it (the hyp links at 0x4020_0000 for that reason); `from_ptr` checks its header.
     let fdt = match unsafe { fdt::Fdt::from_ptr(DTB_ADDR as *const u8) } {
         Ok(fdt) => fdt,
         Err(e) => fatal(format_args!("no device tree at 0x{DTB_ADDR:x}: {e:?}")),
     };
+    let cpus = fdt.find_node("/cpus").map_or(1, |n| {
+        n.children()
+            .filter(|c| c.name.split('@').next() == Some("cpu"))
+            .count()
+    });
+    let host_mmio = host_mmio_from_dtb(&fdt, cpus);
+    let ram = ram_from_dtb(&fdt);
+    DtbFacts {
+        ram,
+        cpus,
+        host_mmio,
+    }
+}
+
+fn ram_from_dtb(fdt: &fdt::Fdt) -> (usize, usize) {
     let mut base = usize::MAX;
     let mut end = 0usize;
     for region in fdt.memory().regions() {
@@ -95,12 +268,30 @@ fn ram_from_dtb() -> (usize, usize) {
     (base, end - base)
 }
 
-#[no_mangle]
-extern "C" fn hyp_rust_start(cpu: usize) -> ! {
+/// The top of CPU `cpu`'s EL2 stack (the stacks sit below `__stack_top`, CPU 0's first).
+pub fn stack_top(cpu: usize) -> usize {
+    core::ptr::addr_of!(__stack_top) as usize - cpu * HYP_STACK_SIZE
+}
+
+/// The per-CPU EL2 set-up every CPU makes before anything can trap (CPU 0 at boot, each
+/// secondary when the hyp starts it): per-CPU data in `TPIDR_EL2`, the vectors in `VBAR_EL2`,
+/// the PMU and `MDCR_EL2`. False for a CPU the hyp is not built for. The EL2 MMU comes on
+/// before this (CPU 0 builds the tables; secondaries turn on the same ones in their entry);
+/// the EL1-facing controls are set by `arch::el1::enter` on the way into the host.
+fn cpu_el2_init(cpu: usize) -> bool {
     if !percpu::init(cpu) {
-        arch::halt();
+        return false;
     }
     vectors::install();
+    true
+}
+
+#[no_mangle]
+extern "C" fn hyp_rust_start(cpu: usize) -> ! {
+    if !cpu_el2_init(cpu) {
+        arch::halt();
+    }
+    crate::psci::boot_cpu_on(percpu::this_cpu());
     board::console::init_logger("hyp", board::console::parse_level(option_env!("HYP_LOG")));
     if arch::current_el() != 2 {
         fatal(format_args!(
@@ -108,9 +299,10 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
             arch::current_el()
         ));
     }
-    let (ram_base, ram_size) = ram_from_dtb();
+    let dtb = read_dtb();
+    let (ram_base, ram_size) = dtb.ram;
     let image_end = core::ptr::addr_of!(__image_end) as usize;
-    let stack_top = core::ptr::addr_of!(__stack_top) as usize - cpu * HYP_STACK_SIZE;
+    let stack_top = stack_top(cpu);
     let heap_start = image_end.next_multiple_of(BLOCK_2M);
     let heap_end = heap_start + HYP_HEAP_SIZE;
     let tables_start = heap_end;
@@ -152,6 +344,8 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         heap: (heap_start, heap_end),
         frames: (frames_start, HYP_END),
         el2_stack_top: stack_top,
+        cpus: dtb.cpus,
+        host_mmio: dtb.host_mmio,
     });
     log::info!(
         "EL{} on CPU {}, RAM 0x{:x}..0x{:x} ({} MiB), MMU {}",
@@ -162,12 +356,54 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         ram_size >> 20,
         if mmu::enabled() { "on" } else { "off" }
     );
+    for r in info.host_mmio.regions() {
+        log::debug!("host device: {} 0x{:x}..0x{:x}", r.name, r.base, r.end);
+    }
+    if info.cpus > MAX_CPUS {
+        log::warn!(
+            "the DTB lists {} CPUs; the hyp serves {MAX_CPUS}",
+            info.cpus
+        );
+    }
     log::debug!(
         "image ends 0x{image_end:x}; heap 0x{heap_start:x}..0x{heap_end:x}; pages 0x{frames_start:x}..0x{HYP_END:x} ({} free)",
         mm::free_page_count()
     );
     // SAFETY: every EL2 image defines `hyp_image_main` with this signature.
     unsafe { hyp_image_main(info) }
+}
+
+/// A secondary CPU the hyp started (relaying the host's `CPU_ON`), running at EL2 with its MMU
+/// on and its stack set by `arch::boot`'s secondary entry.
+#[no_mangle]
+extern "C" fn hyp_secondary_rust_start(cpu: usize) -> ! {
+    if cpu != arch::boot::cpu_index() || !cpu_el2_init(cpu) {
+        arch::halt();
+    }
+    crate::arch::pmu::init();
+    crate::psci::secondary_enter_host()
+}
+
+/// Which device region below RAM the host may map around `pa`: `Some((base, end))` for the
+/// devices of [`HostMmio`], `None` for everything else. A build with the `unfenced-devices`
+/// feature (only for the check that fw_cfg DMA really writes, `make dma-check`) maps every
+/// address below RAM, as the hyp once did.
+pub fn host_mmio_region(pa: u64) -> Option<(u64, u64)> {
+    if cfg!(feature = "unfenced-devices") {
+        return (pa < RAM_BASE as u64).then_some((0, RAM_BASE as u64));
+    }
+    let r = info()?.host_mmio.region_of(pa)?;
+    Some((r.base, r.end))
+}
+
+/// Enters the host at EL1 on this CPU at `entry`, `x0..x3 = args`, under the host stage-2,
+/// with this CPU's EL2 stack reset for its traps.
+pub fn enter_host_at(entry: u64, args: [u64; 4]) -> ! {
+    let Some((vttbr, vtcr)) = crate::vmm::host_stage2_regs() else {
+        fatal(format_args!("no host stage-2"));
+    };
+    let cpu = percpu::this_cpu().cpu();
+    el1::enter(entry, args, stack_top(cpu) as u64, vttbr, vtcr)
 }
 
 /// Copies an EL1 image to the host region and enters it at EL1 with `x0..x3 = args`.
@@ -188,18 +424,9 @@ pub fn enter_host(image: &[u8], args: [u64; 4]) -> ! {
     }
     cache::clean_invalidate_dcache(HOST_BASE, image.len());
     cache::invalidate_icache();
-    let Some((vttbr, vtcr)) = crate::vmm::host_stage2_regs() else {
-        fatal(format_args!("no host stage-2"));
-    };
     log::info!(
         "entering the host at EL1 under its stage-2: 0x{HOST_BASE:x} ({} KiB image)",
         image.len() / 1024
     );
-    el1::enter(
-        HOST_BASE as u64,
-        args,
-        info.el2_stack_top as u64,
-        vttbr,
-        vtcr,
-    )
+    enter_host_at(HOST_BASE as u64, args)
 }

@@ -1,6 +1,8 @@
 //! Trap routing and crash reports. Anything the hyp does not expect ends here: a decoded report
 //! (exception class in words, ESR, ELR, FAR, the level it came from) through the lock-free console
-//! path, then a failing semihosting exit. A Rust panic takes the same road.
+//! path, then the end of the run: PSCI `SYSTEM_OFF` in the product (the run's wrapper,
+//! `tools/qemu-run.py`, sees the report and fails the run), a failing semihosting exit in test
+//! images (the `semihosting` feature). A Rust panic takes the same road.
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +45,7 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
         }
         VectorKind::LowerSync => match esr::ec(syn.esr) {
             esr::EC_HVC64 => hostcall::handle(frame),
+            esr::EC_SMC64 => crate::psci::handle_host_smc(frame, syn.esr),
             ec @ (esr::EC_DABT_LOW | esr::EC_IABT_LOW) => {
                 // A host stage-2 fault: the host's IPA is the PA.
                 let ipa = ((syn.hpfar >> 4) << 12) | (syn.far & 0xfff);
@@ -57,6 +60,15 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
         }
         _ => fatal_exception(frame, syn),
     }
+}
+
+/// Ends the run after a crash report: a failing semihosting exit in test images, PSCI
+/// `SYSTEM_OFF` in the product (which has no semihosting at all).
+fn end_run() -> ! {
+    #[cfg(feature = "semihosting")]
+    board::semihost::exit(1);
+    #[cfg(not(feature = "semihosting"))]
+    crate::arch::firmware::system_off()
 }
 
 /// Prints the decoded report of an unexpected exception and ends the run with a failing status.
@@ -96,19 +108,19 @@ pub fn fatal_exception(frame: &TrapFrame, syn: Syndrome) -> ! {
         frame.elr,
         syn.far
     ));
-    board::semihost::exit(1)
+    end_run()
 }
 
 /// Reports a fatal condition found by hyp code and ends the run with a failing status.
 pub fn fatal(args: fmt::Arguments) -> ! {
     eprintln_emergency!("\n*** hyp: fatal: {}", args);
     run_crash_hook(args);
-    board::semihost::exit(1)
+    end_run()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     eprintln_emergency!("\n*** hyp: panic: {}", info);
     run_crash_hook(format_args!("panic: {}", info));
-    board::semihost::exit(1)
+    end_run()
 }

@@ -1,5 +1,9 @@
 //! Host -> hyp hypercalls: decode `x0..x6` of the trapped HVC, run the call, write the result
 //! back into the host's saved registers (`x0` = value or `-(errno)`, `x1..x5` = extra results).
+//!
+//! The introspection calls (`HostCall::INTROSPECTION`) exist only in a hyp built with the
+//! `introspection` feature (scenarios, the table, benchmarks, tests); the `make run` build
+//! answers them `ENOSYS`, as it answers unknown calls, and does not contain their handlers.
 
 use abi::host::{HostCall, ABI_VERSION};
 use abi::Errno;
@@ -16,6 +20,9 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
     let Some(call) = HostCall::from_id(id) else {
         return Err((Errno::ENOSYS, 0));
     };
+    if !cfg!(feature = "introspection") && call.is_introspection() {
+        return Err((Errno::ENOSYS, 0));
+    }
     let r = match call {
         HostCall::Version => Ok(version()),
         HostCall::VmCreate => calls::vm_create(a[0]),
@@ -35,16 +42,31 @@ pub fn dispatch(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
         HostCall::MapHostShared => calls::map_host_shared(a[0], a[1], a[2], a[3]),
         HostCall::VcpuCreate => calls::vcpu_create(a[0], a[1], a[2]),
         HostCall::VcpuRun => crate::vmm::vcpu_run(a[0], a[1], a[2]),
+        #[cfg(feature = "introspection")]
         HostCall::VmStats => calls::vm_stats(a[0]),
+        #[cfg(feature = "introspection")]
         HostCall::VmWalk => calls::vm_walk(a[0], a[1]),
+        #[cfg(feature = "introspection")]
         HostCall::GmemPhys => calls::gmem_phys(a[0], a[1]),
         HostCall::GuestConvert => return calls::guest_convert(a[0]),
+        #[cfg(feature = "introspection")]
         HostCall::CheckInvariants => calls::check_invariants(),
+        #[cfg(feature = "introspection")]
         HostCall::VmSetFaultMode => calls::vm_set_fault_mode(a[0], a[1]),
+        #[cfg(feature = "introspection")]
         HostCall::ServeFault => calls::serve_fault(a[0], a[1], a[2]),
         HostCall::PoolReclaim => calls::pool_reclaim(a[0], a[1]),
         HostCall::PoolStats => calls::pool_stats(a[0]),
+        #[cfg(feature = "introspection")]
         HostCall::VmOpenPmu => calls::vm_open_pmu(a[0]),
+        #[cfg(not(feature = "introspection"))]
+        HostCall::VmStats
+        | HostCall::VmWalk
+        | HostCall::GmemPhys
+        | HostCall::CheckInvariants
+        | HostCall::VmSetFaultMode
+        | HostCall::ServeFault
+        | HostCall::VmOpenPmu => Err(Errno::ENOSYS),
     };
     r.map_err(|e| (e, 0))
 }

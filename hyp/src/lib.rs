@@ -16,4 +16,5 @@ pub mod mm;
 pub mod percpu;
 pub mod pool;
 pub mod protect;
+pub mod psci;
 pub mod vmm;

@@ -1,11 +1,12 @@
 //! Per-CPU data, reached through `TPIDR_EL2`. No `static mut`: every field is atomic or only
 //! touched by its own CPU through shared references.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use board::layout::MAX_CPUS;
 
 use crate::arch;
+use crate::arch::boot::SecondaryBoot;
 use crate::arch::probe::ProbeFault;
 
 /// One CPU's private state.
@@ -19,6 +20,13 @@ pub struct PerCpu {
     probe_hit: AtomicBool,
     probe_esr: AtomicU64,
     probe_far: AtomicU64,
+    /// PSCI power state as the hyp sees it (`crate::psci::{OFF, ON_PENDING, ON}`).
+    pub(crate) power: AtomicU8,
+    /// Where the host asked this CPU to enter EL1 (its `CPU_ON` entry point and context id).
+    pub(crate) host_entry: AtomicU64,
+    pub(crate) host_context: AtomicU64,
+    /// What this CPU's entry reads with its MMU off when the hyp starts it.
+    pub(crate) boot: SecondaryBoot,
 }
 
 impl PerCpu {
@@ -33,6 +41,10 @@ impl PerCpu {
             probe_hit: AtomicBool::new(false),
             probe_esr: AtomicU64::new(0),
             probe_far: AtomicU64::new(0),
+            power: AtomicU8::new(0),
+            host_entry: AtomicU64::new(0),
+            host_context: AtomicU64::new(0),
+            boot: SecondaryBoot::new(),
         }
     }
 
@@ -83,6 +95,11 @@ pub fn init(cpu: usize) -> bool {
     slot.cpu.store(cpu, Ordering::Relaxed);
     arch::set_percpu_ptr(slot as *const PerCpu as u64);
     true
+}
+
+/// The data of CPU `cpu`, if the hyp is built for it.
+pub fn get(cpu: usize) -> Option<&'static PerCpu> {
+    PERCPU.get(cpu)
 }
 
 /// This CPU's data.

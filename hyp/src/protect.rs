@@ -216,14 +216,20 @@ impl Hyp {
     pub(crate) fn host_stage2_fault(&mut self, ipa: u64) -> bool {
         let ram_end = self.owners.ram_end();
         let r = if ipa < RAM_BASE as u64 {
-            // MMIO below RAM (the UART, ...): device memory.
-            self.host_s2.map_identity_largest(
-                ipa,
-                0,
-                RAM_BASE as u64,
-                S2Attrs::DEVICE_RW,
-                &mut |_, _| true,
-            )
+            // MMIO below RAM: only the devices the host needs (its console, the GIC distributor
+            // and redistributors, `boot::HostMmio`), as device memory, never executable.
+            // Everything else there (flash, fw_cfg and its DMA, RTC, GPIO, virtio-mmio, PCIe)
+            // stays unmapped: no DMA-capable device for the host (Trust rules 1 and 11).
+            match crate::boot::host_mmio_region(ipa) {
+                Some((lo, hi)) => self.host_s2.map_identity_largest(
+                    ipa,
+                    lo,
+                    hi,
+                    S2Attrs::DEVICE_RW,
+                    &mut |_, _| true,
+                ),
+                None => Err(Errno::EPERM),
+            }
         } else if ipa < ram_end {
             let owners = &self.owners;
             self.host_s2.map_identity_largest(

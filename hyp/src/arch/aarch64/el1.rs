@@ -6,9 +6,15 @@ use aarch64_cpu::registers::{Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_
 use core::arch::asm;
 
 /// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD
-/// clear), pointer-auth instructions do not trap.
+/// clear), every SMC traps to EL2 (TSC: only the hyp talks to the firmware, `crate::psci`),
+/// pointer-auth instructions do not trap.
 pub fn host_hcr() -> u64 {
-    (HCR_EL2::VM::Enable + HCR_EL2::RW::EL1IsAarch64 + HCR_EL2::API::SET + HCR_EL2::APK::SET).value
+    (HCR_EL2::VM::Enable
+        + HCR_EL2::RW::EL1IsAarch64
+        + HCR_EL2::TSC::SET
+        + HCR_EL2::API::SET
+        + HCR_EL2::APK::SET)
+        .value
 }
 
 /// Makes the host take a synchronous external abort at its EL1 on return from this trap: the

@@ -1,9 +1,11 @@
-//! AArch64 at EL2: boot entry, exception vectors, the EL2 MMU, entering EL1, cache maintenance.
+//! AArch64 at EL2: boot entry (and secondary CPUs' entry), exception vectors, the EL2 MMU,
+//! entering EL1, cache maintenance, the firmware conduit (PSCI over SMC).
 pub mod boot;
 pub mod cache;
 pub mod el1;
 pub mod esr;
 pub mod exit;
+pub mod firmware;
 pub mod mmu;
 pub mod pmu;
 pub mod probe;

@@ -12,6 +12,7 @@ use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
 mod blocks;
 mod protect;
+mod psci;
 mod vms;
 
 /// Must match `target_tests_el2::HANDOFF_MAGIC`.
