@@ -901,7 +901,7 @@ impl<'p> Runner<'p> {
             Err(f) => done(
                 class_outcome(f.ec()),
                 format!(
-                    "stopped at pa 0x{pa:x}: EC 0x{:02x} (ESR 0x{:x})",
+                    "the host took EC 0x{:02x} at pa 0x{pa:x} (ESR 0x{:x})",
                     f.ec(),
                     f.esr
                 ),
@@ -919,15 +919,23 @@ impl<'p> Runner<'p> {
                 Outcome::Ok,
                 format!("fw_cfg DMA stored the byte at pa 0x{pa:x}"),
             ),
-            Err(f) => done(
-                class_outcome(f.ec()),
-                format!(
-                    "the hyp stopped the host at the device's register 0x{:x} (EC 0x{:02x}, ESR 0x{:x}); target pa 0x{pa:x}",
-                    f.far,
-                    f.ec(),
-                    f.esr
-                ),
-            ),
+            Err(f) => {
+                let o = class_outcome(f.ec());
+                let what = if o == Outcome::Abort {
+                    "the hyp stopped the host at the device's register"
+                } else {
+                    "the DMA was not started: the host took an exception at"
+                };
+                done(
+                    o,
+                    format!(
+                        "{what} 0x{:x} (EC 0x{:02x}, ESR 0x{:x}); target pa 0x{pa:x}",
+                        f.far,
+                        f.ec(),
+                        f.esr
+                    ),
+                )
+            }
         }
     }
 
@@ -1418,12 +1426,12 @@ impl core::fmt::Display for Tally {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         for (k, (o, n)) in self.seen.iter().enumerate() {
             if k > 0 {
-                f.write_str(" ")?;
+                f.write_str(", ")?;
             }
-            write!(f, "{n}x{o}")?;
+            write!(f, "{o} ({n})")?;
         }
         if self.others > 0 {
-            write!(f, " {}x(other)", self.others)?;
+            write!(f, ", others ({})", self.others)?;
         }
         Ok(())
     }
