@@ -588,12 +588,12 @@ impl<'p> Runner<'p> {
                 format!("the guest took an injected abort ({exits})"),
             ),
             Some(STATUS_EXCEPTION) => {
-                let esr = r.results[0];
-                let class = (esr >> 26) & 0x3f;
+                // The class only, as an exit would tell it (Trust rule 1).
+                let class = (r.results[0] >> 26) & 0x3f;
                 done(
                     class_outcome(class),
                     format!(
-                        "the guest took EC 0x{class:02x} (ESR_EL1 0x{esr:x}) and went on; {exits}"
+                        "the guest took an exception of class 0x{class:02x} and went on; {exits}"
                     ),
                 )
             }
@@ -1073,7 +1073,7 @@ impl<'p> Runner<'p> {
             return Ok(());
         };
         for k in 0..n {
-            let p = pa + k * PAGE_SIZE;
+            let p = pa.wrapping_add(k * PAGE_SIZE);
             if v.donated.remove(&p) {
                 self.pages.free_run(p, 1);
             }
