@@ -318,3 +318,37 @@ lint: images test-images
 
 clean:
 	cargo clean
+
+## ---- the hostile suite (scenarios/hostile-*.scn) -----------------------------------------------
+# Each file of the hostile suite in a boot of its own, so a hyp crash or hang fails that file
+# only; the invariant checker runs after every statement. First a self-check: a `repeat` with a
+# wrong expectation and wrong alternatives must fail. Logs: target/hostile-<file>.log.
+HOSTILE ?= $(sort $(wildcard scenarios/hostile-*.scn))
+HOSTILE_TIMEOUT ?= 60
+# `make scenarios` (one boot for every file) keeps to the conformance files: the hostile files
+# run here, one boot each.
+SCENARIOS := $(filter-out $(HOSTILE),$(SCENARIOS))
+.PHONY: hostile hostile-selfcheck
+hostile: hostile-selfcheck
+	@set +e; failed=""; n=0; \
+	for f in $(HOSTILE); do \
+	  n=$$((n + 1)); log=target/$$(basename $$f .scn).log; \
+	  $(MAKE) --no-print-directory -o images scenario FILE=$$f CHECK=1 TIMEOUT=$(HOSTILE_TIMEOUT) \
+	    > $$log 2>&1; st=$$?; \
+	  sum=$$(grep -a "^   $$f: " $$log | sed 's/^ *//'); \
+	  if [ $$st -eq 0 ]; then echo "ok     $$sum"; \
+	  else echo "FAIL   $${sum:-$$f: no verdict (crash or timeout, status $$st)}"; \
+	    grep -a '^FAIL' $$log | sed 's/^/         /'; failed="$$failed $$f"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "hostile: $$(echo $$failed | wc -w) of $$n files failed:$$failed"; exit 1; fi; \
+	echo "hostile: all $$n files passed"
+
+hostile-selfcheck: images
+	@set +e; mkdir -p target; $(MAKE) --no-print-directory -o images scenario \
+	  FILE=tests/scenarios/wrong-repeat.scn CHECK=1 > target/hostile-selfcheck.log 2>&1; st=$$?; \
+	  [ $$st -ne 0 ] && grep -aq '^FAIL   8: repeat 3 .* got 0x00 (1), 0x5a (2); ok (3) ' target/hostile-selfcheck.log && \
+	  grep -aq '^ok     9: ' target/hostile-selfcheck.log && grep -aq '^FAIL  10: ' target/hostile-selfcheck.log && \
+	  grep -aq '^3 passed, 2 failed' target/hostile-selfcheck.log || \
+	  { sed 's/^/    selfcheck| /' target/hostile-selfcheck.log; \
+	    echo "FAIL: a wrong repeat or wrong alternatives were not reported"; exit 1; }; \
+	  echo "== hostile self-check: a wrong repeat and wrong alternatives failed as they must"

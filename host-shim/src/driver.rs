@@ -1,6 +1,8 @@
 //! Driving the step-interpreter guest: load it into a VM, then run one step at a time through
 //! its MMIO command device (`abi::cmd`), serving every exit on the way the way a VMM would.
 
+use alloc::vec::Vec;
+
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
 use abi::host::COMPLETE_INJECT_ABORT;
@@ -43,6 +45,11 @@ pub struct StepReport {
     pub topped_up: u64,
     /// Faults the host served (fault mode "to host" only).
     pub host_served_faults: u64,
+    /// A `NeedPages` exit the host did not serve ([`GuestDriver::top_up`] off): the pages the
+    /// hyp wanted. The exit was completed with an injected abort, so the step ended.
+    pub need_pages: Option<u64>,
+    /// `Interrupt` exits during the step (the host's timer took the CPU back).
+    pub interrupts: u64,
 }
 
 /// Answers a forwarded guest hypercall: (func, x1..x3) -> (x0, x1) for the guest.
@@ -70,6 +77,16 @@ pub struct GuestDriver {
     pub memory: GuestMemory,
     /// Value an MMIO load outside the command device returns.
     pub mmio_read_value: u64,
+    /// Donate when the VM's pool runs dry (the default). Off (`pool pages=` in scenarios), a
+    /// `NeedPages` exit ends the guest's access with an injected abort and is reported.
+    pub top_up: bool,
+    /// Runs of host pages donated on the way (physical address, pages), for the owner to take
+    /// back once the VM is gone.
+    pub donated: Vec<(u64, u64)>,
+    /// Host physical address of a byte set to 1 at each `Interrupt` exit: how the scenario
+    /// runner stops `OP_SPIN`. (Interface for the world-switch work's interrupt hook: replace
+    /// freely, the runner only needs "on an interrupt exit, set this flag, then re-run".)
+    pub interrupt_flag: Option<u64>,
     dead: bool,
 }
 
@@ -148,6 +165,9 @@ impl GuestDriver {
             vm_type,
             memory,
             mmio_read_value: 0,
+            top_up: true,
+            donated: Vec::new(),
+            interrupt_flag: None,
             dead: false,
         })
     }
@@ -222,10 +242,15 @@ impl GuestDriver {
                     report.memory_fault = Some((gpa, size, flags));
                     c0 = COMPLETE_INJECT_ABORT;
                 }
+                Exit::NeedPages { pages: wanted } if !self.top_up => {
+                    report.need_pages = Some(wanted);
+                    c0 = COMPLETE_INJECT_ABORT;
+                }
                 Exit::NeedPages { pages: wanted } => {
                     let n = wanted.max(TOP_UP_PAGES);
                     let pa = pages.alloc_contiguous(n, PAGE_SIZE).ok_or(Errno::ENOMEM)?;
                     vm::donate(self.vm, pa, n)?;
+                    self.donated.push((pa, n));
                     report.topped_up += n;
                 }
                 Exit::Hypercall { func, args } => {
@@ -235,10 +260,18 @@ impl GuestDriver {
                     // The upstream way: donate one page, ask the hyp to map it, re-run.
                     let pa = pages.alloc().ok_or(Errno::ENOMEM)?;
                     vm::donate(self.vm, pa, 1)?;
+                    self.donated.push((pa, 1));
                     vm::serve_fault(self.vm, ipa, write)?;
                     report.host_served_faults += 1;
                 }
-                Exit::Interrupt => {}
+                Exit::Interrupt => {
+                    report.interrupts += 1;
+                    if let Some(flag) = self.interrupt_flag {
+                        // The host's own page (shared by the guest for this); a refused store
+                        // leaves the guest spinning, and the run's timeout reports it.
+                        let _ = crate::exceptions::probe_write(flag as usize, 1);
+                    }
+                }
                 Exit::GuestException { class } => {
                     report.exception = Some(class);
                     self.dead = true;

@@ -32,6 +32,7 @@ fn config(sc: &Scenario) -> Result<Config<'_>, String> {
     let mut slot = None;
     for st in &sc.statements {
         match &st.kind {
+            StatementKind::Vm { .. } if st.line == first_line(sc) => {}
             StatementKind::Gmem { name, .. } => gmem = Some(name.clone()),
             StatementKind::Slot { gpa, .. } => slot = Some(*gpa),
             _ => {
@@ -52,6 +53,11 @@ fn config(sc: &Scenario) -> Result<Config<'_>, String> {
     })
 }
 
+/// The line of the file's opening `vm` (the probe's own VM).
+fn first_line(sc: &Scenario) -> usize {
+    sc.statements.first().map_or(0, |s| s.line)
+}
+
 /// One probe: a fresh VM from the configuration, a sequence of steps, the VM torn down.
 struct Probe<'r, 'p> {
     runner: Runner<'p>,
@@ -62,7 +68,7 @@ struct Probe<'r, 'p> {
 impl<'r, 'p> Probe<'r, 'p> {
     fn new(cfg: &'r Config<'r>, pages: &'p mut HostPages) -> Result<Self, String> {
         let mut runner = Runner::new(cfg.vm_type, pages).map_err(|e| format!("VM: {e}"))?;
-        for st in &cfg.sc.statements {
+        for st in cfg.sc.statements.iter().skip(1) {
             let d = runner.exec(&st.kind);
             if d.outcome != Outcome::Ok {
                 return Err(format!("configuration line {}: {}", st.line, d.outcome));

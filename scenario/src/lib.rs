@@ -1,28 +1,42 @@
 //! Parser for scenario files, the text contract that drives the system
-//! (`/work/shared/spec/SCENARIOS.md`).
+//! (`/work/shared/spec/SCENARIOS.md`), including the statements of its "Hostile worlds" section.
 //!
 //! [`parse`] turns a whole file into a [`Scenario`] or the first [`ParseError`] (line number and
 //! reason); nothing is run before every line has been parsed. The runner executes the statements,
 //! produces an [`Outcome`] for each, and asks [`Statement::check`] whether it held.
+//!
+//! Besides the grammar, the parser checks what a file gets wrong before it runs: a name used
+//! before it is declared, declared twice (names of VMs, gmem files and slots are global to the
+//! file and share one name space), a reserved word as a name, and a statement that needs a
+//! current VM where there is none (after `destroy`).
 //!
 //! The parser takes untrusted text: it never panics, whatever the input.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+mod grammar;
 mod number;
 mod result;
 
-use alloc::borrow::ToOwned;
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use abi::cmd::{Insn, WorldReg};
 use abi::flags::{ContentMode, ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::host::HostCall;
 
+pub use grammar::parse;
 pub use number::parse_number;
-pub use result::{parse_expect, Expect, Outcome};
+pub use result::{parse_expect, parse_outcome, Expect, Outcome};
+
+/// Most iterations of a `repeat`.
+pub const REPEAT_MAX: u64 = 1_000_000;
+/// `host raw-read hyp` / `raw-write hyp` reach the first 64 KiB of the hyp's image.
+pub const HYP_PROBE_LIMIT: u64 = 64 << 10;
+/// Words that cannot be names.
+pub const RESERVED: [&str; 3] = ["uaddr", "shared", "hyp"];
 
 /// A line the parser does not understand.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,29 +54,102 @@ impl fmt::Display for ParseError {
 
 impl core::error::Error for ParseError {}
 
-/// A parsed scenario file: one VM and the statements to run against it, in order.
+/// A parsed scenario file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
+    /// The type of the file's first VM (the `vm` statement that opens the file, which is also
+    /// the first of [`Scenario::statements`]).
     pub vm: VmType,
-    /// Every statement after `vm`.
+    /// Every statement, in order, starting with the first `vm`.
     pub statements: Vec<Statement>,
 }
 
-/// One statement (every statement but `vm` is one check).
+/// One statement (every statement but `vm` is one check; a `vm` with `expect=` is one too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {
-    /// 1-based line number.
+    /// 1-based line number (a statement inside a `repeat` has the `repeat`'s line).
     pub line: usize,
-    /// The source line, trimmed, without its comment.
+    /// The source text, trimmed, without its comment.
     pub text: String,
     pub kind: StatementKind,
-    /// `None`: the statement must succeed (`ok`, or any byte for a read).
+    /// `None`: the statement must succeed (see [`Statement::check`]).
     pub expect: Option<Expect>,
+}
+
+/// Which world runs a `reg-write`, `reg-read` or `exec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum World {
+    Host,
+    Guest,
+}
+
+impl World {
+    pub const fn name(self) -> &'static str {
+        match self {
+            World::Host => "host",
+            World::Guest => "guest",
+        }
+    }
+}
+
+/// How the host completes the current VM's forwarded MEM_SHARE / MEM_UNSHARE (`host forward`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardMode {
+    /// Carries the request out (`GuestConvert`, memory attributes) and completes it.
+    #[default]
+    Honest,
+    /// Completes it without carrying it out, with an error.
+    Refuse,
+    /// Completes it without carrying it out, claiming SUCCESS for every page.
+    Lie,
+}
+
+/// What `pool` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolSpec {
+    /// `pool auto`: the runner tops the pool up when it runs short.
+    Auto,
+    /// `pool pages=<n> [blocks=<m>]`: exactly this many free pages and free 2 MiB chunks.
+    Exact { pages: u64, blocks: u64 },
+}
+
+/// The MMIO guard calls of `guest mmio-guard`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmioGuardOp {
+    Enroll,
+    Map,
+    Unmap,
+}
+
+/// One argument of `host call`: a number, or the name of a VM, gmem or slot (its handle or id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallArg {
+    Num(u64),
+    Name(String),
 }
 
 /// What a statement does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatementKind {
+    /// `vm <type> [name=]`: a new VM, current from then on. `name` is the one given or the
+    /// default (`vm0`, `vm1`, ... counting the `vm` statements without `name=`).
+    Vm {
+        vm_type: VmType,
+        name: String,
+    },
+    /// `use <vm>`: later statements apply to this VM.
+    Use {
+        vm: String,
+    },
+    /// `destroy <vm>`: tears the VM down; there is no current VM afterwards.
+    Destroy {
+        vm: String,
+    },
+    /// `repeat <count> <statement> [; <statement>]...`: one check, whatever it holds.
+    Repeat {
+        count: u64,
+        body: Vec<Statement>,
+    },
     Gmem {
         name: String,
         size: u64,
@@ -115,6 +202,59 @@ pub enum StatementKind {
         gmem: String,
         offset: u64,
     },
+    /// `host forward <honest|refuse|lie>` (current VM).
+    HostForward {
+        mode: ForwardMode,
+    },
+    /// `host share-page gpa= [pages=]`: host pages shared with the current guest (MapHostShared).
+    HostSharePage {
+        gpa: u64,
+        pages: u64,
+    },
+    /// `host read shared gpa=`: the host's side of a page of `host share-page`.
+    HostReadShared {
+        gpa: u64,
+    },
+    /// `host write shared gpa= value=`.
+    HostWriteShared {
+        gpa: u64,
+        value: u8,
+    },
+    /// `host raw-write <gmem> offset= value=`: a store straight to the page's physical address.
+    HostRawWrite {
+        gmem: String,
+        offset: u64,
+        value: u8,
+    },
+    /// `host raw-read hyp offset=`: a load at the start of the hyp's image + offset.
+    HostRawReadHyp {
+        offset: u64,
+    },
+    /// `host raw-write hyp offset= value=`.
+    HostRawWriteHyp {
+        offset: u64,
+        value: u8,
+    },
+    /// `host dma-write <gmem> offset= value=`: fw_cfg's DMA asked to store the byte.
+    HostDmaWrite {
+        gmem: String,
+        offset: u64,
+        value: u8,
+    },
+    /// `host call <name> [a1=..a6=]`: one raw host call; missing arguments are 0.
+    HostCall {
+        call: HostCall,
+        args: [CallArg; 6],
+    },
+    /// `host smc <function> [a1=..a3=]`: one SMC from the host (x0 = function, x1..x3).
+    HostSmc {
+        func: u64,
+        args: [u64; 3],
+    },
+    /// `pool pages= [blocks=]` / `pool auto` (current VM).
+    Pool {
+        spec: PoolSpec,
+    },
     GuestRead {
         gpa: u64,
         /// `as=shared` (default private).
@@ -137,6 +277,31 @@ pub enum StatementKind {
         gpa: u64,
         pages: u64,
     },
+    /// `guest mmio-guard <enroll|map|unmap> [gpa=] [pages=]`. `gpa` is 0 for `enroll`;
+    /// `pages: None` is the one-granule call, `Some(n)` the range call.
+    GuestMmioGuard {
+        op: MmioGuardOp,
+        gpa: u64,
+        pages: Option<u64>,
+    },
+    /// `<host|guest> reg-write <reg> value=`.
+    RegWrite {
+        world: World,
+        reg: WorldReg,
+        value: u64,
+    },
+    /// `<host|guest> reg-read <reg>`.
+    RegRead {
+        world: World,
+        reg: WorldReg,
+    },
+    /// `<host|guest> exec <insn>`.
+    Exec {
+        world: World,
+        insn: Insn,
+    },
+    /// `guest spin`: passes only as `preempted`.
+    GuestSpin,
 }
 
 /// What a host read or write goes through.
@@ -156,467 +321,100 @@ impl StatementKind {
             StatementKind::HostRead { .. }
                 | StatementKind::HostRawRead { .. }
                 | StatementKind::GuestRead { .. }
+                | StatementKind::HostReadShared { .. }
+                | StatementKind::HostRawReadHyp { .. }
         )
+    }
+
+    /// Whether this statement gives a 64-bit value (its success is any value).
+    pub fn gives_value(&self) -> bool {
+        matches!(
+            self,
+            StatementKind::RegRead { .. } | StatementKind::HostSmc { .. }
+        )
+    }
+
+    /// Whether this statement acts on the current VM (an error of the file where there is none).
+    pub fn needs_vm(&self) -> bool {
+        use StatementKind as K;
+        match self {
+            K::Gmem { .. }
+            | K::Slot { .. }
+            | K::Attr { .. }
+            | K::HostForward { .. }
+            | K::HostSharePage { .. }
+            | K::HostReadShared { .. }
+            | K::HostWriteShared { .. }
+            | K::Pool { .. }
+            | K::GuestRead { .. }
+            | K::GuestWrite { .. }
+            | K::GuestShare { .. }
+            | K::GuestUnshare { .. }
+            | K::GuestRelinquish { .. }
+            | K::GuestMmioGuard { .. }
+            | K::GuestSpin => true,
+            K::RegWrite { world, .. } | K::RegRead { world, .. } | K::Exec { world, .. } => {
+                *world == World::Guest
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the statement is a check (every statement but `vm`; see
+    /// [`Statement::is_check`] for a `vm` with `expect=`).
+    pub fn is_check(&self) -> bool {
+        !matches!(self, StatementKind::Vm { .. })
+    }
+
+    /// What passes when there is no `expect=`: `ok` (or any byte for a read, any value for a
+    /// register read or an SMC); `preempted` for `guest spin`.
+    pub fn succeeds(&self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Ok => !matches!(self, StatementKind::GuestSpin),
+            Outcome::Byte(_) => self.is_read(),
+            Outcome::Value(_) => self.gives_value(),
+            Outcome::Preempted => matches!(self, StatementKind::GuestSpin),
+            _ => false,
+        }
+    }
+
+    /// What the line shows as expected when there is no `expect=`.
+    pub fn default_expectation(&self) -> &'static str {
+        if self.is_read() {
+            "any byte"
+        } else if self.gives_value() {
+            "any value"
+        } else if matches!(self, StatementKind::GuestSpin) {
+            "preempted"
+        } else {
+            "ok"
+        }
     }
 }
 
 impl Statement {
     /// Whether `outcome` satisfies this statement.
     ///
-    /// With `expect=`, the outcome must equal it by value, except that `expect=ok` on a read
-    /// also accepts any byte (the read succeeded). Without `expect=`, the statement must
-    /// succeed: `ok`, or any byte for a read.
+    /// With `expect=`, the outcome must equal one of its alternatives by value, except that
+    /// `ok` on a read also accepts any byte (the read succeeded) and on a register read any
+    /// value. Without `expect=`, the statement must succeed ([`StatementKind::succeeds`]).
+    /// A `repeat` is checked by the runner, statement by statement.
     pub fn check(&self, outcome: &Outcome) -> bool {
-        let read_ok = self.kind.is_read() && matches!(outcome, Outcome::Byte(_));
         match &self.expect {
-            None | Some(Expect::Ok) => *outcome == Outcome::Ok || read_ok,
-            Some(e) => e == outcome,
-        }
-    }
-}
-
-/// Parses a whole scenario file. Every line is parsed before anything can run; the first
-/// error (in line order) is returned.
-pub fn parse(text: &str) -> Result<Scenario, ParseError> {
-    let mut vm = None;
-    let mut statements = Vec::new();
-    let mut names = Names::default();
-    let mut last_line = 0;
-    for (idx, raw) in text.lines().enumerate() {
-        let line = idx + 1;
-        last_line = line;
-        let code = raw.split('#').next().unwrap_or("").trim();
-        if code.is_empty() {
-            continue;
-        }
-        let err = |reason: String| ParseError { line, reason };
-        let words = Words::split(code).map_err(err)?;
-        if words.verb == "vm" {
-            if vm.is_some() {
-                return Err(err(String::from(
-                    "a second `vm` statement (one VM per file)",
-                )));
-            }
-            vm = Some(parse_vm(&words).map_err(err)?);
-            continue;
-        }
-        if vm.is_none() {
-            return Err(err(String::from(
-                "the first statement must be `vm <pkvm|coco|plain>`",
-            )));
-        }
-        let (kind, expect) = parse_statement(&words, &mut names).map_err(err)?;
-        statements.push(Statement {
-            line,
-            text: code.to_owned(),
-            kind,
-            expect,
-        });
-    }
-    match vm {
-        Some(vm) => Ok(Scenario { vm, statements }),
-        None => Err(ParseError {
-            line: last_line.max(1),
-            reason: String::from("no `vm <pkvm|coco|plain>` statement"),
-        }),
-    }
-}
-
-/// Names declared so far (a name must be declared before it is used).
-#[derive(Default)]
-struct Names {
-    gmems: Vec<String>,
-    slots: Vec<String>,
-}
-
-impl Names {
-    fn gmem(&self, name: &str) -> Result<String, String> {
-        if self.gmems.iter().any(|g| g == name) {
-            Ok(name.to_owned())
-        } else {
-            Err(format!("no gmem `{name}` declared before this line"))
-        }
-    }
-
-    fn slot(&self, name: &str) -> Result<String, String> {
-        if self.slots.iter().any(|s| s == name) {
-            Ok(name.to_owned())
-        } else {
-            Err(format!("no slot `{name}` declared before this line"))
-        }
-    }
-}
-
-/// One line split into its verb, positional words and `key=value` options.
-struct Words<'a> {
-    verb: &'a str,
-    args: Vec<&'a str>,
-    opts: Vec<(&'a str, &'a str)>,
-}
-
-impl<'a> Words<'a> {
-    fn split(code: &'a str) -> Result<Self, String> {
-        let mut tokens = code.split_whitespace();
-        let verb = tokens.next().unwrap_or("");
-        if verb.contains('=') {
-            return Err(format!("expected a statement, found option `{verb}`"));
-        }
-        let mut args = Vec::new();
-        let mut opts: Vec<(&str, &str)> = Vec::new();
-        for tok in tokens {
-            match tok.split_once('=') {
-                Some((k, v)) => {
-                    if opts.iter().any(|(k2, _)| *k2 == k) {
-                        return Err(format!("duplicate option `{k}`"));
-                    }
-                    opts.push((k, v));
+            None => self.kind.succeeds(outcome),
+            Some(e) => e.alternatives().iter().any(|alt| match alt {
+                Outcome::Ok => {
+                    *outcome == Outcome::Ok
+                        || (self.kind.succeeds(outcome) && *outcome != Outcome::Preempted)
                 }
-                None => {
-                    if !opts.is_empty() {
-                        return Err(format!("`{tok}` after the options (options come last)"));
-                    }
-                    args.push(tok);
-                }
-            }
-        }
-        Ok(Words { verb, args, opts })
-    }
-
-    /// Checks that every option is one of `allowed`; the first one that is not is an error.
-    fn allow(&self, what: &str, allowed: &[&str]) -> Result<(), String> {
-        match self.opts.iter().find(|(k, _)| !allowed.contains(k)) {
-            Some((k, _)) => Err(format!("unknown option `{k}` for `{what}`")),
-            None => Ok(()),
+                a => a == outcome,
+            }),
         }
     }
 
-    /// Checks the number of positional words.
-    fn arity(&self, what: &str, n: usize, usage: &str) -> Result<(), String> {
-        if self.args.len() == n {
-            Ok(())
-        } else {
-            Err(format!("`{what}` takes {usage}"))
-        }
+    /// Whether this statement counts as one check: every statement but `vm`, and a `vm` that
+    /// carries `expect=`.
+    pub fn is_check(&self) -> bool {
+        self.kind.is_check() || self.expect.is_some()
     }
-
-    fn get(&self, key: &str) -> Option<&'a str> {
-        self.opts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
-    }
-
-    fn num(&self, key: &str) -> Result<Option<u64>, String> {
-        self.get(key)
-            .map(|v| parse_number(v).map_err(|e| format!("`{key}=`: {e}")))
-            .transpose()
-    }
-
-    fn req_num(&self, key: &str) -> Result<u64, String> {
-        self.num(key)?.ok_or_else(|| format!("missing `{key}=<n>`"))
-    }
-
-    fn byte(&self, key: &str) -> Result<Option<u8>, String> {
-        self.get(key)
-            .map(|v| number::parse_byte(v).map_err(|e| format!("`{key}=`: {e}")))
-            .transpose()
-    }
-
-    fn expect(&self) -> Result<Option<Expect>, String> {
-        self.get("expect")
-            .map(|v| parse_expect(v).map_err(|e| format!("`expect=`: {e}")))
-            .transpose()
-    }
-}
-
-fn parse_vm(w: &Words<'_>) -> Result<VmType, String> {
-    if let Some((k, _)) = w.opts.first() {
-        return Err(format!("unknown option `{k}` for `vm`"));
-    }
-    w.arity("vm", 1, "one word: `vm <pkvm|coco|plain>`")?;
-    match w.args.first().copied().unwrap_or("") {
-        "pkvm" => Ok(VmType::Pkvm),
-        "coco" => Ok(VmType::Coco),
-        "plain" => Ok(VmType::Plain),
-        other => Err(format!("unknown VM type `{other}` (pkvm, coco or plain)")),
-    }
-}
-
-fn private_or_shared(word: &str) -> Result<bool, String> {
-    match word {
-        "private" => Ok(true),
-        "shared" => Ok(false),
-        other => Err(format!("`{other}`: expected `private` or `shared`")),
-    }
-}
-
-fn gmem_flags(list: &str) -> Result<GmemFlags, String> {
-    let mut flags = GmemFlags::empty();
-    for f in list.split(',') {
-        flags |= match f {
-            "mmap" => GmemFlags::MMAP,
-            "init_shared" => GmemFlags::INIT_SHARED,
-            "track_shareability" => GmemFlags::TRACK_SHAREABILITY,
-            "no_direct_map" => GmemFlags::NO_DIRECT_MAP,
-            other => {
-                return Err(format!(
-                    "unknown gmem flag `{other}` (mmap, init_shared, track_shareability, no_direct_map)"
-                ))
-            }
-        };
-    }
-    Ok(flags)
-}
-
-fn slot_flags(list: &str) -> Result<MemslotFlags, String> {
-    let mut flags = MemslotFlags::empty();
-    for f in list.split(',') {
-        flags |= match f {
-            "always_fault_from_gmem" => MemslotFlags::ALWAYS_FAULT_FROM_GMEM,
-            "dont_check_mismatches" => MemslotFlags::DONT_CHECK_MISMATCHES,
-            other => {
-                return Err(format!(
-                    "unknown slot flag `{other}` (always_fault_from_gmem, dont_check_mismatches)"
-                ))
-            }
-        };
-    }
-    Ok(flags)
-}
-
-fn arg<'a>(w: &Words<'a>, i: usize) -> &'a str {
-    w.args.get(i).copied().unwrap_or("")
-}
-
-fn parse_statement(
-    w: &Words<'_>,
-    names: &mut Names,
-) -> Result<(StatementKind, Option<Expect>), String> {
-    let kind = match w.verb {
-        "gmem" => {
-            w.allow("gmem", &["size", "flags", "expect"])?;
-            w.arity("gmem", 1, "a name: `gmem <name> size=<n> [flags=..]`")?;
-            let name = arg(w, 0);
-            if names.gmems.iter().any(|g| g == name) {
-                return Err(format!("gmem `{name}` is already declared"));
-            }
-            let size = w.req_num("size")?;
-            let flags = w
-                .get("flags")
-                .map(gmem_flags)
-                .transpose()?
-                .unwrap_or_default();
-            names.gmems.push(name.to_owned());
-            StatementKind::Gmem {
-                name: name.to_owned(),
-                size,
-                flags,
-            }
-        }
-        "slot" => {
-            w.allow(
-                "slot",
-                &["gpa", "size", "gmem", "offset", "uaddr", "flags", "expect"],
-            )?;
-            w.arity("slot", 1, "a name: `slot <name> gpa=<addr> size=<n> ..`")?;
-            let name = arg(w, 0);
-            if names.slots.iter().any(|s| s == name) {
-                return Err(format!("slot `{name}` is already declared"));
-            }
-            let gpa = w.req_num("gpa")?;
-            let size = w.req_num("size")?;
-            let offset = w.num("offset")?;
-            let gmem = match (w.get("gmem"), offset) {
-                (Some(g), off) => Some((names.gmem(g)?, off.unwrap_or(0))),
-                (None, Some(_)) => return Err(String::from("`offset=` needs `gmem=`")),
-                (None, None) => None,
-            };
-            let uaddr = match w.get("uaddr") {
-                None => UserspaceAddr::None,
-                Some("anon") => UserspaceAddr::Anon,
-                Some("gmem") if gmem.is_some() => UserspaceAddr::Gmem,
-                Some("gmem") => return Err(String::from("`uaddr=gmem` needs `gmem=`")),
-                Some(other) => return Err(format!("`uaddr={other}`: expected `anon` or `gmem`")),
-            };
-            let flags = w
-                .get("flags")
-                .map(slot_flags)
-                .transpose()?
-                .unwrap_or_default();
-            names.slots.push(name.to_owned());
-            StatementKind::Slot {
-                name: name.to_owned(),
-                gpa,
-                size,
-                gmem,
-                uaddr,
-                flags,
-            }
-        }
-        "attr" => {
-            w.allow("attr", &["gpa", "size", "expect"])?;
-            w.arity("attr", 1, "`attr <private|shared> gpa=<addr> size=<n>`")?;
-            StatementKind::Attr {
-                private: private_or_shared(arg(w, 0))?,
-                gpa: w.req_num("gpa")?,
-                size: w.req_num("size")?,
-            }
-        }
-        "convert" => {
-            w.allow("convert", &["offset", "size", "mode", "expect"])?;
-            w.arity(
-                "convert",
-                2,
-                "`convert <gmem> <private|shared> offset=<n> size=<n> [mode=..]`",
-            )?;
-            let gmem = names.gmem(arg(w, 0))?;
-            let to = if private_or_shared(arg(w, 1))? {
-                ConvertTo::Private
-            } else {
-                ConvertTo::Shared
-            };
-            let mode = match w.get("mode") {
-                None => None,
-                Some("zero") => Some(ContentMode::Zero),
-                Some("preserve") => Some(ContentMode::Preserve),
-                Some(other) => {
-                    return Err(format!("`mode={other}`: expected `zero` or `preserve`"))
-                }
-            };
-            StatementKind::Convert {
-                gmem,
-                to,
-                offset: w.req_num("offset")?,
-                size: w.req_num("size")?,
-                mode,
-            }
-        }
-        "punch" => {
-            w.allow("punch", &["offset", "size", "expect"])?;
-            w.arity("punch", 1, "`punch <gmem> offset=<n> size=<n>`")?;
-            StatementKind::Punch {
-                gmem: names.gmem(arg(w, 0))?,
-                offset: w.req_num("offset")?,
-                size: w.req_num("size")?,
-            }
-        }
-        "host" => parse_host(w, names)?,
-        "guest" => parse_guest(w)?,
-        other => return Err(format!("unknown statement `{other}`")),
-    };
-    Ok((kind, w.expect()?))
-}
-
-fn parse_host(w: &Words<'_>, names: &Names) -> Result<StatementKind, String> {
-    let op = arg(w, 0);
-    let what = format!("host {op}");
-    match op {
-        "read" | "write" => {
-            let write = op == "write";
-            if write {
-                w.allow(&what, &["offset", "value", "expect"])?;
-            } else if w.get("value").is_some() {
-                return Err(String::from("`host read` takes no `value=`"));
-            } else {
-                w.allow(&what, &["offset", "expect"])?;
-            }
-            let target = match w.args.len() {
-                2 => HostTarget::Gmem(names.gmem(arg(w, 1))?),
-                3 if arg(w, 1) == "uaddr" => HostTarget::Uaddr(names.slot(arg(w, 2))?),
-                _ => {
-                    return Err(format!(
-                        "`{what}` takes `<gmem>` or `uaddr <slot>`, then `offset=<n>`"
-                    ))
-                }
-            };
-            let offset = w.req_num("offset")?;
-            if write {
-                let value = w
-                    .byte("value")?
-                    .ok_or_else(|| String::from("`host write` needs `value=<byte>`"))?;
-                Ok(StatementKind::HostWrite {
-                    target,
-                    offset,
-                    value,
-                })
-            } else {
-                Ok(StatementKind::HostRead { target, offset })
-            }
-        }
-        "raw-read" | "pin" | "unpin" => {
-            w.allow(&what, &["offset", "expect"])?;
-            w.arity(&what, 2, "a gmem name: `<gmem> offset=<n>`")?;
-            let gmem = names.gmem(arg(w, 1))?;
-            let offset = w.req_num("offset")?;
-            Ok(match op {
-                "raw-read" => StatementKind::HostRawRead { gmem, offset },
-                "pin" => StatementKind::HostPin { gmem, offset },
-                _ => StatementKind::HostUnpin { gmem, offset },
-            })
-        }
-        "" => Err(String::from(
-            "`host` needs an operation: read, write, raw-read, pin or unpin",
-        )),
-        other => Err(format!(
-            "unknown host operation `{other}` (read, write, raw-read, pin, unpin)"
-        )),
-    }
-}
-
-fn parse_guest(w: &Words<'_>) -> Result<StatementKind, String> {
-    let op = arg(w, 0);
-    let what = format!("guest {op}");
-    let shared = |w: &Words<'_>| -> Result<bool, String> {
-        match w.get("as") {
-            None | Some("private") => Ok(false),
-            Some("shared") => Ok(true),
-            Some(other) => Err(format!("`as={other}`: expected `private` or `shared`")),
-        }
-    };
-    match op {
-        "read" | "write" | "share" | "unshare" | "relinquish" => {}
-        "" => {
-            return Err(String::from(
-                "`guest` needs an operation: read, write, share, unshare or relinquish",
-            ))
-        }
-        other => {
-            return Err(format!(
-                "unknown guest operation `{other}` (read, write, share, unshare, relinquish)"
-            ))
-        }
-    }
-    match op {
-        "read" => {
-            if w.get("value").is_some() {
-                return Err(String::from("`guest read` takes no `value=`"));
-            }
-            w.allow(&what, &["gpa", "as", "expect"])?;
-        }
-        "write" => w.allow(&what, &["gpa", "value", "as", "expect"])?,
-        _ => w.allow(&what, &["gpa", "pages", "expect"])?,
-    }
-    w.arity(&what, 1, "only options")?;
-    let gpa = w.req_num("gpa")?;
-    Ok(match op {
-        "read" => StatementKind::GuestRead {
-            gpa,
-            shared: shared(w)?,
-        },
-        "write" => {
-            let value = w
-                .byte("value")?
-                .ok_or_else(|| String::from("`guest write` needs `value=<byte>`"))?;
-            StatementKind::GuestWrite {
-                gpa,
-                value,
-                shared: shared(w)?,
-            }
-        }
-        _ => {
-            let pages = w.num("pages")?.unwrap_or(1);
-            match op {
-                "share" => StatementKind::GuestShare { gpa, pages },
-                "unshare" => StatementKind::GuestUnshare { gpa, pages },
-                _ => StatementKind::GuestRelinquish { gpa, pages },
-            }
-        }
-    })
 }

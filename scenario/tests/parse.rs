@@ -1,10 +1,12 @@
 //! Tests of the scenario grammar (SCENARIOS.md).
 
+use abi::cmd::{Insn, WorldReg};
 use abi::flags::{ContentMode, ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::host::HostCall;
 use abi::Errno;
 use scenario::{
-    parse, parse_expect, parse_number, Expect, HostTarget, Outcome, ParseError, Statement,
-    StatementKind as K,
+    parse, parse_expect, parse_number, parse_outcome, CallArg, Expect, ForwardMode, HostTarget,
+    MmioGuardOp, Outcome, ParseError, PoolSpec, Scenario, Statement, StatementKind as K, World,
 };
 
 const EXAMPLE: &str = "\
@@ -27,14 +29,24 @@ fn g(s: &str) -> String {
     s.to_owned()
 }
 
+/// One expected outcome.
+fn ex(o: Outcome) -> Option<Expect> {
+    Some(Expect::one(o))
+}
+
+/// The statements after the `vm` that opens the file.
+fn body(sc: &Scenario) -> &[Statement] {
+    assert!(matches!(sc.statements[0].kind, K::Vm { .. }), "{sc:?}");
+    &sc.statements[1..]
+}
+
 #[test]
 fn example_parses_into_the_right_statements() {
     let sc = parse(EXAMPLE).unwrap();
     assert_eq!(sc.vm, VmType::Pkvm);
-    let got: Vec<(usize, K, Option<Expect>)> = sc
-        .statements
+    let got: Vec<(usize, K, Option<Expect>)> = body(&sc)
         .iter()
-        .map(|s| (s.line, s.kind.clone(), s.expect))
+        .map(|s| (s.line, s.kind.clone(), s.expect.clone()))
         .collect();
     let gt = || HostTarget::Gmem(g("g"));
     let want = vec![
@@ -74,7 +86,7 @@ fn example_parses_into_the_right_statements() {
                 target: gt(),
                 offset: 0x1000,
             },
-            Some(Expect::Sigbus),
+            ex(Outcome::Sigbus),
         ),
         (
             6,
@@ -82,7 +94,7 @@ fn example_parses_into_the_right_statements() {
                 gmem: g("g"),
                 offset: 0x1000,
             },
-            Some(Expect::Abort),
+            ex(Outcome::Abort),
         ),
         (
             7,
@@ -90,7 +102,7 @@ fn example_parses_into_the_right_statements() {
                 gpa: 0x8000_1000,
                 pages: 1,
             },
-            Some(Expect::Ok),
+            ex(Outcome::Ok),
         ),
         (
             8,
@@ -98,7 +110,7 @@ fn example_parses_into_the_right_statements() {
                 target: gt(),
                 offset: 0x1000,
             },
-            Some(Expect::Byte(0x5a)),
+            ex(Outcome::Byte(0x5a)),
         ),
         (
             9,
@@ -114,7 +126,7 @@ fn example_parses_into_the_right_statements() {
                 gpa: 0x8000_1000,
                 pages: 1,
             },
-            Some(Expect::InvalidParameter),
+            ex(Outcome::InvalidParameter),
         ),
         (
             11,
@@ -130,7 +142,7 @@ fn example_parses_into_the_right_statements() {
                 gpa: 0x8000_1000,
                 pages: 1,
             },
-            Some(Expect::Ok),
+            ex(Outcome::Ok),
         ),
         (
             13,
@@ -138,14 +150,11 @@ fn example_parses_into_the_right_statements() {
                 target: gt(),
                 offset: 0x1000,
             },
-            Some(Expect::Sigbus),
+            ex(Outcome::Sigbus),
         ),
     ];
     assert_eq!(got, want);
-    assert_eq!(
-        sc.statements[2].text,
-        "guest write gpa=0x80001000 value=0x5a"
-    );
+    assert_eq!(body(&sc)[2].text, "guest write gpa=0x80001000 value=0x5a");
 }
 
 #[test]
@@ -154,13 +163,13 @@ fn comments_blank_lines_and_text() {
         parse("# a scenario\n\n   vm coco   # the VM\n\t\ngmem g size=4096 # trailing\n# done\n")
             .unwrap();
     assert_eq!(sc.vm, VmType::Coco);
-    assert_eq!(sc.statements.len(), 1);
-    assert_eq!(sc.statements[0].line, 5);
-    assert_eq!(sc.statements[0].text, "gmem g size=4096");
+    assert_eq!(body(&sc).len(), 1);
+    assert_eq!(body(&sc)[0].line, 5);
+    assert_eq!(body(&sc)[0].text, "gmem g size=4096");
     // CRLF line endings.
     let sc = parse("vm plain\r\ngmem g size=4K\r\n").unwrap();
     assert_eq!(sc.vm, VmType::Plain);
-    assert_eq!(sc.statements[0].text, "gmem g size=4K");
+    assert_eq!(body(&sc)[0].text, "gmem g size=4K");
 }
 
 #[test]
@@ -189,7 +198,7 @@ guest share gpa=0x2000 pages=0
 ",
     )
     .unwrap();
-    let k: Vec<K> = sc.statements.iter().map(|s| s.kind.clone()).collect();
+    let k: Vec<K> = body(&sc).iter().map(|s| s.kind.clone()).collect();
     assert_eq!(
         k[0],
         K::Gmem {
@@ -198,7 +207,7 @@ guest share gpa=0x2000 pages=0
             flags: GmemFlags::INIT_SHARED | GmemFlags::NO_DIRECT_MAP
         }
     );
-    assert_eq!(sc.statements[0].expect, Some(Expect::Errno(Errno::EINVAL)));
+    assert_eq!(body(&sc)[0].expect, ex(Outcome::Errno(Errno::EINVAL)));
     assert_eq!(
         k[2],
         K::Slot {
@@ -258,7 +267,7 @@ guest share gpa=0x2000 pages=0
             mode: Some(ContentMode::Zero)
         }
     );
-    assert_eq!(sc.statements[7].expect, Some(Expect::Eagain(0x1000)));
+    assert_eq!(body(&sc)[7].expect, ex(Outcome::Eagain(0x1000)));
     assert_eq!(
         k[8],
         K::Convert {
@@ -302,7 +311,7 @@ guest share gpa=0x2000 pages=0
             offset: 2
         }
     );
-    assert_eq!(sc.statements[12].expect, Some(Expect::Byte(0)));
+    assert_eq!(body(&sc)[12].expect, ex(Outcome::Byte(0)));
     assert_eq!(
         k[13],
         K::HostWrite {
@@ -326,8 +335,8 @@ guest share gpa=0x2000 pages=0
         }
     );
     assert_eq!(
-        sc.statements[15].expect,
-        Some(Expect::MemoryFault {
+        body(&sc)[15].expect,
+        ex(Outcome::MemoryFault {
             gpa: 0x1000,
             size: 4096,
             private: true
@@ -348,7 +357,7 @@ guest share gpa=0x2000 pages=0
             pages: 4
         }
     );
-    assert_eq!(sc.statements[17].expect, Some(Expect::NotSupported));
+    assert_eq!(body(&sc)[17].expect, ex(Outcome::NotSupported));
     assert_eq!(
         k[18],
         K::GuestShare {
@@ -452,8 +461,14 @@ fn error_cases_name_the_line() {
         ("host read g offset=0 =5", 4, "``"),
         ("host read g offset=0 extra", 4, "extra"),
         ("gpa=0", 4, "gpa=0"),
-        ("vm pkvm", 4, "second"),
-        ("guest read gpa=0\nvm coco", 5, "second"),
+        ("vm pkvm name=s", 4, "already"),
+        ("vm pkvm name=vm0", 4, "already"),
+        ("vm pkvm name=hyp", 4, "reserved"),
+        ("gmem shared size=4K", 4, "reserved"),
+        ("slot uaddr gpa=0 size=4K", 4, "reserved"),
+        ("gmem 9lives size=4K", 4, "not a name"),
+        ("vm pkvm name=", 4, "not a name"),
+        ("vm pkvm name=a.b", 4, "not a name"),
         ("guest read gpa=0x10000000000000000", 4, "64 bits"),
     ];
     for &(body, line, needle) in cases {
@@ -478,11 +493,15 @@ fn vm_must_come_first_and_once() {
     assert!(e.reason.contains("kvm"));
     let e = parse("vm pkvm coco\n").unwrap_err();
     assert_eq!(e.line, 1);
-    let e = parse("vm pkvm expect=ok\n").unwrap_err();
-    assert!(e.reason.contains("expect"), "{e}");
-    let e = parse("vm pkvm\nvm pkvm\n").unwrap_err();
-    assert_eq!(e.to_string(), format!("line 2: {}", e.reason));
-    assert!(parse("vm plain\n").unwrap().statements.is_empty());
+    let e = parse("vm pkvm flavour=ok\n").unwrap_err();
+    assert!(e.reason.contains("flavour"), "{e}");
+    let e = parse("repeat 2 vm pkvm\n").unwrap_err();
+    assert_eq!(e.line, 1);
+    let e = parse("vm pkvm size=1\n").unwrap_err();
+    assert_eq!(e.to_string(), format!("line 1: {}", e.reason));
+    let sc = parse("vm plain\n").unwrap();
+    assert_eq!(sc.statements.len(), 1);
+    assert!(body(&sc).is_empty());
 }
 
 #[test]
@@ -538,29 +557,29 @@ fn numbers() {
         .contains("64 bits"));
 }
 
-fn all_results() -> Vec<Expect> {
+fn all_results() -> Vec<Outcome> {
     let mut v = vec![
-        Expect::Ok,
-        Expect::Byte(0),
-        Expect::Byte(0x5a),
-        Expect::Byte(0xff),
-        Expect::Sigbus,
-        Expect::Abort,
-        Expect::Mmio,
-        Expect::MemoryFault {
+        Outcome::Ok,
+        Outcome::Byte(0),
+        Outcome::Byte(0x5a),
+        Outcome::Byte(0xff),
+        Outcome::Sigbus,
+        Outcome::Abort,
+        Outcome::Mmio,
+        Outcome::MemoryFault {
             gpa: 0x8000_1000,
             size: 4096,
             private: true,
         },
-        Expect::MemoryFault {
+        Outcome::MemoryFault {
             gpa: 0,
             size: 0,
             private: false,
         },
-        Expect::Eagain(0),
-        Expect::Eagain(0x2000),
-        Expect::InvalidParameter,
-        Expect::NotSupported,
+        Outcome::Eagain(0),
+        Outcome::Eagain(0x2000),
+        Outcome::InvalidParameter,
+        Outcome::NotSupported,
     ];
     for name in [
         "EPERM",
@@ -578,7 +597,7 @@ fn all_results() -> Vec<Expect> {
         "ENOSYS",
         "EOPNOTSUPP",
     ] {
-        v.push(Expect::Errno(Errno::from_name(name).unwrap()));
+        v.push(Outcome::Errno(Errno::from_name(name).unwrap()));
     }
     v
 }
@@ -587,7 +606,7 @@ fn all_results() -> Vec<Expect> {
 fn results_parse_and_display_round_trip() {
     for e in all_results() {
         let s = e.to_string();
-        assert_eq!(parse_expect(&s), Ok(e), "{s}");
+        assert_eq!(parse_outcome(&s), Ok(e), "{s}");
         assert_eq!(e.to_string(), s);
     }
     let cases: &[(&str, &str)] = &[
@@ -613,7 +632,7 @@ fn results_parse_and_display_round_trip() {
         ),
     ];
     for &(input, shown) in cases {
-        assert_eq!(parse_expect(input).unwrap().to_string(), shown, "{input}");
+        assert_eq!(parse_outcome(input).unwrap().to_string(), shown, "{input}");
     }
     for bad in [
         "",
@@ -639,7 +658,10 @@ fn results_parse_and_display_round_trip() {
         "memory_fault(gpa=zz,size=4K,private=1)",
         "memory_fault(gpa=0, size=4K,private=1)",
     ] {
-        assert!(parse_expect(bad).is_err(), "{bad:?} parsed");
+        assert!(
+            parse_outcome(bad).is_err() && parse_expect(bad).is_err(),
+            "{bad:?} parsed"
+        );
     }
 }
 
@@ -737,6 +759,671 @@ fn check_semantics() {
     assert!(!s.check(&Outcome::Ok));
 }
 
+const HOSTILE: &str = "\
+vm pkvm
+gmem g size=64K flags=mmap,track_shareability
+slot s gpa=0x80000000 size=64K gmem=g flags=always_fault_from_gmem
+vm coco name=c expect=ok|ENOMEM
+use vm0
+host forward lie
+host forward refuse expect=ok
+host forward honest
+host share-page gpa=0x80000000 expect=EPERM
+host share-page gpa=0x90000000 pages=4
+host read shared gpa=0x90001000 expect=0|sigbus
+host write shared gpa=0x90001000 value=0x33
+host raw-write g offset=0x1000 value=0x44 expect=abort
+host raw-read hyp offset=0xfff0 expect=abort
+host raw-write hyp offset=0 value=1 expect=abort
+host dma-write g offset=0x2000 value=0x55 expect=abort
+host call VmDestroy a1=c expect=ENOENT
+host call MapHostShared a1=vm0 a2=0 a3=0x48000000 a4=0x10000000 a6=s expect=EINVAL
+host call Version
+host smc 0x84000000
+host smc 0xC2000000 a1=1 a3=3 expect=NOT_SUPPORTED
+pool pages=0
+pool pages=16 blocks=1 expect=ok
+pool auto
+guest mmio-guard enroll
+guest mmio-guard map gpa=0x90000000
+guest mmio-guard unmap gpa=0x90000000 pages=4 expect=INVALID_PARAMETER
+host reg-write d0 value=0x1122334455667788
+guest reg-write apiakeylo_el1 value=7 expect=ok|undef
+host reg-read d0 expect=0x1122334455667788
+guest reg-read pmccntr_el0 expect=undef
+guest reg-read fpcr
+host exec sve expect=undef
+guest exec fetch-device expect=abort
+guest spin
+guest read gpa=0x80000000 expect=need_pages
+destroy c
+destroy vm0 expect=ok
+vm plain name=c
+repeat 1000 gmem h size=4K; slot t gpa=0x90000000 size=4K gmem=h expect=ok|ENOMEM ; host call GmemDestroy a1=h
+";
+
+#[test]
+fn every_hostile_statement_form() {
+    let sc = parse(HOSTILE).unwrap();
+    let k: Vec<(&K, Option<&Expect>)> = sc
+        .statements
+        .iter()
+        .map(|s| (&s.kind, s.expect.as_ref()))
+        .collect();
+    let one = |o: Outcome| Expect::one(o);
+    let vm0 = K::Vm {
+        vm_type: VmType::Pkvm,
+        name: g("vm0"),
+    };
+    assert_eq!(k[0], (&vm0, None));
+    assert_eq!(
+        k[3],
+        (
+            &K::Vm {
+                vm_type: VmType::Coco,
+                name: g("c")
+            },
+            Some(&Expect::any_of(vec![Outcome::Ok, Outcome::Errno(Errno::ENOMEM)]).unwrap())
+        )
+    );
+    assert_eq!(k[4].0, &K::Use { vm: g("vm0") });
+    assert_eq!(
+        k[5].0,
+        &K::HostForward {
+            mode: ForwardMode::Lie
+        }
+    );
+    assert_eq!(
+        k[6].0,
+        &K::HostForward {
+            mode: ForwardMode::Refuse
+        }
+    );
+    assert_eq!(
+        k[7].0,
+        &K::HostForward {
+            mode: ForwardMode::Honest
+        }
+    );
+    assert_eq!(
+        k[8],
+        (
+            &K::HostSharePage {
+                gpa: 0x8000_0000,
+                pages: 1
+            },
+            Some(&one(Outcome::Errno(Errno::EPERM)))
+        )
+    );
+    assert_eq!(
+        k[9].0,
+        &K::HostSharePage {
+            gpa: 0x9000_0000,
+            pages: 4
+        }
+    );
+    assert_eq!(
+        k[10],
+        (
+            &K::HostReadShared { gpa: 0x9000_1000 },
+            Some(&Expect::any_of(vec![Outcome::Byte(0), Outcome::Sigbus]).unwrap())
+        )
+    );
+    assert_eq!(
+        k[11].0,
+        &K::HostWriteShared {
+            gpa: 0x9000_1000,
+            value: 0x33
+        }
+    );
+    assert_eq!(
+        k[12].0,
+        &K::HostRawWrite {
+            gmem: g("g"),
+            offset: 0x1000,
+            value: 0x44
+        }
+    );
+    assert_eq!(
+        k[13],
+        (
+            &K::HostRawReadHyp { offset: 0xfff0 },
+            Some(&one(Outcome::Abort))
+        )
+    );
+    assert_eq!(
+        k[14].0,
+        &K::HostRawWriteHyp {
+            offset: 0,
+            value: 1
+        }
+    );
+    assert_eq!(
+        k[15].0,
+        &K::HostDmaWrite {
+            gmem: g("g"),
+            offset: 0x2000,
+            value: 0x55
+        }
+    );
+    assert_eq!(
+        k[16].0,
+        &K::HostCall {
+            call: HostCall::VmDestroy,
+            args: [
+                CallArg::Name(g("c")),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0)
+            ]
+        }
+    );
+    assert_eq!(
+        k[17].0,
+        &K::HostCall {
+            call: HostCall::MapHostShared,
+            args: [
+                CallArg::Name(g("vm0")),
+                CallArg::Num(0),
+                CallArg::Num(0x4800_0000),
+                CallArg::Num(0x1000_0000),
+                CallArg::Num(0),
+                CallArg::Name(g("s")),
+            ]
+        }
+    );
+    assert_eq!(
+        k[18],
+        (
+            &K::HostCall {
+                call: HostCall::Version,
+                args: Default::default()
+            },
+            None
+        )
+    );
+    assert_eq!(
+        k[19].0,
+        &K::HostSmc {
+            func: 0x8400_0000,
+            args: [0; 3]
+        }
+    );
+    assert_eq!(
+        k[20],
+        (
+            &K::HostSmc {
+                func: 0xC200_0000,
+                args: [1, 0, 3]
+            },
+            Some(&one(Outcome::NotSupported))
+        )
+    );
+    assert_eq!(
+        k[21].0,
+        &K::Pool {
+            spec: PoolSpec::Exact {
+                pages: 0,
+                blocks: 0
+            }
+        }
+    );
+    assert_eq!(
+        k[22].0,
+        &K::Pool {
+            spec: PoolSpec::Exact {
+                pages: 16,
+                blocks: 1
+            }
+        }
+    );
+    assert_eq!(
+        k[23].0,
+        &K::Pool {
+            spec: PoolSpec::Auto
+        }
+    );
+    assert_eq!(
+        k[24].0,
+        &K::GuestMmioGuard {
+            op: MmioGuardOp::Enroll,
+            gpa: 0,
+            pages: None
+        }
+    );
+    assert_eq!(
+        k[25].0,
+        &K::GuestMmioGuard {
+            op: MmioGuardOp::Map,
+            gpa: 0x9000_0000,
+            pages: None
+        }
+    );
+    assert_eq!(
+        k[26].0,
+        &K::GuestMmioGuard {
+            op: MmioGuardOp::Unmap,
+            gpa: 0x9000_0000,
+            pages: Some(4)
+        }
+    );
+    assert_eq!(
+        k[27].0,
+        &K::RegWrite {
+            world: World::Host,
+            reg: WorldReg::D0,
+            value: 0x1122_3344_5566_7788
+        }
+    );
+    assert_eq!(
+        k[28],
+        (
+            &K::RegWrite {
+                world: World::Guest,
+                reg: WorldReg::ApiaKeyLoEl1,
+                value: 7
+            },
+            Some(&Expect::any_of(vec![Outcome::Ok, Outcome::Undef]).unwrap())
+        )
+    );
+    assert_eq!(
+        k[29],
+        (
+            &K::RegRead {
+                world: World::Host,
+                reg: WorldReg::D0
+            },
+            Some(&one(Outcome::Value(0x1122_3344_5566_7788)))
+        )
+    );
+    assert_eq!(
+        k[30],
+        (
+            &K::RegRead {
+                world: World::Guest,
+                reg: WorldReg::PmccntrEl0
+            },
+            Some(&one(Outcome::Undef))
+        )
+    );
+    assert_eq!(
+        k[31],
+        (
+            &K::RegRead {
+                world: World::Guest,
+                reg: WorldReg::Fpcr
+            },
+            None
+        )
+    );
+    assert_eq!(
+        k[32],
+        (
+            &K::Exec {
+                world: World::Host,
+                insn: Insn::Sve
+            },
+            Some(&one(Outcome::Undef))
+        )
+    );
+    assert_eq!(
+        k[33],
+        (
+            &K::Exec {
+                world: World::Guest,
+                insn: Insn::FetchDevice
+            },
+            Some(&one(Outcome::Abort))
+        )
+    );
+    assert_eq!(k[34], (&K::GuestSpin, None));
+    assert_eq!(
+        k[35],
+        (
+            &K::GuestRead {
+                gpa: 0x8000_0000,
+                shared: false
+            },
+            Some(&one(Outcome::NeedPages))
+        )
+    );
+    assert_eq!(k[36].0, &K::Destroy { vm: g("c") });
+    assert_eq!(
+        k[37],
+        (&K::Destroy { vm: g("vm0") }, Some(&one(Outcome::Ok)))
+    );
+    // A destroyed VM's name is given to a new one.
+    assert_eq!(
+        k[38].0,
+        &K::Vm {
+            vm_type: VmType::Plain,
+            name: g("c")
+        }
+    );
+    let K::Repeat { count, body } = k[39].0 else {
+        panic!("{:?}", k[39])
+    };
+    assert_eq!(*count, 1000);
+    assert_eq!(body.len(), 3);
+    assert!(body.iter().all(|s| s.line == 40));
+    assert_eq!(
+        body[1].text,
+        "slot t gpa=0x90000000 size=4K gmem=h expect=ok|ENOMEM"
+    );
+    assert_eq!(body[2].text, "host call GmemDestroy a1=h");
+    assert_eq!(
+        body[2].kind,
+        K::HostCall {
+            call: HostCall::GmemDestroy,
+            args: [
+                CallArg::Name(g("h")),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0),
+                CallArg::Num(0)
+            ]
+        }
+    );
+    assert!(k[39].1.is_none());
+    assert_eq!(sc.statements.len(), 40);
+    // Only `vm` statements without expect= are not checks.
+    let checks = sc.statements.iter().filter(|s| s.is_check()).count();
+    assert_eq!(checks, 38);
+}
+
+#[test]
+fn vm_names_and_the_current_vm() {
+    // Unnamed VMs are vm0, vm1, ... counting only the unnamed ones.
+    let sc = parse("vm pkvm\nvm coco name=x\nvm plain\nuse vm0\nuse x\nuse vm1\n").unwrap();
+    let names: Vec<&str> = sc
+        .statements
+        .iter()
+        .filter_map(|s| match &s.kind {
+            K::Vm { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["vm0", "x", "vm1"]);
+    assert_eq!(sc.vm, VmType::Pkvm);
+    let cases: &[(&str, usize, &str)] = &[
+        // After destroy there is no current VM.
+        ("vm pkvm\ndestroy vm0\ngmem g size=4K", 3, "no current VM"),
+        (
+            "vm pkvm\nvm coco\ndestroy vm0\nguest read gpa=0",
+            4,
+            "no current VM",
+        ),
+        ("vm pkvm\ndestroy vm0\npool auto", 3, "no current VM"),
+        ("vm pkvm\ndestroy vm0\nhost forward lie", 3, "no current VM"),
+        (
+            "vm pkvm\ndestroy vm0\nguest reg-read d0",
+            3,
+            "no current VM",
+        ),
+        ("vm pkvm\ndestroy vm0\nuse vm0", 3, "destroyed"),
+        ("vm pkvm\nuse nope", 2, "nope"),
+        ("vm pkvm\ngmem g size=4K\nuse g", 3, "not a VM"),
+        ("vm pkvm\ngmem g size=4K\ndestroy g", 3, "not a VM"),
+        ("vm pkvm\ndestroy", 2, "VM name"),
+        ("vm pkvm\nuse vm0 vm1", 2, "VM name"),
+        ("vm pkvm name=a\nvm coco name=a", 2, "already"),
+        ("vm pkvm\ngmem vm1 size=4K\nvm coco", 3, "already"),
+        ("vm pkvm\ngmem g size=4K\nvm coco name=g", 3, "already"),
+        (
+            "vm pkvm\nslot s gpa=0 size=4K\ngmem s size=4K",
+            3,
+            "already",
+        ),
+        // Inside a repeat, the second iteration starts after the first.
+        (
+            "vm pkvm\nrepeat 2 guest read gpa=0; destroy vm0",
+            2,
+            "no current VM",
+        ),
+        ("vm pkvm\nrepeat 2 use vm0; destroy vm0", 2, "destroyed"),
+    ];
+    for &(text, line, needle) in cases {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.line, line, "{text:?}: {e}");
+        assert!(e.reason.contains(needle), "{text:?}: {e}");
+    }
+    // Fine: what those get wrong, done right.
+    for text in [
+        "vm pkvm\ndestroy vm0\nvm coco\ngmem g size=4K",
+        "vm pkvm\nvm coco\ndestroy vm0\nuse vm1\nguest read gpa=0",
+        "vm pkvm name=a\ndestroy a\nvm coco name=a\nuse a",
+        "vm pkvm\ndestroy vm0\ndestroy vm0 expect=ENOENT",
+        "vm pkvm\nrepeat 1 guest read gpa=0; destroy vm0",
+        "vm pkvm\nrepeat 3 vm coco name=v; guest read gpa=0; destroy v",
+        "vm pkvm\nrepeat 3 vm coco name=v\nuse v",
+        "vm pkvm\ndestroy vm0\nhost raw-read hyp offset=0 expect=abort\nhost call Version\nhost reg-read d0\nhost exec sve",
+        "vm pkvm\ngmem g size=4K\ndestroy vm0\nhost read g offset=0 expect=ENOENT\nconvert g private offset=0 size=4K expect=ENOENT",
+    ] {
+        assert!(parse(text).is_ok(), "{text:?}: {:?}", parse(text));
+    }
+}
+
+#[test]
+fn repeat_rules() {
+    let sc = parse("vm pkvm\nrepeat 0x10 host call Version   # sixteen\n").unwrap();
+    let K::Repeat { count, body } = &sc.statements[1].kind else {
+        panic!()
+    };
+    assert_eq!(*count, 16);
+    assert_eq!(body[0].text, "host call Version");
+    assert_eq!(sc.statements[1].text, "repeat 0x10 host call Version");
+    assert!(parse("vm pkvm\nrepeat 1000000 host call Version\n").is_ok());
+    let cases: &[(&str, &str)] = &[
+        ("repeat 0 host call Version", "outside"),
+        ("repeat 1000001 host call Version", "outside"),
+        ("repeat many host call Version", "many"),
+        ("repeat 3", "count and statements"),
+        ("repeat", "count and statements"),
+        ("repeat 3 repeat 2 host call Version", "nest"),
+        (
+            "repeat 3 host call Version; repeat 2 host call Version",
+            "nest",
+        ),
+        ("repeat 3 host call Version;", "empty"),
+        ("repeat 3 ; host call Version", "empty"),
+        ("repeat 3 host call Version;; host call Version", "empty"),
+        ("repeat 3 host fly", "fly"),
+        ("repeat 3 gmem h size=4K; gmem h size=4K", "already"),
+        ("repeat 3 host read nope offset=0", "nope"),
+        ("repeat 2 host call Version expect=bogus", "bogus"),
+    ];
+    for &(body, needle) in cases {
+        let e = parse(&format!("vm pkvm\n{body}\n")).unwrap_err();
+        assert_eq!(e.line, 2, "{body:?}: {e}");
+        assert!(e.reason.contains(needle), "{body:?}: {e}");
+    }
+    // A name declared inside a repeat is known after it.
+    assert!(parse("vm pkvm\nrepeat 2 gmem h size=4K\nhost read h offset=0\n").is_ok());
+}
+
+#[test]
+fn hostile_errors_name_the_line() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("host forward sideways", 4, "sideways"),
+        ("host forward", 4, "honest"),
+        ("host forward lie now", 4, "honest"),
+        ("host share-page pages=2", 4, "gpa"),
+        ("host share-page gpa=0 offset=1", 4, "offset"),
+        ("host read shared offset=0", 4, "gpa"),
+        ("host write shared gpa=0", 4, "value"),
+        ("host read shared gpa=0 value=1", 4, "value"),
+        ("host raw-write g offset=0", 4, "value"),
+        ("host raw-write g offset=0 value=0x100", 4, "byte"),
+        ("host raw-write nope offset=0 value=1", 4, "nope"),
+        ("host raw-read hyp offset=64K", 4, "64 KiB"),
+        ("host raw-write hyp offset=0x10000 value=1", 4, "64 KiB"),
+        ("host raw-read hyp", 4, "offset"),
+        ("host dma-write g offset=0", 4, "value"),
+        ("host dma-write s offset=0 value=1", 4, "not a gmem"),
+        ("host call", 4, "name"),
+        ("host call Frobnicate", 4, "Frobnicate"),
+        ("host call vmcreate", 4, "vmcreate"),
+        ("host call Version a7=1", 4, "a7"),
+        ("host call Version a1=nobody", 4, "nobody"),
+        ("host call Version a1=0xzz", 4, "0xzz"),
+        ("host smc", 4, "function"),
+        ("host smc PSCI", 4, "PSCI"),
+        ("host smc 0 a4=1", 4, "a4"),
+        ("pool", 4, "pages"),
+        ("pool pages=1 blocks=x", 4, "blocks"),
+        ("pool manual", 4, "pool"),
+        ("pool auto pages=3", 4, "pages"),
+        ("guest mmio-guard", 4, "enroll"),
+        ("guest mmio-guard enroll gpa=0", 4, "gpa"),
+        ("guest mmio-guard map", 4, "gpa"),
+        ("guest mmio-guard smash gpa=0", 4, "smash"),
+        ("guest reg-write d0", 4, "value"),
+        ("guest reg-write d0 value=0x10000000000000000", 4, "64 bits"),
+        ("host reg-write x0 value=1", 4, "x0"),
+        ("host reg-read d0 value=1", 4, "value"),
+        ("host reg-read", 4, "one word"),
+        ("guest exec smc", 4, "smc"),
+        ("guest exec sve extra", 4, "one word"),
+        ("guest spin now", 4, "no arguments"),
+        ("guest spin gpa=0", 4, "gpa"),
+        ("guest read gpa=0 expect=ok|", 4, "empty"),
+        ("guest read gpa=0 expect=|ok", 4, "empty"),
+        ("guest read gpa=0 expect=ok|maybe", 4, "maybe"),
+        ("guest read gpa=0 expect=0x1ff", 4, "byte"),
+        ("guest read gpa=0 expect=bad_command", 4, "bad_command"),
+        ("guest read gpa=0 expect=exception(0x3f)", 4, "exception"),
+        ("use", 4, "VM name"),
+    ];
+    for &(body, line, needle) in cases {
+        assert_err(body, line, needle);
+    }
+}
+
+#[test]
+fn alternatives_and_new_results() {
+    for (input, shown) in [
+        ("ok|ENOMEM", "ok|ENOMEM"),
+        ("need_pages", "need_pages"),
+        ("undef|abort", "undef|abort"),
+        ("preempted", "preempted"),
+        ("0x5a|sigbus|90", "0x5a|sigbus|0x5a"),
+        ("ENOSPC|EFAULT", "ENOSPC|EFAULT"),
+    ] {
+        assert_eq!(parse_expect(input).unwrap().to_string(), shown, "{input}");
+    }
+    for o in [Outcome::NeedPages, Outcome::Undef, Outcome::Preempted] {
+        assert_eq!(parse_outcome(&o.to_string()), Ok(o));
+    }
+    // What no expectation names is still shown.
+    assert_eq!(Outcome::Exception(0x3f).to_string(), "exception(0x3f)");
+    assert_eq!(Outcome::BadCommand.to_string(), "bad_command");
+    assert_eq!(
+        Outcome::Value(0x1122_3344_5566_7788).to_string(),
+        "0x1122334455667788"
+    );
+    assert!(parse_outcome("exception(0x3f)").is_err());
+    assert!(Expect::any_of(vec![]).is_none());
+
+    // Any alternative passes; nothing else does.
+    let s = stmt("gmem h size=4K expect=ok|ENOMEM|ENOSPC");
+    assert!(s.check(&Outcome::Ok));
+    assert!(s.check(&Outcome::Errno(Errno::ENOMEM)));
+    assert!(s.check(&Outcome::Errno(Errno::ENOSPC)));
+    assert!(!s.check(&Outcome::Errno(Errno::EINVAL)));
+    // `ok` among alternatives on a read still accepts any byte.
+    let s = stmt("host read g offset=0 expect=sigbus|ok");
+    assert!(s.check(&Outcome::Byte(7)));
+    assert!(s.check(&Outcome::Sigbus));
+    assert!(!s.check(&Outcome::Abort));
+    // A register read: any value but undef without expect=, values compare as 64-bit numbers.
+    let s = stmt("guest reg-read d0");
+    assert!(s.check(&Outcome::Value(0)));
+    assert!(s.check(&Outcome::Value(u64::MAX)));
+    assert!(!s.check(&Outcome::Undef));
+    assert!(!s.check(&Outcome::Abort));
+    assert!(!s.check(&Outcome::Byte(0)));
+    let s = stmt("host reg-read tpidr_el0 expect=0xdeadbeefcafe|undef");
+    assert!(s.check(&Outcome::Value(0xdead_beef_cafe)));
+    assert!(s.check(&Outcome::Undef));
+    assert!(!s.check(&Outcome::Value(0xdead_beef_cafd)));
+    assert!(!s.check(&Outcome::Value(0)));
+    let s = stmt("host reg-read tpidr_el0 expect=ok");
+    assert!(s.check(&Outcome::Value(5)));
+    assert!(!s.check(&Outcome::Undef));
+    // A spin passes only as preempted.
+    let s = stmt("guest spin");
+    assert!(s.check(&Outcome::Preempted));
+    assert!(!s.check(&Outcome::Ok));
+    assert!(!s.check(&Outcome::Abort));
+    let s = stmt("guest spin expect=preempted");
+    assert!(s.check(&Outcome::Preempted));
+    assert!(!s.check(&Outcome::Ok));
+    // Preempted is no success for anything else, nor exception/bad_command for anything.
+    for other in [
+        "guest read gpa=0",
+        "host call Version",
+        "guest exec dbg",
+        "host smc 0",
+    ] {
+        let s = stmt(other);
+        assert!(!s.check(&Outcome::Preempted), "{other}");
+        assert!(!s.check(&Outcome::Exception(0)), "{other}");
+        assert!(!s.check(&Outcome::BadCommand), "{other}");
+        assert!(!s.check(&Outcome::NeedPages), "{other}");
+    }
+    // exec and host call: ok only.
+    let s = stmt("guest exec dbg");
+    assert!(s.check(&Outcome::Ok));
+    assert!(!s.check(&Outcome::Undef));
+    assert!(!s.check(&Outcome::Value(0)));
+    let s = stmt("guest write gpa=0 value=1 expect=need_pages");
+    assert!(s.check(&Outcome::NeedPages));
+    assert!(!s.check(&Outcome::Ok));
+    // An SMC returns a value.
+    let s = stmt("host smc 0x84000000 expect=0x10001");
+    assert!(s.check(&Outcome::Value(0x10001)));
+    assert!(!s.check(&Outcome::Value(0x10000)));
+    let s = stmt("host smc 0x84000000");
+    assert!(s.check(&Outcome::Value(0x10001)));
+    assert!(!s.check(&Outcome::NotSupported));
+}
+
+/// Every scenario file of the project parses (the old grammar keeps its meaning), the
+/// self-check's parse-error file fails at its line 5, and no file's first statement is anything
+/// but `vm`.
+#[test]
+fn the_projects_files_parse() {
+    if cfg!(miri) {
+        return; // file reading and forty files: what this checks is not memory safety
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seen = 0;
+    for dir in ["scenarios", "scenarios/table", "tests/scenarios"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.extension().and_then(|x| x.to_str()) != Some("scn") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let r = parse(&text);
+            if path.ends_with("parse-error.scn") {
+                assert_eq!(r.unwrap_err().line, 5, "{}", path.display());
+            } else {
+                let sc = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(matches!(sc.statements[0].kind, K::Vm { .. }));
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 30, "only {seen} files found");
+}
+
 #[test]
 fn parse_error_display() {
     let e = ParseError {
@@ -777,6 +1464,38 @@ mod fuzz {
             Just(g("expect=memory_fault(gpa=0,size=4K,private=1)")),
             Just(g("expect=EAGAIN@0x")),
             Just(g("#")),
+            Just(g("repeat")),
+            Just(g("3")),
+            Just(g(";")),
+            Just(g("use")),
+            Just(g("destroy")),
+            Just(g("vm0")),
+            Just(g("name=x")),
+            Just(g("x")),
+            Just(g("pool")),
+            Just(g("auto")),
+            Just(g("pages=2")),
+            Just(g("forward")),
+            Just(g("lie")),
+            Just(g("shared")),
+            Just(g("hyp")),
+            Just(g("raw-write")),
+            Just(g("dma-write")),
+            Just(g("share-page")),
+            Just(g("call")),
+            Just(g("VmCreate")),
+            Just(g("a1=vm0")),
+            Just(g("smc")),
+            Just(g("mmio-guard")),
+            Just(g("enroll")),
+            Just(g("reg-read")),
+            Just(g("reg-write")),
+            Just(g("d0")),
+            Just(g("exec")),
+            Just(g("sve")),
+            Just(g("spin")),
+            Just(g("expect=ok|ENOMEM")),
+            Just(g("expect=0xffffffffffffffff|undef")),
             "[a-z_=@()0-9xKMG,#-]{0,12}",
             any::<String>(),
         ]
@@ -835,8 +1554,8 @@ mod fuzz {
 
         #[test]
         fn memory_fault_round_trips(gpa in any::<u64>(), size in any::<u64>(), private in any::<bool>()) {
-            let e = Expect::MemoryFault { gpa, size, private };
-            prop_assert_eq!(parse_expect(&e.to_string()), Ok(e));
+            let e = Outcome::MemoryFault { gpa, size, private };
+            prop_assert_eq!(parse_outcome(&e.to_string()), Ok(e));
         }
     }
 }
