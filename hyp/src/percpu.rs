@@ -19,6 +19,9 @@ pub struct PerCpu {
     probe_hit: AtomicBool,
     probe_esr: AtomicU64,
     probe_far: AtomicU64,
+    /// Where a probed instruction's exception returns to (written by the probe's asm just before
+    /// the instruction; 0 = the instruction after the faulting one).
+    probe_resume: AtomicU64,
 }
 
 impl PerCpu {
@@ -33,6 +36,7 @@ impl PerCpu {
             probe_hit: AtomicBool::new(false),
             probe_esr: AtomicU64::new(0),
             probe_far: AtomicU64::new(0),
+            probe_resume: AtomicU64::new(0),
         }
     }
 
@@ -43,6 +47,7 @@ impl PerCpu {
 
     pub(crate) fn probe_arm(&self) {
         self.probe_hit.store(false, Ordering::Relaxed);
+        self.probe_resume.store(0, Ordering::Relaxed);
         self.probe_armed.store(true, Ordering::Relaxed);
         core::sync::atomic::compiler_fence(Ordering::SeqCst);
     }
@@ -60,16 +65,21 @@ impl PerCpu {
         }
     }
 
-    /// Called by the vector: if a probe is armed, records the fault and returns true (the caller
-    /// then steps over the faulting load).
-    pub(crate) fn probe_record(&self, esr: u64, far: u64) -> bool {
+    /// The slot a probe's asm writes its resume address into.
+    pub(crate) fn probe_resume_slot(&self) -> *const AtomicU64 {
+        &self.probe_resume
+    }
+
+    /// Called by the vector: if a probe is armed, records the exception and returns where to
+    /// resume (`Some(0)`: just after the faulting instruction; `None`: no probe was armed).
+    pub(crate) fn probe_record(&self, esr: u64, far: u64) -> Option<u64> {
         if !self.probe_armed.swap(false, Ordering::Relaxed) {
-            return false;
+            return None;
         }
         self.probe_esr.store(esr, Ordering::Relaxed);
         self.probe_far.store(far, Ordering::Relaxed);
         self.probe_hit.store(true, Ordering::Relaxed);
-        true
+        Some(self.probe_resume.swap(0, Ordering::Relaxed))
     }
 }
 
