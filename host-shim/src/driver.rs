@@ -15,6 +15,9 @@ pub const GUEST_CODE_IPA: u64 = 0x1_4000_0000;
 pub const GUEST_IMAGE_PAGES: u64 = 8;
 /// Pages donated at a time when the hyp asks for more.
 pub const TOP_UP_PAGES: u64 = 64;
+/// The host's timer slice for one `VcpuRun`, in milliseconds: a guest that runs this long
+/// without an exit is preempted (an `Interrupt` exit) and re-run.
+pub const DEFAULT_TIMESLICE_MS: u64 = 50;
 
 /// The step-interpreter guest, as a flat binary linked at [`GUEST_CODE_IPA`].
 pub static STEP_GUEST: &[u8] = include_bytes!(env!("GUEST_IMAGE"));
@@ -37,10 +40,17 @@ pub struct StepReport {
     pub topped_up: u64,
     /// Faults the host served (fault mode "to host" only).
     pub host_served_faults: u64,
+    /// Runs the host's timer interrupted (`Interrupt` exits): the guest ran a whole slice.
+    pub interrupts: u64,
 }
 
 /// Answers a forwarded guest hypercall: (func, x1..x3) -> (x0, x1) for the guest.
 pub type HypercallHandler<'a> = &'a mut dyn FnMut(u64, [u64; 3]) -> (u64, u64);
+
+/// Called after each `Interrupt` exit (the host's timer took the CPU back), with the report so
+/// far, before the vCPU runs again: where the host acts on a guest that runs without trapping
+/// (e.g. writes the flag a spinning guest polls).
+pub type InterruptHandler<'a> = &'a mut dyn FnMut(&StepReport);
 
 /// One VM running the step guest on one vCPU.
 #[derive(Debug)]
@@ -49,6 +59,8 @@ pub struct GuestDriver {
     pub vcpu: VcpuId,
     /// Value an MMIO load outside the command device returns.
     pub mmio_read_value: u64,
+    /// Counter ticks of the host's timer slice for each run ([`DEFAULT_TIMESLICE_MS`]).
+    pub timeslice_ticks: u64,
     dead: bool,
 }
 
@@ -71,10 +83,13 @@ impl GuestDriver {
         }
         vm::map_host_shared(vm, GUEST_CODE_IPA, pa, GUEST_IMAGE_PAGES)?;
         let vcpu = vm::vcpu_create(vm, GUEST_CODE_IPA, 0)?;
+        // The host's timer interrupt is what preempts a guest.
+        crate::gic::init();
         Ok(Self {
             vm,
             vcpu,
             mmio_read_value: 0,
+            timeslice_ticks: DEFAULT_TIMESLICE_MS * crate::timer::ticks_per_ms(),
             dead: false,
         })
     }
@@ -87,13 +102,29 @@ impl GuestDriver {
         pages: &mut HostPages,
         hypercall: HypercallHandler<'_>,
     ) -> Result<StepReport, Errno> {
+        self.step_with(op, args, pages, hypercall, None)
+    }
+
+    /// [`GuestDriver::step`], calling `on_interrupt` after every `Interrupt` exit.
+    pub fn step_with(
+        &mut self,
+        op: u64,
+        args: [u64; 4],
+        pages: &mut HostPages,
+        hypercall: HypercallHandler<'_>,
+        mut on_interrupt: Option<InterruptHandler<'_>>,
+    ) -> Result<StepReport, Errno> {
         if self.dead {
             return Err(Errno::ENODEV);
         }
         let mut report = StepReport::default();
         let (mut c0, mut c1) = (0, 0);
         loop {
-            let exit = vm::run(self.vcpu, c0, c1)?;
+            // Every run under the host's timer (Trust rule 6), which is put back afterwards.
+            let saved = crate::timer::arm(self.timeslice_ticks);
+            let exit = vm::run(self.vcpu, c0, c1);
+            crate::timer::disarm(saved);
+            let exit = exit?;
             report.exits += 1;
             (c0, c1) = (0, 0);
             match exit {
@@ -141,7 +172,12 @@ impl GuestDriver {
                     vm::serve_fault(self.vm, ipa, write)?;
                     report.host_served_faults += 1;
                 }
-                Exit::Interrupt => {}
+                Exit::Interrupt => {
+                    report.interrupts += 1;
+                    if let Some(f) = on_interrupt.as_mut() {
+                        f(&report);
+                    }
+                }
                 Exit::GuestException { esr, elr, far } => {
                     report.exception = Some((esr, elr, far));
                     self.dead = true;
@@ -149,6 +185,26 @@ impl GuestDriver {
                 }
             }
         }
+    }
+
+    /// The guest spins (`OP_SPIN`): shares `share_ipa` first (0: nothing), then polls the byte at
+    /// `flag_ipa` until it is non-zero. Only `on_interrupt` can end it (by writing the flag).
+    /// RESULT0 = polls, RESULT1 = x0 of the share.
+    pub fn spin(
+        &mut self,
+        share_ipa: u64,
+        flag_ipa: u64,
+        pages: &mut HostPages,
+        h: HypercallHandler<'_>,
+        on_interrupt: InterruptHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        self.step_with(
+            OP_SPIN,
+            [share_ipa, flag_ipa, 0, 0],
+            pages,
+            h,
+            Some(on_interrupt),
+        )
     }
 
     /// Guest reads one byte.
