@@ -87,10 +87,12 @@ pub enum WorldReg {
     CntpCvalEl0 = 5,
     PmccntrEl0 = 6,
     ZcrEl1 = 7,
+    /// The GIC CPU interface's priority mask (a guest's is its virtual interface's).
+    IccPmrEl1 = 8,
 }
 
 impl WorldReg {
-    pub const ALL: [WorldReg; 8] = [
+    pub const ALL: [WorldReg; 9] = [
         WorldReg::D0,
         WorldReg::Fpcr,
         WorldReg::TpidrEl0,
@@ -99,6 +101,7 @@ impl WorldReg {
         WorldReg::CntpCvalEl0,
         WorldReg::PmccntrEl0,
         WorldReg::ZcrEl1,
+        WorldReg::IccPmrEl1,
     ];
 
     /// The scenario name (`d0`, `fpcr`, `apiakeylo_el1`, ...).
@@ -112,6 +115,7 @@ impl WorldReg {
             WorldReg::CntpCvalEl0 => "cntp_cval_el0",
             WorldReg::PmccntrEl0 => "pmccntr_el0",
             WorldReg::ZcrEl1 => "zcr_el1",
+            WorldReg::IccPmrEl1 => "icc_pmr_el1",
         }
     }
 

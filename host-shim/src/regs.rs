@@ -60,6 +60,7 @@ pub fn write(reg: WorldReg, value: u64) -> Result<(), HostFault> {
             WorldReg::PmccntrEl0 => probed_asm!("msr pmccntr_el0, {v}"; v = in(reg) v),
             // ZCR_EL1.
             WorldReg::ZcrEl1 => probed_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
+            WorldReg::IccPmrEl1 => probed_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
         }
     }
 }
@@ -79,6 +80,7 @@ pub fn read(reg: WorldReg) -> Result<u64, HostFault> {
             WorldReg::CntpCvalEl0 => probed_asm!("mrs {v}, cntp_cval_el0"; v = inout(reg) v),
             WorldReg::PmccntrEl0 => probed_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
             WorldReg::ZcrEl1 => probed_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
+            WorldReg::IccPmrEl1 => probed_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
         }
     };
     r.map(|()| v)

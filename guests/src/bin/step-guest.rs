@@ -132,6 +132,7 @@ fn reg_write(r: WorldReg, v: u64) {
             WorldReg::PmccntrEl0 => guarded_asm!("msr pmccntr_el0, {v}"; v = in(reg) v),
             // ZCR_EL1.
             WorldReg::ZcrEl1 => guarded_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
+            WorldReg::IccPmrEl1 => guarded_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
         }
     }
 }
@@ -150,6 +151,7 @@ fn reg_read(r: WorldReg) -> u64 {
             WorldReg::CntpCvalEl0 => guarded_asm!("mrs {v}, cntp_cval_el0"; v = inout(reg) v),
             WorldReg::PmccntrEl0 => guarded_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
             WorldReg::ZcrEl1 => guarded_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
+            WorldReg::IccPmrEl1 => guarded_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
         }
     }
     v

@@ -11,13 +11,16 @@ use super::{timer, vgic};
 
 /// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD
 /// clear), pointer-auth instructions do not trap (the keys are switched), set/way invalidation
-/// cleans too (SWIO: a host cannot discard the hyp's or a guest's dirty lines).
+/// cleans too (SWIO: a host cannot discard the hyp's or a guest's dirty lines), and
+/// IMPLEMENTATION DEFINED registers trap (TIDCP: they may control the CPU the hyp relies on; the
+/// hyp answers them with an undefined instruction).
 pub fn host_hcr() -> u64 {
     (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::API::SET
         + HCR_EL2::APK::SET
-        + HCR_EL2::SWIO::SET)
+        + HCR_EL2::SWIO::SET
+        + HCR_EL2::TIDCP::SET)
         .value
 }
 

@@ -62,7 +62,7 @@ fn classify(enc: (u8, u8, u8, u8, u8)) -> Emulated {
         // ACTLR_EL1 (HCR_EL2.TACR).
         (3, 0, 1, 0, 1) => Emulated::RazWi,
         // ERRIDR_EL1, ERRSELR_EL1, ERX*_EL1 (HCR_EL2.TERR).
-        (3, 0, 5, 3 | 4 | 5, _) => Emulated::RazWi,
+        (3, 0, 5, 3..=5, _) => Emulated::RazWi,
         _ => Emulated::Undef,
     }
 }

@@ -13,6 +13,7 @@ use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 mod blocks;
 mod protect;
 mod vms;
+mod worlds;
 
 /// Must match `target_tests_el2::HANDOFF_MAGIC`.
 const HANDOFF_MAGIC: u64 = 0x7e57_0c0d;
