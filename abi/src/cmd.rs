@@ -89,10 +89,15 @@ pub enum WorldReg {
     ZcrEl1 = 7,
     /// The GIC CPU interface's priority mask (a guest's is its virtual interface's).
     IccPmrEl1 = 8,
+    /// ID registers (read-only): what the world is told it has. A guest's are sanitised by the
+    /// hyp (`HCR_EL2.TID3`): no SVE, no SME, no EL2, no PMU unless its VM has one.
+    IdAa64Pfr0El1 = 9,
+    IdAa64Pfr1El1 = 10,
+    IdAa64Dfr0El1 = 11,
 }
 
 impl WorldReg {
-    pub const ALL: [WorldReg; 9] = [
+    pub const ALL: [WorldReg; 12] = [
         WorldReg::D0,
         WorldReg::Fpcr,
         WorldReg::TpidrEl0,
@@ -102,6 +107,9 @@ impl WorldReg {
         WorldReg::PmccntrEl0,
         WorldReg::ZcrEl1,
         WorldReg::IccPmrEl1,
+        WorldReg::IdAa64Pfr0El1,
+        WorldReg::IdAa64Pfr1El1,
+        WorldReg::IdAa64Dfr0El1,
     ];
 
     /// The scenario name (`d0`, `fpcr`, `apiakeylo_el1`, ...).
@@ -116,6 +124,9 @@ impl WorldReg {
             WorldReg::PmccntrEl0 => "pmccntr_el0",
             WorldReg::ZcrEl1 => "zcr_el1",
             WorldReg::IccPmrEl1 => "icc_pmr_el1",
+            WorldReg::IdAa64Pfr0El1 => "id_aa64pfr0_el1",
+            WorldReg::IdAa64Pfr1El1 => "id_aa64pfr1_el1",
+            WorldReg::IdAa64Dfr0El1 => "id_aa64dfr0_el1",
         }
     }
 

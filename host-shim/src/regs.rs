@@ -61,6 +61,10 @@ pub fn write(reg: WorldReg, value: u64) -> Result<(), HostFault> {
             // ZCR_EL1.
             WorldReg::ZcrEl1 => probed_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
             WorldReg::IccPmrEl1 => probed_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
+            // Read-only: the write is an undefined instruction.
+            WorldReg::IdAa64Pfr0El1 => probed_asm!("msr S3_0_C0_C4_0, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Pfr1El1 => probed_asm!("msr S3_0_C0_C4_1, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Dfr0El1 => probed_asm!("msr S3_0_C0_C5_0, {v}"; v = in(reg) v),
         }
     }
 }
@@ -81,6 +85,9 @@ pub fn read(reg: WorldReg) -> Result<u64, HostFault> {
             WorldReg::PmccntrEl0 => probed_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
             WorldReg::ZcrEl1 => probed_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
             WorldReg::IccPmrEl1 => probed_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr0El1 => probed_asm!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr1El1 => probed_asm!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Dfr0El1 => probed_asm!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) v),
         }
     };
     r.map(|()| v)

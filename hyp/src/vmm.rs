@@ -29,6 +29,7 @@ use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
 use crate::arch::inject::Injected;
 use crate::arch::switch::{self, GuestConfig, GuestContext};
 use crate::arch::tlb::HwTlb;
+use crate::arch::traps::GuestView;
 use crate::guestcall;
 use crate::hostcall::HostResult;
 use crate::pool::VmPool;
@@ -1119,7 +1120,10 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
             Pending::None,
         ),
         GuestExit::Other { .. } => {
-            crate::arch::traps::guest_trap(ctx);
+            let view = GuestView {
+                pmu: hyp.vms.get(&h.0).is_some_and(|v| v.pmu_open),
+            };
+            crate::arch::traps::guest_trap(ctx, view);
             Step::Resume
         }
     }

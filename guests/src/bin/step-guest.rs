@@ -133,6 +133,10 @@ fn reg_write(r: WorldReg, v: u64) {
             // ZCR_EL1.
             WorldReg::ZcrEl1 => guarded_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
             WorldReg::IccPmrEl1 => guarded_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
+            // Read-only: the write is an undefined instruction.
+            WorldReg::IdAa64Pfr0El1 => guarded_asm!("msr S3_0_C0_C4_0, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Pfr1El1 => guarded_asm!("msr S3_0_C0_C4_1, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Dfr0El1 => guarded_asm!("msr S3_0_C0_C5_0, {v}"; v = in(reg) v),
         }
     }
 }
@@ -152,6 +156,9 @@ fn reg_read(r: WorldReg) -> u64 {
             WorldReg::PmccntrEl0 => guarded_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
             WorldReg::ZcrEl1 => guarded_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
             WorldReg::IccPmrEl1 => guarded_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr0El1 => guarded_asm!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr1El1 => guarded_asm!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Dfr0El1 => guarded_asm!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) v),
         }
     }
     v

@@ -362,8 +362,9 @@ sysregs!(
 /// accesses are Normal cacheable (DC), pointer-auth does not trap (the keys are switched),
 /// physical IRQs and FIQs go to EL2 and the guest's GIC accesses to the virtual CPU interface
 /// (IMO/FMO), IMPLEMENTATION DEFINED registers and `ACTLR_EL1` trap (TIDCP/TACR), as do
-/// LORegions and RAS error records where they exist (TLOR/TERR); set/way invalidation cleans
-/// too (SWIO), TLB maintenance and barriers reach every CPU the vCPU may move to (FB, BSU=IS).
+/// LORegions and RAS error records where they exist (TLOR/TERR), the ID registers are emulated
+/// (TID3: a guest sees only what it can use); set/way invalidation cleans too (SWIO), TLB
+/// maintenance and barriers reach every CPU the vCPU may move to (FB, BSU=IS).
 pub fn guest_hcr() -> u64 {
     use aarch64_cpu::registers::HCR_EL2;
     let mut hcr = (HCR_EL2::VM::Enable
@@ -376,6 +377,7 @@ pub fn guest_hcr() -> u64 {
         + HCR_EL2::FMO::SET
         + HCR_EL2::TIDCP::SET
         + HCR_EL2::TACR::SET
+        + HCR_EL2::TID3::SET
         + HCR_EL2::SWIO::SET
         + HCR_EL2::FB::SET
         + HCR_EL2::BSU::InnerShareable)

@@ -295,7 +295,35 @@ fn el2_guest_sysreg_traps_decode_and_the_ptimer_reads_back() -> TestResult {
     Ok(())
 }
 
+fn el2_guest_id_registers_are_sanitised() -> TestResult {
+    use hyp::arch::traps::{sanitized_id, GuestView};
+    let closed = GuestView { pmu: false };
+    let open = GuestView { pmu: true };
+    let all = u64::MAX;
+    // ID_AA64PFR0_EL1: EL2 (11:8), SVE (35:32), MPAM, AMU cleared; EL0/EL1/FP/AdvSIMD kept.
+    let pfr0 = sanitized_id(4, 0, all, closed);
+    ensure_eq!((pfr0 >> 8) & 0xf, 0);
+    ensure_eq!((pfr0 >> 32) & 0xf, 0);
+    ensure_eq!(pfr0 & 0xff, 0xff);
+    // ID_AA64PFR1_EL1: SME (27:24), MTE (11:8) cleared.
+    let pfr1 = sanitized_id(4, 1, all, closed);
+    ensure_eq!((pfr1 >> 24) & 0xf, 0);
+    ensure_eq!((pfr1 >> 8) & 0xf, 0);
+    // ID_AA64DFR0_EL1: PMUVer only with a PMU; trace never.
+    ensure_eq!((sanitized_id(5, 0, all, closed) >> 8) & 0xf, 0);
+    ensure_eq!((sanitized_id(5, 0, all, open) >> 8) & 0xf, 0xf);
+    ensure_eq!((sanitized_id(5, 0, all, open) >> 4) & 0xf, 0);
+    // ZFR0 / SMFR0 and unknown AArch64 ID registers read as zero; PARange capped at 40 bits.
+    ensure_eq!(sanitized_id(4, 4, all, open), 0);
+    ensure_eq!(sanitized_id(4, 5, all, open), 0);
+    ensure_eq!(sanitized_id(7, 3, all, open), 0);
+    ensure_eq!(sanitized_id(7, 0, 0x5, open), 0x2);
+    ensure_eq!(sanitized_id(7, 0, 0x1, open), 0x1);
+    Ok(())
+}
+
 register!(
+    el2_guest_id_registers_are_sanitised,
     el2_wx_code_is_read_only,
     el2_wx_data_stack_heap_and_rodata_do_not_execute,
     el2_injected_exceptions_enter_the_right_vector,

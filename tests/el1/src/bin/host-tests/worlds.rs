@@ -172,6 +172,13 @@ fn ws_guest_sve_sme_pmu_and_unknown_registers_are_undef_and_the_guest_goes_on() 
     ensure_eq!(v.reg_read(WorldReg::PmccntrEl0)?, Probe::Exception(0));
     ensure_eq!(v.reg_write(WorldReg::PmccntrEl0, 5)?, Probe::Exception(0));
     ensure_eq!(v.reg_read(WorldReg::ZcrEl1)?, Probe::Exception(0));
+    // Semihosting (on in test images, off in the product): it prints, or it is an undefined
+    // instruction at the guest's own EL1; either way the hyp is not involved and survives.
+    let sh = v.exec(Insn::Semihost)?;
+    ensure!(
+        matches!(sh, Probe::Ok(_) | Probe::Exception(0)),
+        "semihost: {sh:?}"
+    );
     // The debug registers a kernel touches at boot are emulated.
     ensure!(
         matches!(v.exec(Insn::Dbg)?, Probe::Ok(_)),
@@ -402,6 +409,53 @@ fn ws_many_interrupt_exits_in_one_step_each_resumes_the_guest() -> TestResult {
     v.destroy()
 }
 
+fn field(v: u64, lo: u32) -> u64 {
+    (v >> lo) & 0xf
+}
+
+fn ws_guest_id_registers_show_only_what_it_can_use() -> TestResult {
+    // The host sees the CPU as it is (QEMU's `max` has SVE, SME, a PMU and EL2).
+    let pfr0 = regs::read(WorldReg::IdAa64Pfr0El1).map_err(|f| format!("{f:?}"))?;
+    let pfr1 = regs::read(WorldReg::IdAa64Pfr1El1).map_err(|f| format!("{f:?}"))?;
+    let dfr0 = regs::read(WorldReg::IdAa64Dfr0El1).map_err(|f| format!("{f:?}"))?;
+    let mut v = test_vm(VmType::Pkvm)?;
+    let read = |v: &mut TestVm, r| match v.reg_read(r)? {
+        Probe::Ok(x) => Ok(x),
+        p => Err(format!("guest {}: {p:?}", WorldReg::name(r))),
+    };
+    let g_pfr0 = read(&mut v, WorldReg::IdAa64Pfr0El1)?;
+    let g_pfr1 = read(&mut v, WorldReg::IdAa64Pfr1El1)?;
+    let g_dfr0 = read(&mut v, WorldReg::IdAa64Dfr0El1)?;
+    // SVE (PFR0 35:32), EL2 (11:8), SME (PFR1 27:24), PMUVer (DFR0 11:8) hidden.
+    ensure_eq!(field(g_pfr0, 32), 0);
+    ensure_eq!(field(g_pfr0, 8), 0);
+    ensure_eq!(field(g_pfr1, 24), 0);
+    ensure_eq!(field(g_dfr0, 8), 0);
+    // What it has stays: EL1 AArch64 (3:0), FP (19:16), AdvSIMD (23:20), the debug version.
+    for lo in [0, 16, 20] {
+        ensure_eq!(field(g_pfr0, lo), field(pfr0, lo));
+    }
+    ensure_eq!(field(g_dfr0, 0), field(dfr0, 0));
+    if field(pfr0, 32) != 0 {
+        ensure!(field(g_pfr0, 32) == 0, "SVE shown");
+    }
+    let _ = pfr1;
+    // ID registers are read-only in both worlds.
+    ensure_eq!(
+        v.reg_write(WorldReg::IdAa64Pfr0El1, 0)?,
+        Probe::Exception(0)
+    );
+    undef(
+        regs::write(WorldReg::IdAa64Pfr0El1, 0),
+        "msr id_aa64pfr0_el1",
+    )?;
+    // A VM that opened its PMU is told it has one.
+    hvc::call(HostCall::VmOpenPmu, [v.vm.0, 0, 0, 0, 0, 0]).map_err(e)?;
+    let g_dfr0 = read(&mut v, WorldReg::IdAa64Dfr0El1)?;
+    ensure_eq!(field(g_dfr0, 8), field(dfr0, 8));
+    v.destroy()
+}
+
 register!(
     ws_host_sve_sme_and_unemulated_registers_are_undef_and_the_host_goes_on,
     ws_guest_sve_sme_pmu_and_unknown_registers_are_undef_and_the_guest_goes_on,
@@ -412,4 +466,5 @@ register!(
     ws_guest_gic_priority_mask_is_its_own,
     ws_spinning_guest_is_preempted_by_the_host_timer,
     ws_many_interrupt_exits_in_one_step_each_resumes_the_guest,
+    ws_guest_id_registers_show_only_what_it_can_use,
 );
