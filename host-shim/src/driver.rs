@@ -17,7 +17,7 @@ pub const GUEST_IMAGE_PAGES: u64 = 8;
 pub const TOP_UP_PAGES: u64 = 64;
 /// The host's timer slice for one `VcpuRun`, in milliseconds: a guest that runs this long
 /// without an exit is preempted (an `Interrupt` exit) and re-run.
-pub const DEFAULT_TIMESLICE_MS: u64 = 50;
+pub const DEFAULT_TIMESLICE_MS: u64 = 100;
 
 /// The step-interpreter guest, as a flat binary linked at [`GUEST_CODE_IPA`].
 pub static STEP_GUEST: &[u8] = include_bytes!(env!("GUEST_IMAGE"));
