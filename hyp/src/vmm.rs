@@ -756,7 +756,10 @@ fn complete(ctx: &mut GuestContext, pending: Pending, c0: u64, c1: u64) {
         }
         Pending::MemoryFault { ipa } => {
             if c0 == COMPLETE_INJECT_ABORT {
-                ctx.inject_data_abort(ipa);
+                // The abort that matches the access (a fetch gets an instruction abort), at the
+                // virtual address the guest used.
+                let _ = ipa;
+                ctx.inject_abort_saved();
             }
         }
         Pending::GuestRequest(_) => {
@@ -1141,7 +1144,7 @@ fn source_name(s: FaultSource) -> &'static str {
 pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
     let id = u32::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
     // Take the context out of the table: the lock is not held while the guest runs.
-    let (h, mut ctx, cfg, host_vttbr) = with_hyp(|hyp| {
+    let (h, mut ctx, cfg, host_vttbr, host_vtcr) = with_hyp(|hyp| {
         let c = hyp.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
         let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
         complete(&mut ctx, c.pending, c0, c1);
@@ -1154,7 +1157,7 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
             cntvoff: v.cntvoff,
             pmu_open: v.pmu_open,
         };
-        Ok((h, ctx, cfg, hyp.host_s2.vttbr()))
+        Ok((h, ctx, cfg, hyp.host_s2.vttbr(), hyp.host_s2.vtcr()))
     })?;
 
     // Every register the host owns is saved here and the vCPU's loaded (Trust rule 5); the
@@ -1182,7 +1185,7 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
     };
 
     switch::switch_to_host(&mut ctx, &host);
-    switch::load_stage2(host_hcr, host_vttbr, cfg.vtcr);
+    switch::load_stage2(host_hcr, host_vttbr, host_vtcr);
     log::debug!("vcpu {id} exit {:?} {:x?}", exit.0, exit.1);
 
     let mut guard = HYP.lock();

@@ -150,7 +150,23 @@ impl GuestContext {
     /// access at `far` had failed with an external abort (what Linux KVM injects). For a vCPU
     /// whose EL1 state is saved in `self.sys` (between runs).
     pub fn inject_data_abort(&mut self, far: u64) {
-        self.sys.esr = inject::esr_for(Injected::DataAbort, self.pstate, INJECTED_DABT_ESR);
+        self.inject_saved(Injected::DataAbort, far);
+    }
+
+    /// Like [`GuestContext::inject_data_abort`] for the access of the last exit: an instruction
+    /// abort if it was a fetch, at the virtual address the hardware reported (FAR_EL2).
+    pub fn inject_abort_saved(&mut self) {
+        let what = if super::esr::ec(self.exit_esr) == super::esr::EC_IABT_LOW {
+            Injected::InstructionAbort
+        } else {
+            Injected::DataAbort
+        };
+        self.inject_saved(what, self.exit_far);
+    }
+
+    /// Injects `what` into a vCPU whose EL1 state is saved in `self.sys` (between runs).
+    fn inject_saved(&mut self, what: Injected, far: u64) {
+        self.sys.esr = inject::esr_for(what, self.pstate, INJECTED_DABT_ESR);
         self.sys.far = far;
         self.sys.elr = self.pc;
         self.sys.spsr = self.pstate;
