@@ -511,6 +511,8 @@ pub struct HostSave {
     vtimer: VtimerRegs,
     mdscr: u64,
     mdcr: u64,
+    /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
+    pmcnten: u64,
 }
 
 /// How the hyp runs one vCPU.
@@ -552,6 +554,9 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     MDSCR_EL1.set(0);
     host.mdcr = MDCR_EL2.get();
     MDCR_EL2.set(guest_mdcr(host.mdcr, cfg.pmu_open));
+    if !cfg.pmu_open {
+        host.pmcnten = super::pmu::pause_counters();
+    }
     vgic::restore(&ctx.vgic);
     load_stage2(guest_hcr(), cfg.vttbr, cfg.vtcr);
     host
@@ -562,6 +567,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
 pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
     vgic::save(&mut ctx.vgic);
+    super::pmu::resume_counters(host.pmcnten);
     MDCR_EL2.set(host.mdcr);
     MDSCR_EL1.set(host.mdscr);
     timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
