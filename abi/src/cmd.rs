@@ -44,8 +44,9 @@ pub const OP_REG_READ: u64 = 11;
 pub const OP_EXEC: u64 = 12;
 /// Spins without trapping until a flag byte becomes non-zero: ARG0 = IPA of a page the guest
 /// first shares with the host (MEM_SHARE; 0 = none), ARG1 = IPA of the flag byte it polls (the
-/// coco shared alias, where it applies). RESULT0 = number of polls. The host stops it by writing
-/// the flag after its timer brought `VcpuRun` back.
+/// coco shared alias, where it applies). RESULT0 = number of polls, RESULT1 = x0 of the MEM_SHARE
+/// (SUCCESS when there was none; on a refusal the guest does not poll). The host stops it by
+/// writing the flag after its timer brought `VcpuRun` back (`GuestDriver::spin` in the host shim).
 pub const OP_SPIN: u64 = 13;
 
 /// Nothing between the two reads (the baseline of the reads themselves).
