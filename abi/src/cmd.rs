@@ -44,8 +44,9 @@ pub const OP_REG_READ: u64 = 11;
 pub const OP_EXEC: u64 = 12;
 /// Spins without trapping until a flag byte becomes non-zero: ARG0 = IPA of a page the guest
 /// first shares with the host (MEM_SHARE; 0 = none), ARG1 = IPA of the flag byte it polls (the
-/// coco shared alias, where it applies). RESULT0 = number of polls. The host stops it by writing
-/// the flag after its timer brought `VcpuRun` back.
+/// coco shared alias, where it applies). RESULT0 = number of polls, RESULT1 = x0 of the MEM_SHARE
+/// (SUCCESS when there was none; on a refusal the guest does not poll). The host stops it by
+/// writing the flag after its timer brought `VcpuRun` back (`GuestDriver::spin` in the host shim).
 pub const OP_SPIN: u64 = 13;
 
 /// Nothing between the two reads (the baseline of the reads themselves).
@@ -87,10 +88,17 @@ pub enum WorldReg {
     CntpCvalEl0 = 5,
     PmccntrEl0 = 6,
     ZcrEl1 = 7,
+    /// The GIC CPU interface's priority mask (a guest's is its virtual interface's).
+    IccPmrEl1 = 8,
+    /// ID registers (read-only): what the world is told it has. A guest's are sanitised by the
+    /// hyp (`HCR_EL2.TID3`): no SVE, no SME, no EL2, no PMU unless its VM has one.
+    IdAa64Pfr0El1 = 9,
+    IdAa64Pfr1El1 = 10,
+    IdAa64Dfr0El1 = 11,
 }
 
 impl WorldReg {
-    pub const ALL: [WorldReg; 8] = [
+    pub const ALL: [WorldReg; 12] = [
         WorldReg::D0,
         WorldReg::Fpcr,
         WorldReg::TpidrEl0,
@@ -99,6 +107,10 @@ impl WorldReg {
         WorldReg::CntpCvalEl0,
         WorldReg::PmccntrEl0,
         WorldReg::ZcrEl1,
+        WorldReg::IccPmrEl1,
+        WorldReg::IdAa64Pfr0El1,
+        WorldReg::IdAa64Pfr1El1,
+        WorldReg::IdAa64Dfr0El1,
     ];
 
     /// The scenario name (`d0`, `fpcr`, `apiakeylo_el1`, ...).
@@ -112,6 +124,10 @@ impl WorldReg {
             WorldReg::CntpCvalEl0 => "cntp_cval_el0",
             WorldReg::PmccntrEl0 => "pmccntr_el0",
             WorldReg::ZcrEl1 => "zcr_el1",
+            WorldReg::IccPmrEl1 => "icc_pmr_el1",
+            WorldReg::IdAa64Pfr0El1 => "id_aa64pfr0_el1",
+            WorldReg::IdAa64Pfr1El1 => "id_aa64pfr1_el1",
+            WorldReg::IdAa64Dfr0El1 => "id_aa64dfr0_el1",
         }
     }
 

@@ -1,6 +1,11 @@
 //! Shared pieces of guest payloads: boot, the EL1 vectors that turn an injected abort or an
 //! exception of the guest's own into a status the host can see, and MMIO accessors that always
 //! produce a valid syndrome (plain `ldr`/`str`, no writeback), so the hyp can decode them.
+//!
+//! Boot enables FP/SIMD at EL1 (`CPACR_EL1.FPEN`) and SVE and SME (`ZEN`, `SMEN`), although the
+//! hyp hides the latter two: an SVE or SME instruction then reaches the hyp's trap, which answers
+//! it with an undefined instruction. The guest is built soft-float, so only the register probes
+//! touch FP registers.
 #![no_std]
 
 use core::arch::asm;
@@ -8,6 +13,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// ESR_EL1 of the last exception the guest took (0 = none since the last [`take_exception`]).
 static LAST_ESR: AtomicU64 = AtomicU64::new(0);
+/// Where the next exception returns to (0: the instruction after the one that took it). Set
+/// by [`guarded_asm!`] just before its instruction, so even a faulting branch target comes back.
+static RESUME: AtomicU64 = AtomicU64::new(0);
 
 core::arch::global_asm!(
     r#"
@@ -25,6 +33,13 @@ _start:
     b       1b
 2:  ldr     x9, =guest_vectors
     msr     vbar_el1, x9
+    // CPACR_EL1: FPEN, ZEN, SMEN. The hyp's ID registers tell this guest it has no SVE or SME;
+    // it enables them anyway (as a hostile guest would), so their instructions reach the
+    // hyp's trap (the fields are ignored where the CPU lacks the feature).
+    mov     x10, #0x300000
+    orr     x10, x10, #0x30000
+    orr     x10, x10, #0x3000000
+    msr     cpacr_el1, x10
     isb
     mov     x0, x19
     bl      guest_main
@@ -40,7 +55,7 @@ guest_vectors:
     .endr
 
 // Saves every caller-saved register (the handler is a Rust call), records the syndrome and
-// steps over the faulting instruction.
+// returns to where the handler says (after the faulting instruction, or a guarded block's end).
 guest_exception:
     sub     sp, sp, #176
     stp     x0, x1, [sp, #0]
@@ -55,9 +70,8 @@ guest_exception:
     stp     x18, x29, [sp, #144]
     str     x30, [sp, #160]
     mrs     x0, esr_el1
+    mrs     x1, elr_el1
     bl      guest_record_exception
-    mrs     x0, elr_el1
-    add     x0, x0, #4
     msr     elr_el1, x0
     ldp     x0, x1, [sp, #0]
     ldp     x2, x3, [sp, #16]
@@ -77,8 +91,41 @@ guest_exception:
 );
 
 #[no_mangle]
-extern "C" fn guest_record_exception(esr: u64) {
+extern "C" fn guest_record_exception(esr: u64, elr: u64) -> u64 {
     LAST_ESR.store(esr | (1 << 63), Ordering::Relaxed);
+    match RESUME.swap(0, Ordering::Relaxed) {
+        0 => elr.wrapping_add(4),
+        resume => resume,
+    }
+}
+
+/// The slot [`guarded_asm!`] writes its resume address into.
+pub fn resume_slot() -> *const AtomicU64 {
+    &RESUME
+}
+
+/// Forgets the resume address of a guarded block that took no exception.
+pub fn clear_resume() {
+    RESUME.store(0, Ordering::Relaxed);
+}
+
+/// Runs `asm!` instructions so that an exception taken by any of them returns to the end of the
+/// block (label `2:`) with the syndrome recorded for [`take_exception`]. Operands must be named
+/// or explicit registers. Must be used inside `unsafe`.
+#[macro_export]
+macro_rules! guarded_asm {
+    ($($insn:literal),+ $(; $($ops:tt)*)?) => {{
+        core::arch::asm!(
+            "adr {guard_t}, 2f",
+            "str {guard_t}, [{guard_slot}]",
+            $($insn,)+
+            "2:",
+            guard_slot = in(reg) $crate::resume_slot(),
+            guard_t = out(reg) _,
+            $($($ops)*)?
+        );
+        $crate::clear_resume();
+    }};
 }
 
 /// The ESR of an exception taken since the last call (the faulting instruction was skipped).

@@ -52,6 +52,8 @@ fn make_vm(
     blocks: bool,
 ) -> Result<(Bvm, vm::GmemId), String> {
     let v = vm::vm_create(t).map_err(err)?;
+    // The guest reads the PMU around its operations: without this its PMU accesses are UNDEF.
+    crate::hvc::call(abi::host::HostCall::VmOpenPmu, [v.0, 0, 0, 0, 0, 0]).map_err(err)?;
     let size = gmem_pages * PAGE_SIZE;
     let g = vm::gmem_create(v, size, flags).map_err(err)?;
     let spec = SlotSpec {

@@ -23,6 +23,9 @@ pub const GUEST_FLAG_IPA: u64 = GUEST_CODE_IPA + GUEST_IMAGE_PAGES * PAGE_SIZE;
 pub const GUEST_PAGES: u64 = GUEST_IMAGE_PAGES + 1;
 /// Pages donated at a time when the hyp asks for more.
 pub const TOP_UP_PAGES: u64 = 64;
+/// The host's timer slice for one `VcpuRun`, in milliseconds: a guest that runs this long
+/// without an exit is preempted (an `Interrupt` exit) and re-run.
+pub const DEFAULT_TIMESLICE_MS: u64 = 100;
 
 /// The step-interpreter guest, as a flat binary linked at [`GUEST_CODE_IPA`].
 pub static STEP_GUEST: &[u8] = include_bytes!(env!("GUEST_IMAGE"));
@@ -67,6 +70,10 @@ pub enum GuestMemory {
     /// then converted to private by the host, all but the flag page.
     Gmem { gmem: GmemId, slot: SlotId },
 }
+/// Called after each `Interrupt` exit (the host's timer took the CPU back), with the report so
+/// far, before the vCPU runs again: where the host acts on a guest that runs without trapping
+/// (e.g. writes the flag a spinning guest polls).
+pub type InterruptHandler<'a> = &'a mut dyn FnMut(&StepReport);
 
 /// One VM running the step guest on one vCPU.
 #[derive(Debug)]
@@ -87,6 +94,8 @@ pub struct GuestDriver {
     /// runner stops `OP_SPIN`. (Interface for the world-switch work's interrupt hook: replace
     /// freely, the runner only needs "on an interrupt exit, set this flag, then re-run".)
     pub interrupt_flag: Option<u64>,
+    /// Counter ticks of the host's timer slice for each run ([`DEFAULT_TIMESLICE_MS`]).
+    pub timeslice_ticks: u64,
     dead: bool,
 }
 
@@ -159,6 +168,8 @@ impl GuestDriver {
             }
         };
         let vcpu = vm::vcpu_create(vm, GUEST_CODE_IPA, 0)?;
+        // The host's timer interrupt is what preempts a guest.
+        crate::gic::init();
         Ok(Self {
             vm,
             vcpu,
@@ -168,6 +179,7 @@ impl GuestDriver {
             top_up: true,
             donated: Vec::new(),
             interrupt_flag: None,
+            timeslice_ticks: DEFAULT_TIMESLICE_MS * crate::timer::ticks_per_ms(),
             dead: false,
         })
     }
@@ -204,13 +216,29 @@ impl GuestDriver {
         pages: &mut HostPages,
         hypercall: HypercallHandler<'_>,
     ) -> Result<StepReport, Errno> {
+        self.step_with(op, args, pages, hypercall, None)
+    }
+
+    /// [`GuestDriver::step`], calling `on_interrupt` after every `Interrupt` exit.
+    pub fn step_with(
+        &mut self,
+        op: u64,
+        args: [u64; 4],
+        pages: &mut HostPages,
+        hypercall: HypercallHandler<'_>,
+        mut on_interrupt: Option<InterruptHandler<'_>>,
+    ) -> Result<StepReport, Errno> {
         if self.dead {
             return Err(Errno::ENODEV);
         }
         let mut report = StepReport::default();
         let (mut c0, mut c1) = (0, 0);
         loop {
-            let exit = vm::run(self.vcpu, c0, c1)?;
+            // Every run under the host's timer (Trust rule 6), which is put back afterwards.
+            let saved = crate::timer::arm(self.timeslice_ticks);
+            let exit = vm::run(self.vcpu, c0, c1);
+            crate::timer::disarm(saved);
+            let exit = exit?;
             report.exits += 1;
             (c0, c1) = (0, 0);
             match exit {
@@ -271,6 +299,9 @@ impl GuestDriver {
                         // leaves the guest spinning, and the run's timeout reports it.
                         let _ = crate::exceptions::probe_write(flag as usize, 1);
                     }
+                    if let Some(f) = on_interrupt.as_mut() {
+                        f(&report);
+                    }
                 }
                 Exit::GuestException { class } => {
                     report.exception = Some(class);
@@ -279,6 +310,26 @@ impl GuestDriver {
                 }
             }
         }
+    }
+
+    /// The guest spins (`OP_SPIN`): shares `share_ipa` first (0: nothing), then polls the byte at
+    /// `flag_ipa` until it is non-zero. Only `on_interrupt` can end it (by writing the flag).
+    /// RESULT0 = polls, RESULT1 = x0 of the share.
+    pub fn spin(
+        &mut self,
+        share_ipa: u64,
+        flag_ipa: u64,
+        pages: &mut HostPages,
+        h: HypercallHandler<'_>,
+        on_interrupt: InterruptHandler<'_>,
+    ) -> Result<StepReport, Errno> {
+        self.step_with(
+            OP_SPIN,
+            [share_ipa, flag_ipa, 0, 0],
+            pages,
+            h,
+            Some(on_interrupt),
+        )
     }
 
     /// Guest reads one byte.

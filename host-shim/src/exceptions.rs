@@ -1,7 +1,9 @@
 //! The host's EL1 exception vectors. An abort the hyp injects (the host touched a page it may not
-//! see) lands here: inside a [`probe_read`] it is returned as [`HostFault`] (how the host shim's
-//! software paths report `sigbus` and `abort`); anywhere else it is a decoded crash report and a
-//! failing exit.
+//! see) or an undefined instruction it injects (an SVE instruction, a register it does not give
+//! the host) lands here: inside a probe ([`probe_read`], [`probe_write`], [`probed_asm!`]) any
+//! synchronous exception of the probed instruction is returned as [`HostFault`] (how the host
+//! shim's software paths report `sigbus`, `abort` and `undef`) and the instruction is skipped;
+//! anywhere else it is a decoded crash report and a failing exit.
 
 use core::arch::asm;
 use core::fmt;
@@ -122,20 +124,53 @@ static PROBE_ARMED: AtomicBool = AtomicBool::new(false);
 static PROBE_HIT: AtomicBool = AtomicBool::new(false);
 static PROBE_ESR: AtomicU64 = AtomicU64::new(0);
 static PROBE_FAR: AtomicU64 = AtomicU64::new(0);
+/// Where a probed exception returns to (written by [`probed_asm!`] just before its instruction;
+/// 0: the instruction after the faulting one).
+static PROBE_RESUME: AtomicU64 = AtomicU64::new(0);
 
-fn arm() {
+/// Arms the probe for the next instruction(s) (see [`probed_asm!`]).
+pub fn arm() {
     PROBE_HIT.store(false, Ordering::Relaxed);
+    PROBE_RESUME.store(0, Ordering::Relaxed);
     PROBE_ARMED.store(true, Ordering::Relaxed);
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 
-fn disarm() -> Option<HostFault> {
+/// The slot [`probed_asm!`] writes its resume address into.
+pub fn resume_slot() -> *const AtomicU64 {
+    &PROBE_RESUME
+}
+
+/// Disarms the probe: the exception the probed instruction took, if any.
+pub fn disarm() -> Option<HostFault> {
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
     PROBE_ARMED.store(false, Ordering::Relaxed);
+    PROBE_RESUME.store(0, Ordering::Relaxed);
     PROBE_HIT.swap(false, Ordering::Relaxed).then(|| HostFault {
         esr: PROBE_ESR.load(Ordering::Relaxed),
         far: PROBE_FAR.load(Ordering::Relaxed),
     })
+}
+
+/// Runs `asm!` instructions under the probe: a synchronous exception taken by any of them
+/// (an injected undefined instruction or abort, a fetch from where nothing executes) returns to
+/// the end of the block (label `2:`) and comes back as `Err(HostFault)`. Operands must be named
+/// or explicit registers. Must be used inside `unsafe`.
+#[macro_export]
+macro_rules! probed_asm {
+    ($($insn:literal),+ $(; $($ops:tt)*)?) => {{
+        $crate::exceptions::arm();
+        core::arch::asm!(
+            "adr {probe_t}, 2f",
+            "str {probe_t}, [{probe_slot}]",
+            $($insn,)+
+            "2:",
+            probe_slot = in(reg) $crate::exceptions::resume_slot(),
+            probe_t = out(reg) _,
+            $($($ops)*)?
+        );
+        $crate::exceptions::disarm().map_or(Ok(()), Err)
+    }};
 }
 
 /// Reads one byte at physical address `pa` (the host runs with its stage-1 MMU off, so
@@ -224,7 +259,10 @@ extern "C" fn host_handle_exception(frame: &mut Frame) {
         PROBE_ESR.store(esr, Ordering::Relaxed);
         PROBE_FAR.store(far, Ordering::Relaxed);
         PROBE_HIT.store(true, Ordering::Relaxed);
-        frame.elr += 4;
+        frame.elr = match PROBE_RESUME.swap(0, Ordering::Relaxed) {
+            0 => frame.elr + 4,
+            resume => resume,
+        };
         return;
     }
     let from = [

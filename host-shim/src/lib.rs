@@ -10,11 +10,13 @@ pub mod bench;
 pub mod driver;
 pub mod exceptions;
 pub mod fwcfg;
+pub mod gic;
 pub mod hvc;
 pub mod pages;
 pub mod regs;
 pub mod runner;
 pub mod table;
+pub mod timer;
 pub mod verdict;
 pub mod vm;
 

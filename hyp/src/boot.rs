@@ -110,6 +110,9 @@ pub fn info() -> Option<&'static BootInfo> {
 }
 
 extern "C" {
+    static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
     static __image_end: u8;
     static __stack_top: u8;
 }
@@ -317,9 +320,15 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         used: [0; BOOT_TABLE_PAGES],
         count: 0,
     };
+    let image = mmu::ImageLayout {
+        start: core::ptr::addr_of!(__image_start) as usize,
+        text_end: core::ptr::addr_of!(__text_end) as usize,
+        rodata_end: core::ptr::addr_of!(__rodata_end) as usize,
+    };
     let root = match mmu::build_identity_map(
         (ram_base, ram_base + ram_size),
         (DEVICE_BASE, DEVICE_END),
+        &image,
         &mut tables,
     ) {
         Ok(root) => root,

@@ -9,9 +9,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use board::eprintln_emergency;
 
-use crate::arch::esr;
 use crate::arch::vectors::{TrapFrame, VectorKind};
 use crate::arch::Syndrome;
+use crate::arch::{el1, esr, traps};
 use crate::{hostcall, percpu};
 
 /// A function the test harness installs to report a crash as the current test's failure.
@@ -33,12 +33,14 @@ fn run_crash_hook(reason: fmt::Arguments) {
     }
 }
 
-/// Routes a trap taken at EL2 (called by the vector with the saved frame).
+/// Routes a trap taken at EL2 (called by the vector with the saved frame). A trap from the host
+/// that the hyp does not handle is answered with an exception at the host's own EL1 (Trust rule
+/// 5): never a hyp crash.
 pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
     match frame.vector() {
         VectorKind::CurrentSync => {
-            if percpu::this_cpu().probe_record(syn.esr, syn.far) {
-                frame.elr += 4;
+            if let Some(resume) = percpu::this_cpu().probe_record(syn.esr, syn.far) {
+                frame.elr = if resume != 0 { resume } else { frame.elr + 4 };
                 return;
             }
             fatal_exception(frame, syn)
@@ -47,13 +49,25 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
             esr::EC_HVC64 => hostcall::handle(frame),
             esr::EC_SMC64 => crate::psci::handle_host_smc(frame, syn.esr),
             ec @ (esr::EC_DABT_LOW | esr::EC_IABT_LOW) => {
-                // A host stage-2 fault: the host's IPA is the PA.
-                let ipa = ((syn.hpfar >> 4) << 12) | (syn.far & 0xfff);
-                if !crate::vmm::host_abort(ipa) {
-                    crate::arch::el1::inject_host_abort(frame, syn.far, ec == esr::EC_IABT_LOW);
+                let instruction = ec == esr::EC_IABT_LOW;
+                match esr::fault_kind(syn.esr) {
+                    esr::FaultKind::Translation | esr::FaultKind::AccessFlag => {
+                        // A host stage-2 fault: the host's IPA is the PA.
+                        let ipa = ((syn.hpfar >> 4) << 12) | (syn.far & 0xfff);
+                        if !crate::vmm::host_abort(ipa) {
+                            el1::inject_host_abort(frame, syn.far, instruction, syn.esr);
+                        }
+                    }
+                    esr::FaultKind::TlbConflict => crate::arch::tlb::flush_local_current_vmid(),
+                    // Permission (a fetch from execute-never device memory, ...), alignment,
+                    // external abort, address size: mapping again would not help.
+                    esr::FaultKind::Other => {
+                        el1::inject_host_abort(frame, syn.far, instruction, syn.esr)
+                    }
                 }
             }
-            _ => fatal_exception(frame, syn),
+            // SVE, SME, trace, IMPLEMENTATION DEFINED registers, ...: undefined instruction.
+            _ => traps::host_undef(&mut frame.elr, &mut frame.spsr, syn.esr),
         },
         VectorKind::LowerIrq | VectorKind::LowerFiq => {
             log::warn!("unexpected interrupt from EL1 ignored");

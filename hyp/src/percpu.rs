@@ -27,6 +27,9 @@ pub struct PerCpu {
     pub(crate) host_context: AtomicU64,
     /// What this CPU's entry reads with its MMU off when the hyp starts it.
     pub(crate) boot: SecondaryBoot,
+    /// Where a probed instruction's exception returns to (written by the probe's asm just before
+    /// the instruction; 0 = the instruction after the faulting one).
+    probe_resume: AtomicU64,
 }
 
 impl PerCpu {
@@ -45,6 +48,7 @@ impl PerCpu {
             host_entry: AtomicU64::new(0),
             host_context: AtomicU64::new(0),
             boot: SecondaryBoot::new(),
+            probe_resume: AtomicU64::new(0),
         }
     }
 
@@ -55,6 +59,7 @@ impl PerCpu {
 
     pub(crate) fn probe_arm(&self) {
         self.probe_hit.store(false, Ordering::Relaxed);
+        self.probe_resume.store(0, Ordering::Relaxed);
         self.probe_armed.store(true, Ordering::Relaxed);
         core::sync::atomic::compiler_fence(Ordering::SeqCst);
     }
@@ -72,16 +77,21 @@ impl PerCpu {
         }
     }
 
-    /// Called by the vector: if a probe is armed, records the fault and returns true (the caller
-    /// then steps over the faulting load).
-    pub(crate) fn probe_record(&self, esr: u64, far: u64) -> bool {
+    /// The slot a probe's asm writes its resume address into.
+    pub(crate) fn probe_resume_slot(&self) -> *const AtomicU64 {
+        &self.probe_resume
+    }
+
+    /// Called by the vector: if a probe is armed, records the exception and returns where to
+    /// resume (`Some(0)`: just after the faulting instruction; `None`: no probe was armed).
+    pub(crate) fn probe_record(&self, esr: u64, far: u64) -> Option<u64> {
         if !self.probe_armed.swap(false, Ordering::Relaxed) {
-            return false;
+            return None;
         }
         self.probe_esr.store(esr, Ordering::Relaxed);
         self.probe_far.store(far, Ordering::Relaxed);
         self.probe_hit.store(true, Ordering::Relaxed);
-        true
+        Some(self.probe_resume.swap(0, Ordering::Relaxed))
     }
 }
 

@@ -26,8 +26,10 @@ use crate::protect::{self, HostStage2};
 use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
 
 use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
-use crate::arch::switch::{self, El1Sys, GuestContext};
+use crate::arch::inject::Injected;
+use crate::arch::switch::{self, GuestConfig, GuestContext};
 use crate::arch::tlb::HwTlb;
+use crate::arch::traps::GuestView;
 use crate::guestcall;
 use crate::hostcall::HostResult;
 use crate::pool::VmPool;
@@ -63,6 +65,8 @@ pub(crate) struct HypVm {
     faults_to_host: bool,
     /// The VM's vCPUs may read the PMU (`VmOpenPmu`, benchmarks); else PMU accesses are UNDEF.
     pub(crate) pmu_open: bool,
+    /// The VM's `CNTVOFF_EL2`: the physical count when it was created.
+    pub(crate) cntvoff: u64,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -280,6 +284,7 @@ pub mod calls {
                     mmio_guard: None,
                     faults_to_host: false,
                     pmu_open: false,
+                    cntvoff: crate::arch::timer::counter(),
                 },
             );
             log::debug!("VM {} created ({})", h.0, t.name());
@@ -810,7 +815,10 @@ fn complete(world: &World, vm: VmHandle, ctx: &mut GuestContext, pending: Pendin
         }
         Pending::MemoryFault { ipa } | Pending::NeedPages { ipa } => {
             if c0 == COMPLETE_INJECT_ABORT {
-                ctx.inject_data_abort(ipa);
+                // The abort that matches the access (a fetch gets an instruction abort), at the
+                // virtual address the guest used.
+                let _ = ipa;
+                ctx.inject_abort_saved();
             }
         }
         Pending::GuestRequest(req) => {
@@ -826,14 +834,25 @@ enum Step {
     Exit(HostExit, Pending),
 }
 
-fn guest_exception(ctx: &GuestContext, far: u64) -> Step {
-    Step::Exit(
-        (
-            ExitReason::GuestException,
-            [ctx.exit_esr, ctx.pc, far, 0, 0],
-        ),
-        Pending::None,
-    )
+/// A guest access the hyp cannot serve (an instruction fetch or an access without a valid
+/// syndrome outside every memslot, a mapping that failed): the guest takes an abort at its own
+/// EL1 (an instruction abort for a fetch) and goes on. The host learns nothing (Trust rule 1).
+fn guest_exception(ctx: &mut GuestContext, far: u64) -> Step {
+    let _ = far;
+    inject_guest_abort(ctx);
+    Step::Resume
+}
+
+/// Injects the abort that matches the guest's last exit (data or instruction), reporting the
+/// faulting virtual address the hardware reported (FAR_EL2).
+fn inject_guest_abort(ctx: &mut GuestContext) {
+    let what = if crate::arch::esr::ec(ctx.exit_esr) == crate::arch::esr::EC_IABT_LOW {
+        Injected::InstructionAbort
+    } else {
+        Injected::DataAbort
+    };
+    let far = ctx.exit_far;
+    ctx.inject_live(what, far);
 }
 
 /// Maps what the core resolved for a guest fault: `(ipa, pa, size)` of the block or page.
@@ -1170,14 +1189,28 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
             ctx.pc += 4;
             Step::Resume
         }
-        GuestExit::Interrupt => Step::Resume,
-        GuestExit::Other { esr } => Step::Exit(
-            (
-                ExitReason::GuestException,
-                [esr, ctx.pc, ctx.exit_far, 0, 0],
-            ),
+        // Trust rule 6: the host gets the CPU back; the guest resumes where it was on the next
+        // run.
+        GuestExit::Interrupt => Step::Exit((ExitReason::Interrupt, [0; 5]), Pending::None),
+        GuestExit::Abort { .. } => {
+            inject_guest_abort(ctx);
+            Step::Resume
+        }
+        GuestExit::TlbConflict => {
+            crate::arch::tlb::flush_local_current_vmid();
+            Step::Resume
+        }
+        GuestExit::Uncatchable { ec } => Step::Exit(
+            (ExitReason::GuestException, [ec, 0, 0, 0, 0]),
             Pending::None,
         ),
+        GuestExit::Other { .. } => {
+            let view = GuestView {
+                pmu: hyp.vms.get(&h.0).is_some_and(|v| v.pmu_open),
+            };
+            crate::arch::traps::guest_trap(ctx, view);
+            Step::Resume
+        }
     }
 }
 
@@ -1194,7 +1227,7 @@ fn source_name(s: FaultSource) -> &'static str {
 pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
     let id = u32::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
     // Take the context out of the table: the lock is not held while the guest runs.
-    let (h, mut ctx, vttbr, vtcr, host_vttbr) = with_hyp(|hyp| {
+    let (h, mut ctx, cfg, host_vttbr, host_vtcr) = with_hyp(|hyp| {
         let c = hyp.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
         let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
         let (h, pending) = (c.vm, core::mem::replace(&mut c.pending, Pending::None));
@@ -1203,20 +1236,19 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
         // The first run freezes a pkvm VM's memslots (Trust rule 9).
         hyp.world.vcpu_started(h)?;
         let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
-        Ok((
-            h,
-            ctx,
-            v.stage2.vttbr(),
-            v.stage2.vtcr(),
-            hyp.host_s2.vttbr(),
-        ))
+        let cfg = GuestConfig {
+            vttbr: v.stage2.vttbr(),
+            vtcr: v.stage2.vtcr(),
+            cntvoff: v.cntvoff,
+            pmu_open: v.pmu_open,
+        };
+        Ok((h, ctx, cfg, hyp.host_s2.vttbr(), hyp.host_s2.vtcr()))
     })?;
 
-    let mut host_sys = El1Sys::default();
-    switch::save_el1(&mut host_sys);
-    switch::restore_el1(&ctx.sys);
+    // Every register the host owns is saved here and the vCPU's loaded (Trust rule 5); the
+    // loop below serves exits at EL2 without touching them, since EL2 code uses none of them.
+    let host = switch::switch_to_guest(&ctx, &cfg);
     let host_hcr = crate::arch::el1::host_hcr();
-    switch::load_stage2(switch::guest_hcr(), vttbr, vtcr);
 
     let (exit, pending) = loop {
         // SAFETY: the context is ours for the run, the guest's stage-2, HCR_EL2 and EL1 state
@@ -1237,9 +1269,8 @@ pub fn vcpu_run(vcpu: u64, c0: u64, c1: u64) -> HostResult {
         }
     };
 
-    switch::save_el1(&mut ctx.sys);
-    switch::restore_el1(&host_sys);
-    switch::load_stage2(host_hcr, host_vttbr, vtcr);
+    switch::switch_to_host(&mut ctx, &host);
+    switch::load_stage2(host_hcr, host_vttbr, host_vtcr);
     log::debug!("vcpu {id} exit {:?} {:x?}", exit.0, exit.1);
 
     let mut guard = HYP.lock();

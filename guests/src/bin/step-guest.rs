@@ -5,7 +5,9 @@
 
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
-use guests::{hvc, mmio_read, mmio_write, pmu_read, read_byte, take_exception, write_byte};
+use guests::{
+    guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte, take_exception, write_byte,
+};
 
 fn reg(off: u64) -> u64 {
     CMD_DEVICE_IPA + off
@@ -14,7 +16,10 @@ fn reg(off: u64) -> u64 {
 fn finish_step() {
     match take_exception() {
         None => mmio_write(reg(REG_STATUS), STATUS_OK),
-        Some(esr) if (esr >> 26) & 0x3f == 0x25 => mmio_write(reg(REG_STATUS), STATUS_ABORTED),
+        // A data or instruction abort, from EL1 or EL0.
+        Some(esr) if matches!((esr >> 26) & 0x3f, 0x20 | 0x21 | 0x24 | 0x25) => {
+            mmio_write(reg(REG_STATUS), STATUS_ABORTED)
+        }
         Some(esr) => {
             mmio_write(reg(REG_RESULT0), esr);
             mmio_write(reg(REG_STATUS), STATUS_EXCEPTION)
@@ -110,6 +115,114 @@ fn mem_range(func: u64, mut ipa: u64, pages: u64) -> (u64, u64) {
     }
 }
 
+/// Writes one of the guest's own registers. An exception (undef) is left for `finish_step`.
+fn reg_write(r: WorldReg, v: u64) {
+    // SAFETY (every block): one register write of the guest's own state, guarded so that an
+    // exception returns to the block's end; the guest is soft-float, so nothing else uses the
+    // FP registers, and nothing in the guest uses the other registers written here.
+    unsafe {
+        match r {
+            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov d0, {v}"; v = in(reg) v),
+            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "msr fpcr, {v}"; v = in(reg) v),
+            WorldReg::TpidrEl0 => guarded_asm!("msr tpidr_el0, {v}"; v = in(reg) v),
+            // APIAKeyLo_EL1.
+            WorldReg::ApiaKeyLoEl1 => guarded_asm!("msr S3_0_C2_C1_0, {v}"; v = in(reg) v),
+            WorldReg::CntvCvalEl0 => guarded_asm!("msr cntv_cval_el0, {v}"; v = in(reg) v),
+            WorldReg::CntpCvalEl0 => guarded_asm!("msr cntp_cval_el0, {v}"; v = in(reg) v),
+            WorldReg::PmccntrEl0 => guarded_asm!("msr pmccntr_el0, {v}"; v = in(reg) v),
+            // ZCR_EL1.
+            WorldReg::ZcrEl1 => guarded_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
+            WorldReg::IccPmrEl1 => guarded_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
+            // Read-only: the write is an undefined instruction.
+            WorldReg::IdAa64Pfr0El1 => guarded_asm!("msr S3_0_C0_C4_0, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Pfr1El1 => guarded_asm!("msr S3_0_C0_C4_1, {v}"; v = in(reg) v),
+            WorldReg::IdAa64Dfr0El1 => guarded_asm!("msr S3_0_C0_C5_0, {v}"; v = in(reg) v),
+        }
+    }
+}
+
+/// Reads one of the guest's own registers (0 if the read took an exception).
+fn reg_read(r: WorldReg) -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: as in `reg_write`, one guarded register read.
+    unsafe {
+        match r {
+            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov {v}, d0"; v = inout(reg) v),
+            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "mrs {v}, fpcr"; v = inout(reg) v),
+            WorldReg::TpidrEl0 => guarded_asm!("mrs {v}, tpidr_el0"; v = inout(reg) v),
+            WorldReg::ApiaKeyLoEl1 => guarded_asm!("mrs {v}, S3_0_C2_C1_0"; v = inout(reg) v),
+            WorldReg::CntvCvalEl0 => guarded_asm!("mrs {v}, cntv_cval_el0"; v = inout(reg) v),
+            WorldReg::CntpCvalEl0 => guarded_asm!("mrs {v}, cntp_cval_el0"; v = inout(reg) v),
+            WorldReg::PmccntrEl0 => guarded_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
+            WorldReg::ZcrEl1 => guarded_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
+            WorldReg::IccPmrEl1 => guarded_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr0El1 => guarded_asm!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Pfr1El1 => guarded_asm!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) v),
+            WorldReg::IdAa64Dfr0El1 => guarded_asm!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) v),
+        }
+    }
+    v
+}
+
+/// The string the semihosting probe asks the console to print.
+static SEMIHOST_MSG: &[u8] = b"step guest: semihosting SYS_WRITE0\n\0";
+
+/// Executes one instruction. An exception (undef, abort) is left for `finish_step`.
+fn exec(i: Insn) {
+    // SAFETY (every block): one guarded instruction whose only effects are the registers
+    // declared clobbered; the branch to the UART's address comes back through the injected
+    // instruction abort (or, were it to run, nothing there returns: the hyp never lets it).
+    unsafe {
+        match i {
+            // rdvl x0, #1
+            Insn::Sve => guarded_asm!(".inst 0x04bf5020"; out("x0") _),
+            // rdsvl x0, #1
+            Insn::Sme => guarded_asm!(".inst 0x04bf5820"; out("x0") _),
+            Insn::Pmu => guarded_asm!("mrs x0, pmcr_el0"; out("x0") _),
+            Insn::Dbg => guarded_asm!("mrs x0, mdscr_el1"; out("x0") _),
+            // SYS_WRITE0 (x0 = 4, x1 = the string).
+            Insn::Semihost => guarded_asm!(
+                "mov x0, #4",
+                "mov x1, {msg}",
+                "hlt #0xf000";
+                msg = in(reg) SEMIHOST_MSG.as_ptr(),
+                out("x0") _,
+                out("x1") _
+            ),
+            Insn::FetchDevice => guarded_asm!(
+                "blr {target}";
+                target = in(reg) board_uart(),
+                out("x30") _
+            ),
+        }
+    }
+}
+
+/// The UART's address on QEMU `virt` (an IPA outside every memslot for a guest).
+const fn board_uart() -> u64 {
+    0x0900_0000
+}
+
+/// Spins until the byte at `flag` is non-zero, with plain loads that never trap once the page is
+/// mapped; the host's timer is what stops it. `share` (if not 0) is first shared with the host
+/// (MEM_SHARE), so the host can write the flag. -> (polls, x0 of the share).
+fn spin(share: u64, flag: u64) -> (u64, u64) {
+    use abi::guest::{MEM_SHARE, SMCCC_SUCCESS};
+    if share != 0 {
+        let (x0, _) = mem_range(MEM_SHARE, share, 1);
+        if x0 != SMCCC_SUCCESS {
+            return (0, x0);
+        }
+    }
+    let mut polls = 0u64;
+    loop {
+        polls = polls.wrapping_add(1);
+        if read_byte(flag) != 0 {
+            return (polls, SMCCC_SUCCESS);
+        }
+    }
+}
+
 #[no_mangle]
 extern "C" fn guest_main(_arg: u64) -> ! {
     loop {
@@ -162,6 +275,42 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 let (el2, all) = measure(what, a1, a2, a3);
                 mmio_write(reg(REG_RESULT0), el2);
                 mmio_write(reg(REG_RESULT1), all);
+            }
+            OP_REG_WRITE => {
+                let r = mmio_read(reg(REG_ARG0));
+                let v = mmio_read(reg(REG_ARG1));
+                match WorldReg::from_u64(r) {
+                    Some(r) => reg_write(r, v),
+                    None => {
+                        mmio_write(reg(REG_STATUS), STATUS_BAD_COMMAND);
+                        continue;
+                    }
+                }
+            }
+            OP_REG_READ => {
+                let r = mmio_read(reg(REG_ARG0));
+                match WorldReg::from_u64(r) {
+                    // After an exception finish_step overwrites RESULT0 with the ESR.
+                    Some(r) => mmio_write(reg(REG_RESULT0), reg_read(r)),
+                    None => {
+                        mmio_write(reg(REG_STATUS), STATUS_BAD_COMMAND);
+                        continue;
+                    }
+                }
+            }
+            OP_EXEC => match Insn::from_u64(mmio_read(reg(REG_ARG0))) {
+                Some(i) => exec(i),
+                None => {
+                    mmio_write(reg(REG_STATUS), STATUS_BAD_COMMAND);
+                    continue;
+                }
+            },
+            OP_SPIN => {
+                let share = mmio_read(reg(REG_ARG0));
+                let flag = mmio_read(reg(REG_ARG1));
+                let (polls, x0) = spin(share, flag);
+                mmio_write(reg(REG_RESULT0), polls);
+                mmio_write(reg(REG_RESULT1), x0);
             }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.

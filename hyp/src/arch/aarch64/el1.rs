@@ -1,40 +1,62 @@
-//! Entering EL1 for the first time (the host shim, or an EL1 test image).
+//! Entering EL1 for the first time (the host shim, or an EL1 test image), and the host's traps
+//! the hyp answers with an exception at the host's own EL1.
 
 #[allow(unused_imports)]
 use aarch64_cpu::registers::Readable;
-use aarch64_cpu::registers::{Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, SCTLR_EL1};
+use aarch64_cpu::registers::{Writeable, CNTVOFF_EL2, CPTR_EL2, HCR_EL2, SCTLR_EL1};
 use core::arch::asm;
+
+use super::inject::{inject_live, Injected};
+use super::{timer, vgic};
 
 /// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD
 /// clear), every SMC traps to EL2 (TSC: only the hyp talks to the firmware, `crate::psci`),
-/// pointer-auth instructions do not trap.
+/// pointer-auth instructions do not trap (the keys are switched), set/way invalidation
+/// cleans too (SWIO: a host cannot discard the hyp's or a guest's dirty lines), and
+/// IMPLEMENTATION DEFINED registers trap (TIDCP: they may control the CPU the hyp relies on; the
+/// hyp answers them with an undefined instruction).
 pub fn host_hcr() -> u64 {
     (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::TSC::SET
         + HCR_EL2::API::SET
-        + HCR_EL2::APK::SET)
+        + HCR_EL2::APK::SET
+        + HCR_EL2::SWIO::SET
+        + HCR_EL2::TIDCP::SET)
         .value
 }
 
+/// `CPTR_EL2` for every world (non-VHE layout): RES1 bits 13, 9, 7:0; FP/SIMD not trapped (TFP,
+/// bit 10, clear); SVE (TZ, bit 8), SME (TSM, bit 12) and trace registers (TTA, bit 20) trapped:
+/// the hyp answers them with an undefined-instruction exception in the world that tried.
+pub const CPTR_EL2_VALUE: u64 = 0x33ff | (1 << 20);
+
 /// Makes the host take a synchronous external abort at its EL1 on return from this trap: the
-/// host touched memory its stage-2 does not give it. `frame` is the host's trap frame.
-pub fn inject_host_abort(frame: &mut crate::arch::vectors::TrapFrame, far: u64, instruction: bool) {
-    let ec: u64 = if instruction { 0x21 } else { 0x25 };
-    let esr = (ec << 26) | (1 << 25) | 0x10;
-    let vbar = super::switch::take_el1_exception(esr, far, frame.elr, frame.spsr);
-    frame.elr = vbar + 0x200;
-    frame.spsr = 0x3c5;
+/// host touched memory its stage-2 does not give it (or fetched from where nothing executes).
+/// `frame` is the host's trap frame.
+pub fn inject_host_abort(
+    frame: &mut crate::arch::vectors::TrapFrame,
+    far: u64,
+    instruction: bool,
+    esr_el2: u64,
+) {
+    let what = if instruction {
+        Injected::InstructionAbort
+    } else {
+        Injected::DataAbort
+    };
+    inject_live(what, &mut frame.elr, &mut frame.spsr, esr_el2, far);
 }
 
 /// Sets up the EL1 world and `eret`s to `entry` with `x0..x3 = args`. Never returns: the host
 /// comes back to EL2 only through the vectors, on a fresh stack starting at `el2_stack_top`.
 pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u64) -> ! {
     super::switch::load_stage2(host_hcr(), vttbr, vtcr);
-    // EL1 may use FP/SIMD and the physical/virtual timers and counters.
-    CPTR_EL2.set(0x33ff);
-    CNTHCTL_EL2.write(CNTHCTL_EL2::EL1PCEN::SET + CNTHCTL_EL2::EL1PCTEN::SET);
+    CPTR_EL2.set(CPTR_EL2_VALUE);
+    // EL1 may use the physical/virtual timers and counters; the GIC's system registers.
+    timer::host_cnthctl();
     CNTVOFF_EL2.set(0);
+    vgic::init_el2();
     // MMU, caches and alignment checks off at EL1, little-endian; RES1 bits set.
     SCTLR_EL1.set(0x30d0_0800);
     let spsr: u64 = 0x3c5; // EL1h, DAIF masked

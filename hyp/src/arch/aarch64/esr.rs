@@ -59,3 +59,28 @@ pub fn fsc_name(fsc: u64) -> &'static str {
 pub fn is_write(esr: u64) -> bool {
     esr & (1 << 6) != 0
 }
+
+/// What kind of fault an abort's fault status code (DFSC/IFSC) reports, as far as the hyp's
+/// answer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Translation fault (any level): nothing is mapped; mapping may fix it.
+    Translation,
+    /// Access flag fault: the entry exists without AF; mapping again fixes it.
+    AccessFlag,
+    /// TLB conflict abort: invalidating the TLB and retrying fixes it.
+    TlbConflict,
+    /// Everything mapping cannot fix: permission (e.g. a fetch from execute-never memory),
+    /// alignment, external abort, address size, ...: the world that made the access gets an abort.
+    Other,
+}
+
+/// Classifies the fault status code of an abort syndrome (EC 0x20/0x21/0x24/0x25).
+pub fn fault_kind(esr: u64) -> FaultKind {
+    match esr & 0x3f {
+        0x04..=0x07 | 0x2b => FaultKind::Translation,
+        0x08..=0x0b => FaultKind::AccessFlag,
+        0x30 => FaultKind::TlbConflict,
+        _ => FaultKind::Other,
+    }
+}

@@ -29,7 +29,7 @@ pub enum AbortAccess {
 /// Why the guest left, in portable terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestExit {
-    /// A stage-2 abort on `ipa` (translation, access-flag or permission fault).
+    /// A stage-2 abort on `ipa` that mapping may serve (translation or access-flag fault).
     Stage2Abort {
         ipa: u64,
         access: AbortAccess,
@@ -40,23 +40,49 @@ pub enum GuestExit {
     Hvc { imm: u16 },
     /// `SMC` (trapped; the PC points at it).
     Smc,
-    /// An interrupt arrived while the guest ran.
+    /// A physical interrupt (IRQ or FIQ) arrived while the guest ran.
     Interrupt,
-    /// Anything else the guest did that trapped to EL2 (undefined at EL2's view, system-register
-    /// traps, ...), with the raw syndrome.
+    /// A stage-2 abort that mapping cannot fix (permission, alignment, external abort, address
+    /// size, ...): the guest gets an abort at its own EL1.
+    Abort { instruction: bool },
+    /// A stage-2 TLB conflict: invalidate and retry.
+    TlbConflict,
+    /// An exception the guest cannot be given at its own EL1 (an SError routed to EL2), with its
+    /// class only.
+    Uncatchable { ec: u64 },
+    /// Anything else the guest did that trapped to EL2 (system-register traps, SVE, SME, ...),
+    /// with the raw syndrome: emulated or answered with an undefined instruction.
     Other { esr: u64 },
 }
 
 const KIND_LOWER_SYNC: u64 = 5;
+const KIND_LOWER_IRQ: u64 = 6;
+const KIND_LOWER_FIQ: u64 = 7;
+/// The class reported for an SError that reached EL2 from a guest.
+const EC_SERROR: u64 = 0x2f;
 
 /// Decodes the exit recorded in `ctx`.
 pub fn decode(ctx: &GuestContext) -> GuestExit {
-    if ctx.exit_kind != KIND_LOWER_SYNC {
-        return GuestExit::Interrupt;
+    match ctx.exit_kind {
+        KIND_LOWER_SYNC => {}
+        KIND_LOWER_IRQ | KIND_LOWER_FIQ => return GuestExit::Interrupt,
+        _ => return GuestExit::Uncatchable { ec: EC_SERROR },
     }
     let e = ctx.exit_esr;
     let ipa = ((ctx.exit_hpfar >> 4) << 12) | (ctx.exit_far & 0xfff);
-    match esr::ec(e) {
+    let ec = esr::ec(e);
+    if matches!(ec, esr::EC_DABT_LOW | esr::EC_IABT_LOW) {
+        match esr::fault_kind(e) {
+            esr::FaultKind::Translation | esr::FaultKind::AccessFlag => {}
+            esr::FaultKind::TlbConflict => return GuestExit::TlbConflict,
+            esr::FaultKind::Other => {
+                return GuestExit::Abort {
+                    instruction: ec == esr::EC_IABT_LOW,
+                }
+            }
+        }
+    }
+    match ec {
         esr::EC_HVC64 => GuestExit::Hvc {
             imm: (e & 0xffff) as u16,
         },

@@ -5,13 +5,19 @@ pub mod cache;
 pub mod el1;
 pub mod esr;
 pub mod exit;
+pub mod features;
 pub mod firmware;
+pub mod fpsimd;
+pub mod inject;
 pub mod mmu;
 pub mod pmu;
 pub mod probe;
 pub mod switch;
+pub mod timer;
 pub mod tlb;
+pub mod traps;
 pub mod vectors;
+pub mod vgic;
 
 use aarch64_cpu::registers::{CurrentEL, Readable};
 

@@ -87,3 +87,32 @@ pub fn fault_pad() {
     // SAFETY: `nop`s only.
     unsafe { asm!(".rept {n}", "nop", ".endr", n = const FAULT_PAD, options(nomem, nostack)) };
 }
+
+/// Stops every PMU counter the host enabled and returns which were (`PMCNTENSET_EL0`): while a
+/// guest without a PMU runs, the host's counters do not count its instructions or cycles, so they
+/// tell the host nothing about what the guest does.
+pub fn pause_counters() -> u64 {
+    if !super::features::has(super::features::PMU) {
+        return 0;
+    }
+    let enabled: u64;
+    // SAFETY: PMU counter enables only; the mask read is restored by `resume_counters`.
+    unsafe {
+        asm!(
+            "mrs {e}, pmcntenset_el0",
+            "msr pmcntenclr_el0, {e}",
+            e = out(reg) enabled,
+            options(nomem, nostack)
+        )
+    };
+    enabled
+}
+
+/// Re-enables the counters [`pause_counters`] stopped.
+pub fn resume_counters(enabled: u64) {
+    if enabled == 0 {
+        return;
+    }
+    // SAFETY: PMU counter enables only.
+    unsafe { asm!("msr pmcntenset_el0, {}", in(reg) enabled, options(nomem, nostack)) };
+}

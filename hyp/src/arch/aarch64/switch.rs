@@ -9,6 +9,11 @@
 use core::arch::{asm, naked_asm};
 use core::mem::offset_of;
 
+use super::features;
+use super::fpsimd::{self, FpState};
+use super::inject::{self, Injected};
+use super::timer::{self, PtimerRegs, VtimerRegs};
+use super::vgic::{self, VgicState};
 use crate::percpu::PerCpu;
 
 /// The EL1 system registers a world owns (host or guest).
@@ -50,34 +55,6 @@ impl El1Sys {
     }
 }
 
-/// Makes the EL1 world whose registers are live on this CPU take a synchronous exception: writes
-/// its ESR/FAR/ELR/SPSR_EL1 as the hardware would and returns its VBAR_EL1 (the caller points the
-/// return address at `VBAR_EL1 + 0x200`, current EL with SP_ELx, and masks DAIF).
-pub fn take_el1_exception(esr: u64, far: u64, elr: u64, spsr: u64) -> u64 {
-    let vbar: u64;
-    // SAFETY: EL1 state only, of the world whose exception this is; nothing runs at EL1 meanwhile.
-    unsafe {
-        asm!(
-            "msr esr_el1, {esr}",
-            "msr far_el1, {far}",
-            "msr elr_el1, {elr}",
-            "msr spsr_el1, {spsr}",
-            "mrs {vbar}, vbar_el1",
-            esr = in(reg) esr,
-            far = in(reg) far,
-            elr = in(reg) elr,
-            spsr = in(reg) spsr,
-            vbar = out(reg) vbar,
-            options(nostack)
-        );
-    }
-    vbar
-}
-
-/// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
-/// external abort.
-const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
-
 /// Everything the world switch saves for one vCPU.
 #[repr(C)]
 #[derive(Debug)]
@@ -96,7 +73,43 @@ pub struct GuestContext {
     /// the `stp`/`ldp` immediate range (504 bytes).
     host_save: [u64; 13],
     pub sys: El1Sys,
+    /// EL1/EL0 registers beyond [`El1Sys`] that each world owns (FP/SIMD, keys, ...).
+    pub regs: WorldRegs,
+    /// The vCPU's virtual timer (its offset is the VM's).
+    pub vtimer: VtimerRegs,
+    /// The vCPU's emulated physical timer.
+    pub ptimer: PtimerRegs,
+    /// The vCPU's emulated debug state.
+    pub debug: DebugState,
+    /// The vCPU's GIC virtual CPU interface.
+    pub vgic: VgicState,
 }
+
+/// Registers of a world that the switch moves besides [`El1Sys`]: the ones whose existence
+/// depends on the CPU's features are only touched where they exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorldRegs {
+    pub fp: FpState,
+    /// APIAKeyLo/Hi, APIBKeyLo/Hi, APDAKeyLo/Hi, APDBKeyLo/Hi, APGAKeyLo/Hi (FEAT_PAuth).
+    pub keys: [u64; 10],
+    /// `TPIDR2_EL0` (SME; no trap controls it without FEAT_FGT, so it is switched).
+    pub tpidr2: u64,
+    /// `DISR_EL1` (RAS).
+    pub disr: u64,
+}
+
+/// A guest's emulated debug registers (`MDCR_EL2.TDA/TDOSA/TDRA` trap them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugState {
+    pub mdscr: u64,
+    pub oslk: bool,
+}
+
+/// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
+/// external abort.
+const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
 
 impl GuestContext {
     /// A vCPU about to start at `pc` in EL1h with interrupts masked and `x0 = arg`.
@@ -113,6 +126,11 @@ impl GuestContext {
             exit_hpfar: 0,
             exit_kind: 0,
             host_save: [0; 13],
+            regs: WorldRegs::default(),
+            vtimer: VtimerRegs::default(),
+            ptimer: PtimerRegs::default(),
+            debug: DebugState::default(),
+            vgic: VgicState::default(),
         }
     }
 
@@ -132,20 +150,43 @@ impl GuestContext {
     /// access at `far` had failed with an external abort (what Linux KVM injects). For a vCPU
     /// whose EL1 state is saved in `self.sys` (between runs).
     pub fn inject_data_abort(&mut self, far: u64) {
-        self.sys.esr = INJECTED_DABT_ESR;
+        self.inject_saved(Injected::DataAbort, far);
+    }
+
+    /// Like [`GuestContext::inject_data_abort`] for the access of the last exit: an instruction
+    /// abort if it was a fetch, at the virtual address the hardware reported (FAR_EL2).
+    pub fn inject_abort_saved(&mut self) {
+        let what = if super::esr::ec(self.exit_esr) == super::esr::EC_IABT_LOW {
+            Injected::InstructionAbort
+        } else {
+            Injected::DataAbort
+        };
+        self.inject_saved(what, self.exit_far);
+    }
+
+    /// Injects `what` into a vCPU whose EL1 state is saved in `self.sys` (between runs).
+    fn inject_saved(&mut self, what: Injected, far: u64) {
+        self.sys.esr = inject::esr_for(what, self.pstate, INJECTED_DABT_ESR);
         self.sys.far = far;
         self.sys.elr = self.pc;
         self.sys.spsr = self.pstate;
-        // Current EL with SP_ELx, synchronous: VBAR_EL1 + 0x200.
-        self.pc = self.sys.vbar.wrapping_add(0x200);
-        self.pstate = 0x3c5;
+        self.pc = self
+            .sys
+            .vbar
+            .wrapping_add(inject::vector_offset(self.pstate));
+        self.pstate = inject::entry_pstate(self.pstate, self.sys.sctlr);
     }
 
     /// The same for a vCPU whose EL1 state is live on this CPU (inside the run loop).
     pub fn inject_data_abort_live(&mut self, far: u64) {
-        let vbar = take_el1_exception(INJECTED_DABT_ESR, far, self.pc, self.pstate);
-        self.pc = vbar.wrapping_add(0x200);
-        self.pstate = 0x3c5;
+        self.inject_live(Injected::DataAbort, far);
+    }
+
+    /// Injects `what` into a vCPU whose EL1 state is live (inside the run loop), for the
+    /// instruction of the last exit.
+    pub fn inject_live(&mut self, what: Injected, far: u64) {
+        let esr = self.exit_esr;
+        inject::inject_live(what, &mut self.pc, &mut self.pstate, esr, far);
     }
 }
 
@@ -334,16 +375,36 @@ sysregs!(
 );
 
 /// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's stage-1-off
-/// accesses are Normal cacheable (DC), pointer-auth does not trap.
+/// accesses are Normal cacheable (DC), pointer-auth does not trap (the keys are switched),
+/// physical IRQs and FIQs go to EL2 and the guest's GIC accesses to the virtual CPU interface
+/// (IMO/FMO), IMPLEMENTATION DEFINED registers and `ACTLR_EL1` trap (TIDCP/TACR), as do
+/// LORegions and RAS error records where they exist (TLOR/TERR), the ID registers are emulated
+/// (TID3: a guest sees only what it can use); set/way invalidation cleans too (SWIO), TLB
+/// maintenance and barriers reach every CPU the vCPU may move to (FB, BSU=IS).
 pub fn guest_hcr() -> u64 {
     use aarch64_cpu::registers::HCR_EL2;
-    (HCR_EL2::VM::Enable
+    let mut hcr = (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::TSC::SET
         + HCR_EL2::DC::SET
         + HCR_EL2::API::SET
-        + HCR_EL2::APK::SET)
-        .value
+        + HCR_EL2::APK::SET
+        + HCR_EL2::IMO::SET
+        + HCR_EL2::FMO::SET
+        + HCR_EL2::TIDCP::SET
+        + HCR_EL2::TACR::SET
+        + HCR_EL2::TID3::SET
+        + HCR_EL2::SWIO::SET
+        + HCR_EL2::FB::SET
+        + HCR_EL2::BSU::InnerShareable)
+        .value;
+    if features::has(features::LOR) {
+        hcr |= HCR_EL2::TLOR::SET.value;
+    }
+    if features::has(features::RAS) {
+        hcr |= HCR_EL2::TERR::SET.value;
+    }
+    hcr
 }
 
 /// Loads the stage-2 of the world about to run.
@@ -353,4 +414,165 @@ pub fn load_stage2(hcr: u64, vttbr: u64, vtcr: u64) {
     VTTBR_EL2.set(vttbr);
     HCR_EL2.set(hcr);
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+}
+
+// ---- the registers each world owns beyond El1Sys ----------------------------------------------
+
+macro_rules! raw_sysregs {
+    ($save:ident, $restore:ident, $($i:literal => $enc:literal),* $(,)?) => {
+        /// Reads the registers into `out` (raw encodings: the target's assembler lacks the
+        /// features that name them).
+        fn $save(out: &mut [u64; 10]) {
+            $(
+                // SAFETY: reading an EL1 register from EL2 has no side effects; the caller checked
+                // that the CPU implements it.
+                unsafe { asm!(concat!("mrs {}, ", $enc), out(reg) out[$i], options(nomem, nostack)) };
+            )*
+        }
+
+        /// Loads `v` into the registers.
+        fn $restore(v: &[u64; 10]) {
+            $(
+                // SAFETY: EL1 state of the world about to run; the caller checked that the CPU
+                // implements it.
+                unsafe { asm!(concat!("msr ", $enc, ", {}"), in(reg) v[$i], options(nomem, nostack)) };
+            )*
+        }
+    };
+}
+
+raw_sysregs!(
+    save_keys,
+    restore_keys,
+    0 => "S3_0_C2_C1_0", // APIAKeyLo_EL1
+    1 => "S3_0_C2_C1_1", // APIAKeyHi_EL1
+    2 => "S3_0_C2_C1_2", // APIBKeyLo_EL1
+    3 => "S3_0_C2_C1_3", // APIBKeyHi_EL1
+    4 => "S3_0_C2_C2_0", // APDAKeyLo_EL1
+    5 => "S3_0_C2_C2_1", // APDAKeyHi_EL1
+    6 => "S3_0_C2_C2_2", // APDBKeyLo_EL1
+    7 => "S3_0_C2_C2_3", // APDBKeyHi_EL1
+    8 => "S3_0_C2_C3_0", // APGAKeyLo_EL1
+    9 => "S3_0_C2_C3_1", // APGAKeyHi_EL1
+);
+
+fn read_tpidr2() -> u64 {
+    let v: u64;
+    // SAFETY: TPIDR2_EL0 (S3_3_C13_C0_5) exists (SME, checked by the caller); a plain read.
+    unsafe { asm!("mrs {}, S3_3_C13_C0_5", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn write_tpidr2(v: u64) {
+    // SAFETY: as above; EL0 state of the world about to run.
+    unsafe { asm!("msr S3_3_C13_C0_5, {}", in(reg) v, options(nomem, nostack)) };
+}
+
+fn read_disr() -> u64 {
+    let v: u64;
+    // SAFETY: DISR_EL1 (S3_0_C12_C1_1) exists (RAS, checked by the caller); a plain read.
+    unsafe { asm!("mrs {}, S3_0_C12_C1_1", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn write_disr(v: u64) {
+    // SAFETY: as above; EL1 state of the world about to run.
+    unsafe { asm!("msr S3_0_C12_C1_1, {}", in(reg) v, options(nomem, nostack)) };
+}
+
+/// Saves the live [`WorldRegs`] into `out` and loads `next`.
+fn switch_world_regs(out: &mut WorldRegs, next: &WorldRegs) {
+    // SAFETY: both pointers are to live, exclusively borrowed/borrowed FpState values; FP is not
+    // trapped at EL2 (CPTR_EL2.TFP clear), and EL2 code never uses FP registers (soft-float).
+    unsafe {
+        fpsimd::save(&mut out.fp);
+        fpsimd::restore(&next.fp);
+    }
+    let f = features::get();
+    if f & features::PAUTH != 0 {
+        save_keys(&mut out.keys);
+        restore_keys(&next.keys);
+    }
+    if f & features::SME != 0 {
+        out.tpidr2 = read_tpidr2();
+        write_tpidr2(next.tpidr2);
+    }
+    if f & features::RAS != 0 {
+        out.disr = read_disr();
+        write_disr(next.disr);
+    }
+}
+
+/// What the hyp keeps of the host while a guest runs.
+#[derive(Debug, Default)]
+pub struct HostSave {
+    sys: El1Sys,
+    regs: WorldRegs,
+    vtimer: VtimerRegs,
+    mdscr: u64,
+    mdcr: u64,
+    /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
+    pmcnten: u64,
+}
+
+/// How the hyp runs one vCPU.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestConfig {
+    pub vttbr: u64,
+    pub vtcr: u64,
+    /// The VM's `CNTVOFF_EL2`.
+    pub cntvoff: u64,
+    /// The guest may use the PMU (`VmOpenPmu`); else every PMU access is UNDEF.
+    pub pmu_open: bool,
+}
+
+/// `MDCR_EL2` while a guest runs: the host's (HPMN: the counters EL1 may reach) plus the debug
+/// traps (TDA, TDOSA, TDRA: emulated) and, for a VM without a PMU, the PMU traps (TPM, TPMCR).
+fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
+    use aarch64_cpu::registers::MDCR_EL2;
+    let mut m = host_mdcr | (MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET).value;
+    if !pmu_open {
+        m |= (MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET).value;
+    }
+    m
+}
+
+/// From the host to a guest: saves every register the host owns and loads the vCPU's, then the
+/// guest's traps and stage-2. Returns what [`switch_to_host`] needs to undo it.
+pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
+    use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2, MDSCR_EL1};
+    let mut host = HostSave::default();
+    save_el1(&mut host.sys);
+    restore_el1(&ctx.sys);
+    switch_world_regs(&mut host.regs, &ctx.regs);
+    timer::switch_vtimer(&mut host.vtimer, &ctx.vtimer, cfg.cntvoff);
+    timer::guest_cnthctl();
+    // The host's own debug configuration stays out of the guest's way: with MDSCR_EL1 zero no
+    // breakpoint, watchpoint or step the host armed fires in the guest, whose MDSCR_EL1 is
+    // emulated.
+    host.mdscr = MDSCR_EL1.get();
+    MDSCR_EL1.set(0);
+    host.mdcr = MDCR_EL2.get();
+    MDCR_EL2.set(guest_mdcr(host.mdcr, cfg.pmu_open));
+    if !cfg.pmu_open {
+        host.pmcnten = super::pmu::pause_counters();
+    }
+    vgic::restore(&ctx.vgic);
+    load_stage2(guest_hcr(), cfg.vttbr, cfg.vtcr);
+    host
+}
+
+/// From a guest back to the host: saves the vCPU's registers, reloads the host's and its traps.
+/// The caller then loads the host's stage-2.
+pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
+    use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
+    vgic::save(&mut ctx.vgic);
+    super::pmu::resume_counters(host.pmcnten);
+    MDCR_EL2.set(host.mdcr);
+    MDSCR_EL1.set(host.mdscr);
+    timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
+    timer::host_cnthctl();
+    switch_world_regs(&mut ctx.regs, &host.regs);
+    save_el1(&mut ctx.sys);
+    restore_el1(&host.sys);
 }

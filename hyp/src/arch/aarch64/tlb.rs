@@ -24,6 +24,21 @@ fn with_vmid(vmid: u16, f: impl FnOnce()) {
     }
 }
 
+/// After a TLB conflict abort: drops this CPU's stage-1 and stage-2 entries of the VMID in
+/// `VTTBR_EL2` (the world that took the abort), so the retried access walks the tables again.
+pub fn flush_local_current_vmid() {
+    // SAFETY: TLB maintenance for the current VMID on this CPU only; completes before returning.
+    unsafe {
+        asm!(
+            "dsb nshst",
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 impl hyp_mem::stage2::TlbMaintenance for HwTlb {
     fn publish(&mut self) {
         // SAFETY: barrier only.

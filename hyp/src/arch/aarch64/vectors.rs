@@ -31,7 +31,6 @@ pub enum VectorKind {
     LowerIrq,
     LowerFiq,
     LowerSError,
-    LowerAArch32,
 }
 
 impl VectorKind {
@@ -45,7 +44,6 @@ impl VectorKind {
             6 => VectorKind::LowerIrq,
             7 => VectorKind::LowerFiq,
             8 => VectorKind::LowerSError,
-            9 => VectorKind::LowerAArch32,
             _ => VectorKind::CurrentSp0,
         }
     }
@@ -58,11 +56,10 @@ impl VectorKind {
             VectorKind::CurrentIrq => "EL2 (IRQ)",
             VectorKind::CurrentFiq => "EL2 (FIQ)",
             VectorKind::CurrentSError => "EL2 (SError)",
-            VectorKind::LowerSync => "EL1/EL0 AArch64 (synchronous)",
-            VectorKind::LowerIrq => "EL1/EL0 AArch64 (IRQ)",
-            VectorKind::LowerFiq => "EL1/EL0 AArch64 (FIQ)",
-            VectorKind::LowerSError => "EL1/EL0 AArch64 (SError)",
-            VectorKind::LowerAArch32 => "EL1/EL0 AArch32",
+            VectorKind::LowerSync => "EL1/EL0 (synchronous)",
+            VectorKind::LowerIrq => "EL1/EL0 (IRQ)",
+            VectorKind::LowerFiq => "EL1/EL0 (FIQ)",
+            VectorKind::LowerSError => "EL1/EL0 (SError)",
         }
     }
 }
@@ -99,12 +96,13 @@ hyp_vectors:
     vslot 6, hyp_lower_common
     vslot 7, hyp_lower_common
     vslot 8, hyp_lower_common
-    vslot 9, hyp_trap_common
-    vslot 9, hyp_trap_common
-    vslot 9, hyp_trap_common
-    vslot 9, hyp_trap_common
+    vslot 5, hyp_lower_common
+    vslot 6, hyp_lower_common
+    vslot 7, hyp_lower_common
+    vslot 8, hyp_lower_common
 
-// From EL1: a guest exit if this CPU runs a guest (see switch.rs), else a host trap.
+// From EL1 or EL0, AArch64 or AArch32 (the syndrome tells them apart, so both use the same
+// kinds): a guest exit if this CPU runs a guest (see switch.rs), else a host trap.
 hyp_lower_common:
     mrs     x0, tpidr_el2
     ldr     x0, [x0, #{guest}]

@@ -164,6 +164,172 @@ fn el2_unknown_host_call_is_enosys() -> TestResult {
     Ok(())
 }
 
+/// A `ret` instruction in writable data (the `static` has interior mutability, so it is placed in
+/// `.data`, which W^X maps execute-never).
+static RET_IN_DATA: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0xd65f_03c0);
+/// A `ret` instruction in read-only data.
+static RET_IN_RODATA: u32 = 0xd65f_03c0;
+
+fn is_permission_fault(esr: u64) -> bool {
+    matches!(esr & 0x3f, 0x0c..=0x0f)
+}
+
+fn el2_wx_code_is_read_only() -> TestResult {
+    ensure!(SCTLR_EL2.is_set(SCTLR_EL2::WXN), "SCTLR_EL2.WXN clear");
+    // A byte of the hyp's own code: readable, not writable. The probe writes the byte's own
+    // value back, so nothing changes if W^X were broken.
+    let code = el2_current_el_is_2 as *const () as usize;
+    let byte = probe::read_u8(code).map_err(|f| alloc::format!("reading code: {f:?}"))?;
+    let f = match probe::write_u8(code, byte) {
+        Ok(()) => return Err(alloc::format!("the hyp's code at {code:#x} is writable")),
+        Err(f) => f,
+    };
+    ensure_eq!(esr::ec(f.esr), esr::EC_DABT_CUR);
+    ensure!(is_permission_fault(f.esr), "ESR {:#x}", f.esr);
+    ensure_eq!(f.far, code as u64);
+    // The vectors too, and read-only data.
+    let vbar = VBAR_EL2.get() as usize;
+    let v = probe::read_u8(vbar).map_err(|f| alloc::format!("reading vectors: {f:?}"))?;
+    ensure!(
+        probe::write_u8(vbar, v).is_err(),
+        "the vectors are writable"
+    );
+    let ro = core::ptr::addr_of!(RET_IN_RODATA) as usize;
+    let b = probe::read_u8(ro).map_err(|f| alloc::format!("reading rodata: {f:?}"))?;
+    ensure!(
+        probe::write_u8(ro, b).is_err(),
+        "read-only data is writable"
+    );
+    Ok(())
+}
+
+fn el2_wx_data_stack_heap_and_rodata_do_not_execute() -> TestResult {
+    let ret = 0xd65f_03c0u32;
+    let on_stack = [ret; 2];
+    let on_heap = alloc::boxed::Box::new(ret);
+    let targets = [
+        ("data", core::ptr::addr_of!(RET_IN_DATA) as usize),
+        ("rodata", core::ptr::addr_of!(RET_IN_RODATA) as usize),
+        ("stack", on_stack.as_ptr() as usize),
+        ("heap", &*on_heap as *const u32 as usize),
+    ];
+    for (what, addr) in targets {
+        // SAFETY: each target holds a `ret`, so were it executable the branch would come straight
+        // back; execute-never makes it an instruction abort the probe returns.
+        match unsafe { probe::exec(addr) } {
+            Ok(()) => return Err(alloc::format!("{what} at {addr:#x} executed")),
+            Err(f) => {
+                ensure_eq!(esr::ec(f.esr), esr::EC_IABT_CUR);
+                ensure!(is_permission_fault(f.esr), "{what}: ESR {:#x}", f.esr);
+                ensure_eq!(f.far, addr as u64);
+            }
+        }
+    }
+    // A page from the page allocator (the region stage-2 tables come from).
+    let pa = mm::alloc_pages(1).ok_or("allocation failed")?;
+    // SAFETY: the page was just allocated to this test; identity-mapped, writable.
+    unsafe { (pa as *mut u32).write_volatile(ret) };
+    // SAFETY: as above, a `ret` or an instruction abort.
+    let r = unsafe { probe::exec(pa) };
+    mm::free_pages(pa, 1);
+    ensure!(r.is_err(), "a page-allocator page executed");
+    // And the hyp's code still runs: calling through a function pointer.
+    let f: fn() -> TestResult = el2_current_el_is_2;
+    f()
+}
+
+fn el2_injected_exceptions_enter_the_right_vector() -> TestResult {
+    use hyp::arch::inject::{entry_pstate, esr_for, vector_offset, Injected};
+    // EL1h, EL1t, EL0 AArch64, EL0 AArch32 (user mode 0x10).
+    ensure_eq!(vector_offset(0x3c5), 0x200);
+    ensure_eq!(vector_offset(0x3c4), 0x000);
+    ensure_eq!(vector_offset(0x000), 0x400);
+    ensure_eq!(vector_offset(0x010), 0x600);
+    // Same-EL and lower-EL classes; IL from the trapped instruction.
+    ensure_eq!(esr_for(Injected::Undef, 0x3c5, 1 << 25), 1 << 25);
+    ensure_eq!(esr_for(Injected::Undef, 0x010, 0), 0);
+    ensure_eq!(
+        esr_for(Injected::DataAbort, 0x3c5, 1 << 25),
+        (0x25 << 26) | (1 << 25) | 0x10
+    );
+    ensure_eq!(esr_for(Injected::DataAbort, 0x0, 1 << 25) >> 26, 0x24);
+    ensure_eq!(
+        esr_for(Injected::InstructionAbort, 0x3c5, 1 << 25) >> 26,
+        0x21
+    );
+    ensure_eq!(
+        esr_for(Injected::InstructionAbort, 0x0, 1 << 25) >> 26,
+        0x20
+    );
+    // DAIF masked, EL1h; PAN set when SCTLR_EL1.SPAN is clear; SSBS from DSSBS.
+    ensure_eq!(entry_pstate(0x0, 1 << 23), 0x3c5);
+    ensure_eq!(entry_pstate(0x0, 0), 0x3c5 | (1 << 22));
+    ensure_eq!(entry_pstate(0x0, (1 << 23) | (1 << 44)), 0x3c5 | (1 << 12));
+    Ok(())
+}
+
+fn el2_guest_sysreg_traps_decode_and_the_ptimer_reads_back() -> TestResult {
+    use hyp::arch::timer::{PtimerReg, PtimerRegs};
+    use hyp::arch::traps::SysRegAccess;
+    // `mrs x3, cntp_cval_el0`: op0 3, op1 3, CRn 14, CRm 2, op2 2, Rt 3, read.
+    let iss = (3 << 20) | (2 << 17) | (3 << 14) | (14 << 10) | (3 << 5) | (2 << 1) | 1;
+    let a = SysRegAccess::decode((0x18 << 26) | (1 << 25) | iss);
+    ensure_eq!(a.enc, (3, 3, 14, 2, 2));
+    ensure_eq!(a.rt, 3);
+    ensure!(a.read);
+    // `msr mdscr_el1, x30`: op0 2, op1 0, CRn 0, CRm 2, op2 2, Rt 30, write.
+    let iss = (2 << 20) | (2 << 17) | (30 << 5) | (2 << 1);
+    let a = SysRegAccess::decode((0x18 << 26) | iss);
+    ensure_eq!((a.enc, a.rt, a.read), ((2, 0, 0, 2, 2), 30, false));
+    let mut t = PtimerRegs::default();
+    t.write(PtimerReg::Cval, 1000, 0);
+    t.write(PtimerReg::Ctl, 0xffff_ffff, 0);
+    ensure_eq!(t.read(PtimerReg::Ctl, 999), 0b011);
+    // Enabled, count past CVAL: ISTATUS.
+    ensure_eq!(t.read(PtimerReg::Ctl, 1000), 0b111);
+    ensure_eq!(t.read(PtimerReg::Tval, 900), 100);
+    ensure_eq!(t.read(PtimerReg::Tval, 1100), (-100i32) as u32 as u64);
+    // TVAL writes are signed 32-bit.
+    t.write(PtimerReg::Tval, (-5i32) as u32 as u64, 10_000);
+    ensure_eq!(t.read(PtimerReg::Cval, 0), 9_995);
+    Ok(())
+}
+
+fn el2_guest_id_registers_are_sanitised() -> TestResult {
+    use hyp::arch::traps::{sanitized_id, GuestView};
+    let closed = GuestView { pmu: false };
+    let open = GuestView { pmu: true };
+    let all = u64::MAX;
+    // ID_AA64PFR0_EL1: EL2 (11:8), SVE (35:32), MPAM, AMU cleared; EL0/EL1/FP/AdvSIMD kept.
+    let pfr0 = sanitized_id(4, 0, all, closed);
+    ensure_eq!((pfr0 >> 8) & 0xf, 0);
+    ensure_eq!((pfr0 >> 32) & 0xf, 0);
+    ensure_eq!(pfr0 & 0xff, 0xff);
+    // ID_AA64PFR1_EL1: SME (27:24), MTE (11:8) cleared.
+    let pfr1 = sanitized_id(4, 1, all, closed);
+    ensure_eq!((pfr1 >> 24) & 0xf, 0);
+    ensure_eq!((pfr1 >> 8) & 0xf, 0);
+    // ID_AA64DFR0_EL1: PMUVer only with a PMU; trace never.
+    ensure_eq!((sanitized_id(5, 0, all, closed) >> 8) & 0xf, 0);
+    ensure_eq!((sanitized_id(5, 0, all, open) >> 8) & 0xf, 0xf);
+    ensure_eq!((sanitized_id(5, 0, all, open) >> 4) & 0xf, 0);
+    // ZFR0 / SMFR0 and unknown AArch64 ID registers read as zero; PARange capped at 40 bits.
+    ensure_eq!(sanitized_id(4, 4, all, open), 0);
+    ensure_eq!(sanitized_id(4, 5, all, open), 0);
+    ensure_eq!(sanitized_id(7, 3, all, open), 0);
+    ensure_eq!(sanitized_id(7, 0, 0x5, open), 0x2);
+    ensure_eq!(sanitized_id(7, 0, 0x1, open), 0x1);
+    Ok(())
+}
+
+register!(
+    el2_guest_id_registers_are_sanitised,
+    el2_wx_code_is_read_only,
+    el2_wx_data_stack_heap_and_rodata_do_not_execute,
+    el2_injected_exceptions_enter_the_right_vector,
+    el2_guest_sysreg_traps_decode_and_the_ptimer_reads_back,
+);
+
 register!(
     el2_current_el_is_2,
     el2_mmu_and_caches_are_on,

@@ -14,6 +14,7 @@ mod blocks;
 mod protect;
 mod psci;
 mod vms;
+mod worlds;
 
 /// Must match `target_tests_el2::HANDOFF_MAGIC`.
 const HANDOFF_MAGIC: u64 = 0x7e57_0c0d;

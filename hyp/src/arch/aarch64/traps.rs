@@ -1,0 +1,267 @@
+//! What the hyp does with a trap it does not forward (Trust rule 5): a guest's system-register
+//! access it emulates (the physical timer, debug registers, `ACTLR_EL1`, RAS error records, the
+//! ID registers through `HCR_EL2.TID3`), and for everything else, guest or host, an
+//! undefined-instruction exception injected into the world that ran the instruction, never a hyp
+//! crash.
+
+use super::esr;
+use super::inject::{inject_live, Injected};
+use super::switch::GuestContext;
+use super::timer::{self, PtimerReg};
+
+/// A trapped `MRS`/`MSR`/system instruction (EC 0x18), decoded from its ISS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysRegAccess {
+    /// (op0, op1, CRn, CRm, op2).
+    pub enc: (u8, u8, u8, u8, u8),
+    /// General register (31 = xzr).
+    pub rt: usize,
+    /// MRS (a read) rather than MSR.
+    pub read: bool,
+}
+
+impl SysRegAccess {
+    pub fn decode(esr: u64) -> Self {
+        let iss = esr & 0x1ff_ffff;
+        let f = |shift: u32, bits: u32| ((iss >> shift) & ((1 << bits) - 1)) as u8;
+        SysRegAccess {
+            enc: (f(20, 2), f(14, 3), f(10, 4), f(1, 4), f(17, 3)),
+            rt: usize::from(f(5, 5)),
+            read: iss & 1 != 0,
+        }
+    }
+}
+
+/// How the hyp answers an emulated register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emulated {
+    Ptimer(PtimerReg),
+    Mdscr,
+    OsLar,
+    OsLsr,
+    /// An ID register (op0 3, op1 0, CRn 0, CRm 1..7): read-only, sanitised.
+    Id {
+        crm: u8,
+        op2: u8,
+    },
+    /// Reads as zero, writes ignored.
+    RazWi,
+    /// Not emulated: undefined instruction.
+    Undef,
+}
+
+/// Which registers a guest's trapped access is emulated as (KVM makes the same choices: the
+/// physical timer is emulated, debug registers read back what the vCPU wrote or RAZ/WI, as do
+/// `ACTLR_EL1` and the RAS error records; the PMU of a VM without one, trace, LORegions,
+/// IMPLEMENTATION DEFINED registers and everything unknown are UNDEF).
+fn classify(enc: (u8, u8, u8, u8, u8)) -> Emulated {
+    match enc {
+        (3, 3, 14, 2, 0) => Emulated::Ptimer(PtimerReg::Tval),
+        (3, 3, 14, 2, 1) => Emulated::Ptimer(PtimerReg::Ctl),
+        (3, 3, 14, 2, 2) => Emulated::Ptimer(PtimerReg::Cval),
+        (2, 0, 0, 2, 2) => Emulated::Mdscr,
+        (2, 0, 1, 0, 4) => Emulated::OsLar,
+        (2, 0, 1, 1, 4) => Emulated::OsLsr,
+        (3, 0, 0, crm @ 1..=7, op2) => Emulated::Id { crm, op2 },
+        // The rest of the debug space (breakpoints, watchpoints, DCC, OS double lock, claim
+        // tags, ...): op0 = 2 with op1 = 0 or 3. op1 = 1 is trace: UNDEF.
+        (2, 0 | 3, _, _, _) => Emulated::RazWi,
+        // ACTLR_EL1 (HCR_EL2.TACR).
+        (3, 0, 1, 0, 1) => Emulated::RazWi,
+        // ERRIDR_EL1, ERRSELR_EL1, ERX*_EL1 (HCR_EL2.TERR).
+        (3, 0, 5, 3..=5, _) => Emulated::RazWi,
+        _ => Emulated::Undef,
+    }
+}
+
+/// `OSLSR_EL1` of an emulated vCPU: OSLM = 0b10 (the OS lock is implemented), OSLK as written.
+fn oslsr(oslk: bool) -> u64 {
+    0b1000 | (u64::from(oslk) << 1)
+}
+
+/// What a guest may be shown of the CPU (its VM's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestView {
+    /// The VM may use the PMU (`VmOpenPmu`).
+    pub pmu: bool,
+}
+
+/// Clears 4-bit ID fields (each named by its lowest bit): "not implemented".
+fn clear_fields(v: u64, fields: &[u32]) -> u64 {
+    fields.iter().fold(v, |v, &lo| v & !(0xf << lo))
+}
+
+/// The value a guest reads from the ID register (CRm, op2) whose real value is `real` (Trust
+/// rule 5: what a guest is told it has, it has). Hidden: EL2 (the guest has none), SVE and SME
+/// (trapped: UNDEF), the PMU of a VM without one, trace, statistical profiling, AMU, MPAM, MTE,
+/// LORegions (trapped), nested virtualisation, LS64; the physical address range is capped at
+/// the VM's 40-bit IPA space. ID registers the hyp does not know in the AArch64 space read as
+/// zero: a feature the hyp has never heard of may bring registers it does not switch.
+pub fn sanitized_id(crm: u8, op2: u8, real: u64, view: GuestView) -> u64 {
+    let pmu: &[u32] = if view.pmu { &[] } else { &[8, 48] };
+    match (crm, op2) {
+        // ID_PFR1_EL1: Virtualization.
+        (1, 1) => clear_fields(real, &[12]),
+        // ID_DFR0_EL1: CopTrc, MMapTrc, and PerfMon without a PMU.
+        (1, 2) => {
+            let v = clear_fields(real, &[12, 16]);
+            if view.pmu {
+                v
+            } else {
+                clear_fields(v, &[24])
+            }
+        }
+        // The rest of the AArch32 ID registers and MVFR0..2.
+        (1..=3, _) => real,
+        // ID_AA64PFR0_EL1: EL2, SVE, MPAM, AMU.
+        (4, 0) => clear_fields(real, &[8, 32, 40, 44]),
+        // ID_AA64PFR1_EL1: MTE, MPAM_frac, SME, RNDR_trap, NMI, MTE_frac, GCS, THE, MTEX.
+        (4, 1) => clear_fields(real, &[8, 16, 24, 28, 36, 40, 44, 48, 52]),
+        // ID_AA64DFR0_EL1: TraceVer, PMSVer, TraceFilt, TraceBuffer, BRBE, HPMN0, and PMUVer,
+        // MTPMU without a PMU.
+        (5, 0) => clear_fields(clear_fields(real, &[4, 32, 40, 44, 52, 60]), pmu),
+        // ID_AA64ISAR0/2_EL1 as they are; ISAR1 without LS64 (ACCDATA_EL1 is not switched).
+        (6, 0) | (6, 2) => real,
+        (6, 1) => clear_fields(real, &[60]),
+        // ID_AA64MMFR0_EL1: PARange at most 40 bits (0b0010).
+        (7, 0) => {
+            let pa = (real & 0xf).min(0b0010);
+            (real & !0xf) | pa
+        }
+        // ID_AA64MMFR1_EL1: VH (no EL2), LO.
+        (7, 1) => clear_fields(real, &[8, 16]),
+        // ID_AA64MMFR2_EL1: NV.
+        (7, 2) => clear_fields(real, &[24]),
+        _ => 0,
+    }
+}
+
+/// Emulates a guest's trapped system-register access. `false`: the hyp does not emulate it.
+fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> bool {
+    let value = ctx.reg(a.rt);
+    let result = match classify(a.enc) {
+        Emulated::Undef => return false,
+        // ID registers are read-only.
+        Emulated::Id { .. } if !a.read => return false,
+        Emulated::Id { crm, op2 } => sanitized_id(crm, op2, read_id_register(crm, op2), view),
+        Emulated::Ptimer(r) => {
+            let now = timer::counter();
+            if a.read {
+                ctx.ptimer.read(r, now)
+            } else {
+                ctx.ptimer.write(r, value, now);
+                0
+            }
+        }
+        Emulated::Mdscr => {
+            if !a.read {
+                ctx.debug.mdscr = value;
+            }
+            ctx.debug.mdscr
+        }
+        Emulated::OsLar => {
+            if !a.read {
+                ctx.debug.oslk = value & 1 != 0;
+            }
+            0
+        }
+        Emulated::OsLsr => oslsr(ctx.debug.oslk),
+        Emulated::RazWi => 0,
+    };
+    if a.read {
+        ctx.set_reg(a.rt, result);
+    }
+    true
+}
+
+/// A guest's trap that is neither a stage-2 abort nor a call: emulated where the hyp emulates it,
+/// else answered with an undefined-instruction exception at the guest's own EL1. The guest's EL1
+/// state must be live (inside the run loop).
+pub fn guest_trap(ctx: &mut GuestContext, view: GuestView) {
+    let esr_el2 = ctx.exit_esr;
+    if esr::ec(esr_el2) == esr::EC_SYS64 && emulate_sysreg(ctx, SysRegAccess::decode(esr_el2), view)
+    {
+        ctx.pc = ctx.pc.wrapping_add(4);
+        return;
+    }
+    inject_live(Injected::Undef, &mut ctx.pc, &mut ctx.pstate, esr_el2, 0);
+}
+
+/// A trap from the host the hyp does not handle: an undefined-instruction exception at the host's
+/// EL1. `elr`/`spsr` are the host's trap frame.
+pub fn host_undef(elr: &mut u64, spsr: &mut u64, esr_el2: u64) {
+    inject_live(Injected::Undef, elr, spsr, esr_el2, 0);
+}
+
+/// Reads the ID register at (op0 3, op1 0, CRn 0, `crm`, `op2`): the ID space EL1 reads trap to
+/// with `HCR_EL2.TID3` (encodings without a register read as zero).
+fn read_id_register(crm: u8, op2: u8) -> u64 {
+    macro_rules! read_id {
+        ($enc:literal) => {{
+            let v: u64;
+            // SAFETY: a read in the ID register space (CRn 0, CRm 1..7), which has no side
+            // effects and reads as zero where nothing is allocated.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nomem, nostack)) };
+            v
+        }};
+    }
+    match (crm, op2) {
+        (1, 0) => read_id!("S3_0_C0_C1_0"),
+        (1, 1) => read_id!("S3_0_C0_C1_1"),
+        (1, 2) => read_id!("S3_0_C0_C1_2"),
+        (1, 3) => read_id!("S3_0_C0_C1_3"),
+        (1, 4) => read_id!("S3_0_C0_C1_4"),
+        (1, 5) => read_id!("S3_0_C0_C1_5"),
+        (1, 6) => read_id!("S3_0_C0_C1_6"),
+        (1, 7) => read_id!("S3_0_C0_C1_7"),
+        (2, 0) => read_id!("S3_0_C0_C2_0"),
+        (2, 1) => read_id!("S3_0_C0_C2_1"),
+        (2, 2) => read_id!("S3_0_C0_C2_2"),
+        (2, 3) => read_id!("S3_0_C0_C2_3"),
+        (2, 4) => read_id!("S3_0_C0_C2_4"),
+        (2, 5) => read_id!("S3_0_C0_C2_5"),
+        (2, 6) => read_id!("S3_0_C0_C2_6"),
+        (2, 7) => read_id!("S3_0_C0_C2_7"),
+        (3, 0) => read_id!("S3_0_C0_C3_0"),
+        (3, 1) => read_id!("S3_0_C0_C3_1"),
+        (3, 2) => read_id!("S3_0_C0_C3_2"),
+        (3, 3) => read_id!("S3_0_C0_C3_3"),
+        (3, 4) => read_id!("S3_0_C0_C3_4"),
+        (3, 5) => read_id!("S3_0_C0_C3_5"),
+        (3, 6) => read_id!("S3_0_C0_C3_6"),
+        (3, 7) => read_id!("S3_0_C0_C3_7"),
+        (4, 0) => read_id!("S3_0_C0_C4_0"),
+        (4, 1) => read_id!("S3_0_C0_C4_1"),
+        (4, 2) => read_id!("S3_0_C0_C4_2"),
+        (4, 3) => read_id!("S3_0_C0_C4_3"),
+        (4, 4) => read_id!("S3_0_C0_C4_4"),
+        (4, 5) => read_id!("S3_0_C0_C4_5"),
+        (4, 6) => read_id!("S3_0_C0_C4_6"),
+        (4, 7) => read_id!("S3_0_C0_C4_7"),
+        (5, 0) => read_id!("S3_0_C0_C5_0"),
+        (5, 1) => read_id!("S3_0_C0_C5_1"),
+        (5, 2) => read_id!("S3_0_C0_C5_2"),
+        (5, 3) => read_id!("S3_0_C0_C5_3"),
+        (5, 4) => read_id!("S3_0_C0_C5_4"),
+        (5, 5) => read_id!("S3_0_C0_C5_5"),
+        (5, 6) => read_id!("S3_0_C0_C5_6"),
+        (5, 7) => read_id!("S3_0_C0_C5_7"),
+        (6, 0) => read_id!("S3_0_C0_C6_0"),
+        (6, 1) => read_id!("S3_0_C0_C6_1"),
+        (6, 2) => read_id!("S3_0_C0_C6_2"),
+        (6, 3) => read_id!("S3_0_C0_C6_3"),
+        (6, 4) => read_id!("S3_0_C0_C6_4"),
+        (6, 5) => read_id!("S3_0_C0_C6_5"),
+        (6, 6) => read_id!("S3_0_C0_C6_6"),
+        (6, 7) => read_id!("S3_0_C0_C6_7"),
+        (7, 0) => read_id!("S3_0_C0_C7_0"),
+        (7, 1) => read_id!("S3_0_C0_C7_1"),
+        (7, 2) => read_id!("S3_0_C0_C7_2"),
+        (7, 3) => read_id!("S3_0_C0_C7_3"),
+        (7, 4) => read_id!("S3_0_C0_C7_4"),
+        (7, 5) => read_id!("S3_0_C0_C7_5"),
+        (7, 6) => read_id!("S3_0_C0_C7_6"),
+        (7, 7) => read_id!("S3_0_C0_C7_7"),
+        _ => 0,
+    }
+}
