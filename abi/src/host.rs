@@ -47,7 +47,8 @@ pub enum HostCall {
     /// x1 = VM, x2 = physical address, x3 = number of pages: host pages go to the VM's pool.
     Donate,
     /// x1 = VM, x2 = IPA, x3 = physical address, x4 = pages: share host pages with the guest
-    /// at `IPA` (guest code, stack: outside every memslot). The host keeps them.
+    /// at `IPA`, outside every memslot (`EEXIST` where one is). The host keeps them. `plain`
+    /// and `coco` VMs only (`EPERM` for `pkvm`); for `coco` the IPA is the shared alias.
     MapHostShared,
     /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest -> x0 = vCPU handle.
     VcpuCreate,

@@ -32,7 +32,7 @@ use scenario::{
     StatementKind, World,
 };
 
-use crate::driver::{GuestMemory, GuestDriver, StepReport, TOP_UP_PAGES};
+use crate::driver::{GuestDriver, GuestMemory, StepReport, TOP_UP_PAGES};
 use crate::exceptions::{probe_read, probe_smc, probe_write, HostFault};
 use crate::pages::HostPages;
 use crate::vm::{self, GmemId, SlotId, SlotSpec, VcpuId, VmId};

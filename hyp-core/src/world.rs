@@ -158,21 +158,22 @@ impl World {
         Ok(())
     }
 
-    /// Host pages shared into a guest at `gpa` (`MapHostShared`): `pages` pages from `pa`,
+    /// Host pages shared into a guest at `ipa` (`MapHostShared`): `pages` pages from `pa`,
     /// physically contiguous (the hyp checks the host owns them). Checks, in order: `ENOENT`
     /// unknown VM; `EPERM` a `pkvm` VM (pKVM shares host pages only with non-protected VMs);
-    /// `EINVAL` unaligned, empty, overflowing, or beyond the VM's memory (for `coco`, the GPA
-    /// without the shared bit: the pages appear at the shared alias); `EEXIST` where a memslot
-    /// or another host-shared page covers the range (one backing per IPA, Trust rule 4).
-    /// Guest faults there map the host pages ([`crate::FaultSource::HostShared`]).
+    /// `EINVAL` unaligned, empty, overflowing, beyond the VM's IPA space, or for a `coco` VM an
+    /// IPA without the shared bit (host pages appear only at the shared alias); `EEXIST` where a
+    /// memslot or another host-shared page covers the range (one backing per IPA, Trust rule 4;
+    /// for `coco` a memslot covers both aliases). Guest faults there map the host pages
+    /// ([`crate::FaultSource::HostShared`]).
     pub fn map_host_shared(
         &mut self,
         vm: VmHandle,
-        gpa: u64,
+        ipa: u64,
         pa: u64,
         pages: u64,
     ) -> Result<(), Errno> {
-        self.host_shared_check(vm, gpa, pa, pages)?;
+        let gpa = self.host_shared_check(vm, ipa, pa, pages)?;
         let v = self.vm_mut(vm)?;
         for i in 0..pages {
             v.host_shared
@@ -181,18 +182,24 @@ impl World {
         Ok(())
     }
 
-    /// The checks of [`World::map_host_shared`], changing nothing.
+    /// The checks of [`World::map_host_shared`], changing nothing: the GPA (no shared bit) of
+    /// the range.
     pub fn host_shared_check(
         &self,
         vm: VmHandle,
-        gpa: u64,
+        ipa: u64,
         pa: u64,
         pages: u64,
-    ) -> Result<(), Errno> {
+    ) -> Result<u64, Errno> {
         let v = self.vm(vm)?;
         if v.vm_type() == VmType::Pkvm {
             return Err(Errno::EPERM);
         }
+        let gpa = match v.shared_bit() {
+            Some(bit) if ipa & bit != 0 && ipa < v.ipa_limit() => ipa & !bit,
+            Some(_) => return Err(Errno::EINVAL),
+            None => ipa,
+        };
         let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
         page_range(gpa, size, v.gpa_limit())?;
         if !pa.is_multiple_of(PAGE_SIZE) || pa.checked_add(size).is_none() {
@@ -203,7 +210,7 @@ impl World {
         {
             return Err(Errno::EEXIST);
         }
-        Ok(())
+        Ok(gpa)
     }
 
     pub fn vm(&self, vm: VmHandle) -> Result<&Vm, Errno> {
@@ -287,16 +294,15 @@ impl World {
     ///    empty, overflowing, or beyond the VM's memory (for `coco`: reaching the shared bit);
     ///    `ALWAYS_FAULT_FROM_GMEM` or `userspace_addr = gmem` without gmem; `pkvm` without gmem
     ///    or without `ALWAYS_FAULT_FROM_GMEM`; `coco` with `DONT_CHECK_MISMATCHES` and no gmem;
-    /// 3. `EEXIST`: overlaps another memslot of the VM, or host pages shared into it;
-    /// 4. the gmem binding: `ENOENT` unknown handle; `EINVAL` a gmem of another VM, a gmem range
+    /// 3. `EPERM`: a `pkvm` VM whose vCPUs have run (its memslots are frozen, Trust rule 9),
+    ///    right after the argument checks;
+    /// 4. `EEXIST`: overlaps another memslot of the VM, or host pages shared into it;
+    /// 5. the gmem binding: `ENOENT` unknown handle; `EINVAL` a gmem of another VM, a gmem range
     ///    (`offset`, `size`) unaligned, overflowing or beyond the file, a range of the file
     ///    another memslot binds already (one binding per gmem page), `userspace_addr = gmem`
     ///    on a file without `MMAP`, a `pkvm` VM's file without `TRACK_SHAREABILITY`, a `coco`
     ///    memslot with `DONT_CHECK_MISMATCHES` on a file without `TRACK_SHAREABILITY` (SEMANTICS.md
-    ///    "Combinations that cannot work");
-    /// 5. `EPERM`: a `pkvm` VM whose vCPUs have run (its memslots are frozen, Trust rule 9),
-    ///    after every other check, as Linux's arch hook runs after the generic checks and the
-    ///    gmem binding.
+    ///    "Combinations that cannot work").
     pub fn create_memslot(&mut self, vm: VmHandle, spec: &MemslotSpec) -> Result<SlotId, Errno> {
         let v = self.vm(vm)?;
         let flags = MemslotFlags::from_bits(spec.flags).ok_or(Errno::EINVAL)?;
@@ -311,6 +317,9 @@ impl World {
             VmType::Pkvm if !has_gmem || !always => return Err(Errno::EINVAL),
             VmType::Coco if dont_check && !has_gmem => return Err(Errno::EINVAL),
             _ => {}
+        }
+        if v.vm_type() == VmType::Pkvm && v.started() {
+            return Err(Errno::EPERM);
         }
         let end = spec.gpa.saturating_add(spec.size);
         if v.slots()
@@ -338,9 +347,6 @@ impl World {
                 VmType::Coco if dont_check && !tracked => return Err(Errno::EINVAL),
                 _ => {}
             }
-        }
-        if v.vm_type() == VmType::Pkvm && v.started() {
-            return Err(Errno::EPERM);
         }
         let slot = Memslot::new(spec.gpa, spec.size, spec.gmem, spec.userspace_addr, flags);
         self.vm_mut(vm)?.add_slot(slot)

@@ -571,19 +571,24 @@ pub mod calls {
         })
     }
 
-    /// Host pages shared with the guest at `gpa` (host SHARED_OWNED, guest SHARED_BORROWED),
+    /// Host pages shared with the guest at `ipa` (host SHARED_OWNED, guest SHARED_BORROWED),
     /// outside every memslot: `plain` and `coco` VMs only (for `coco` at the shared alias);
     /// `EPERM` for `pkvm` (Trust rule 4). The guest's faults there map them.
-    pub fn map_host_shared(vm: u64, gpa: u64, pa: u64, pages: u64) -> HostResult {
+    pub fn map_host_shared(vm: u64, ipa: u64, pa: u64, pages: u64) -> HostResult {
         with_hyp(|hyp| {
             let h = VmHandle(handle32(vm)?);
-            hyp.world.host_shared_check(h, gpa, pa, pages)?;
+            // The run must be host RAM before anything walks it (Trust rule 7); the pkvm
+            // refusal comes first.
+            if hyp.world.vm(h)?.vm_type() == VmType::Pkvm {
+                return Err(Errno::EPERM);
+            }
             hyp.ram_run(pa, pages)?;
+            hyp.world.host_shared_check(h, ipa, pa, pages)?;
             let t = Transition::HostShareWithGuest(h.0 as u16);
             for i in 0..pages {
                 hyp.owners.check(pa + i * PAGE_SIZE, t)?;
             }
-            hyp.world.map_host_shared(h, gpa, pa, pages)?;
+            hyp.world.map_host_shared(h, ipa, pa, pages)?;
             for i in 0..pages {
                 hyp.owners
                     .host_share_with_guest(pa + i * PAGE_SIZE, h.0 as u16)?;

@@ -253,19 +253,33 @@ fn pkvm_memslots_freeze_at_the_first_run() {
         w.create_memslot(vm, &spec(0x9000_0000, 16 * P, Some((g2, 0)), both)),
         Err(Errno::EPERM)
     );
-    // The other checks come first.
+    // The argument and flag checks come first, the state checks after (SEMANTICS.md rule 9:
+    // "EPERM, after the argument checks").
     assert_eq!(
         w.create_memslot(vm, &spec(0x9000_0001, 16 * P, Some((g2, 0)), both)),
         Err(Errno::EINVAL)
     );
     assert_eq!(
+        w.create_memslot(
+            vm,
+            &spec(
+                0x9000_0000,
+                16 * P,
+                Some((g2, 0)),
+                MemslotFlags::DONT_CHECK_MISMATCHES
+            )
+        ),
+        Err(Errno::EINVAL),
+        "a pkvm memslot needs ALWAYS_FAULT_FROM_GMEM"
+    );
+    assert_eq!(
         w.create_memslot(vm, &spec(GPA, 16 * P, Some((g2, 0)), both)),
-        Err(Errno::EEXIST)
+        Err(Errno::EPERM),
+        "re-pointing a frozen IPA"
     );
     assert_eq!(
         w.create_memslot(vm, &spec(0x9000_0000, 16 * P, Some((g, 0)), both)),
-        Err(Errno::EINVAL),
-        "a page of g is bound already"
+        Err(Errno::EPERM)
     );
     assert_eq!(w.delete_memslot(vm, SlotId(99), &mut a), Err(Errno::ENOENT));
     assert_eq!(w.delete_memslot(vm, slot, &mut a), Err(Errno::EPERM));
@@ -377,7 +391,12 @@ fn one_backing_per_ipa_host_shared_pages() {
     // coco: at the shared alias only.
     let mut c = Rig::row(Row::Opt1);
     let bit = c.w.vm(c.vm).unwrap().shared_bit().unwrap();
-    c.w.map_host_shared(c.vm, 0x9000_0000, 0x5000_0000, 1)
+    assert_eq!(
+        c.w.map_host_shared(c.vm, 0x9000_0000, 0x5000_0000, 1),
+        Err(Errno::EINVAL),
+        "coco: the shared alias only"
+    );
+    c.w.map_host_shared(c.vm, 0x9000_0000 | bit, 0x5000_0000, 1)
         .unwrap();
     assert!(matches!(
         c.w.resolve_fault(c.vm, 0x9000_0000 | bit, Access::Read, &mut c.a),
