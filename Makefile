@@ -181,7 +181,7 @@ debug: images
 	timeout --foreground $(DEBUG_TIMEOUT) $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) -s -S -kernel $(HYP_RUN)
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test
+test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test hostile
 
 ## ---- trust checks (rules 10 and 11) --------------------------------------------------------
 trust-checks: qemu-run-selfcheck run semihost-check introspection-check dma-check

@@ -90,10 +90,9 @@ pub struct GuestDriver {
     /// Runs of host pages donated on the way (physical address, pages), for the owner to take
     /// back once the VM is gone.
     pub donated: Vec<(u64, u64)>,
-    /// Host physical address of a byte set to 1 at each `Interrupt` exit: how the scenario
-    /// runner stops `OP_SPIN`. (Interface for the world-switch work's interrupt hook: replace
-    /// freely, the runner only needs "on an interrupt exit, set this flag, then re-run".)
-    pub interrupt_flag: Option<u64>,
+    /// The guest shared its flag page with the host (`pkvm`: its first spin does, with
+    /// MEM_SHARE); later spins poll without sharing again.
+    pub flag_shared: bool,
     /// Counter ticks of the host's timer slice for each run ([`DEFAULT_TIMESLICE_MS`]).
     pub timeslice_ticks: u64,
     dead: bool,
@@ -178,7 +177,7 @@ impl GuestDriver {
             mmio_read_value: 0,
             top_up: true,
             donated: Vec::new(),
-            interrupt_flag: None,
+            flag_shared: false,
             timeslice_ticks: DEFAULT_TIMESLICE_MS * crate::timer::ticks_per_ms(),
             dead: false,
         })
@@ -189,7 +188,8 @@ impl GuestDriver {
     pub fn spin_args(&self) -> (u64, u64) {
         match self.vm_type {
             // Its own memory since its first touch: the guest shares the flag page first.
-            VmType::Pkvm => (GUEST_FLAG_IPA, GUEST_FLAG_IPA),
+            VmType::Pkvm if !self.flag_shared => (GUEST_FLAG_IPA, GUEST_FLAG_IPA),
+            VmType::Pkvm => (0, GUEST_FLAG_IPA),
             // The flag page stays shared: the guest reads it through the shared alias.
             VmType::Coco => (0, GUEST_FLAG_IPA | crate::runner::COCO_SHARED_BIT),
             VmType::Plain => (0, GUEST_FLAG_IPA),
@@ -294,11 +294,6 @@ impl GuestDriver {
                 }
                 Exit::Interrupt => {
                     report.interrupts += 1;
-                    if let Some(flag) = self.interrupt_flag {
-                        // The host's own page (shared by the guest for this); a refused store
-                        // leaves the guest spinning, and the run's timeout reports it.
-                        let _ = crate::exceptions::probe_write(flag as usize, 1);
-                    }
                     if let Some(f) = on_interrupt.as_mut() {
                         f(&report);
                     }

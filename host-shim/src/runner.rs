@@ -20,7 +20,7 @@ use abi::cmd::{
     Insn, WorldReg, OP_EXEC, OP_HVC, OP_MEM_RANGE, OP_MMIO_GUARD, OP_REG_READ, OP_REG_WRITE,
     OP_SPIN, STATUS_ABORTED, STATUS_BAD_COMMAND, STATUS_EXCEPTION, STATUS_OK,
 };
-use abi::flags::{GmemFlags, MemoryFaultFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::flags::{MemoryFaultFlags, VmType};
 use abi::guest::{
     MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP,
     MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
@@ -44,7 +44,6 @@ const INITIAL_POOL: u64 = 128;
 pub const COCO_SHARED_BIT: u64 = 1 << 39;
 /// IPA of the page whose flag stops `guest spin` (outside the scenario window, between the
 /// command device and the guest's image).
-const SPIN_IPA: u64 = 0x1_2000_0000;
 /// Times a host statement that the hyp refused with `ENOMEM` is retried after a donation
 /// (`pool auto` only).
 const MAX_TOP_UPS: usize = 4;
@@ -122,16 +121,6 @@ struct SharedRun {
     pages: u64,
 }
 
-/// The page `guest spin` polls: one page of a gmem of the VM's own, outside the window.
-#[derive(Clone, Copy, Debug)]
-struct SpinPage {
-    gmem: GmemId,
-    /// The IPA the guest polls (the coco shared alias where it applies).
-    flag_ipa: u64,
-    /// The guest shares the page with the host at its next spin (pkvm: its first touch takes it).
-    share_first: bool,
-}
-
 /// One VM of the file.
 struct VmRec {
     name: String,
@@ -144,7 +133,6 @@ struct VmRec {
     /// Host pages in the VM's pool or given to it (back to the host allocator at teardown).
     donated: BTreeSet<u64>,
     shared: Vec<SharedRun>,
-    spin: Option<SpinPage>,
 }
 
 impl VmRec {
@@ -179,26 +167,22 @@ pub struct Runner<'p> {
     vms: Vec<VmRec>,
     names: BTreeMap<String, Obj>,
     current: Option<usize>,
-    /// Give every VM a page for `guest spin` (the file spins somewhere). For `pkvm` it must
-    /// exist before the vCPU first runs (memslots are frozen then).
-    spin_pages: bool,
 }
 
 impl<'p> Runner<'p> {
     /// A runner with no VM yet.
-    pub fn empty(pages: &'p mut HostPages, spin_pages: bool) -> Self {
+    pub fn empty(pages: &'p mut HostPages) -> Self {
         Self {
             pages,
             vms: Vec::new(),
             names: BTreeMap::new(),
             current: None,
-            spin_pages,
         }
     }
 
     /// A runner with one VM (`vm0`) of this type, current (the table's probes).
     pub fn new(vm_type: VmType, pages: &'p mut HostPages) -> Result<Self, Errno> {
-        let mut r = Self::empty(pages, false);
+        let mut r = Self::empty(pages);
         let d = r.create_vm(vm_type, "vm0");
         match d.outcome {
             Outcome::Ok => Ok(r),
@@ -335,7 +319,6 @@ impl<'p> Runner<'p> {
             pool_auto: true,
             donated: BTreeSet::new(),
             shared: Vec::new(),
-            spin: None,
         });
         let set_up = self.set_up_vm(i);
         match set_up {
@@ -363,44 +346,15 @@ impl<'p> Runner<'p> {
         }
     }
 
-    /// Pool, step guest and (where the file spins) the spin page of a new VM.
+    /// Pool and step guest of a new VM.
     fn set_up_vm(&mut self, i: usize) -> Result<(), Errno> {
         self.donate_loose(i, INITIAL_POOL)?;
         let v = self.vms.get(i).ok_or(Errno::ENOENT)?;
         let (id, vm_type) = (v.id, v.vm_type);
         let guest = GuestDriver::load(id, vm_type, self.pages)?;
-        let spin = if self.spin_pages {
-            Some(self.make_spin_page(i, id, vm_type)?)
-        } else {
-            None
-        };
         let v = self.vms.get_mut(i).ok_or(Errno::ENOENT)?;
         v.guest = Some(guest);
-        v.spin = spin;
         Ok(())
-    }
-
-    fn make_spin_page(&mut self, i: usize, id: VmId, t: VmType) -> Result<SpinPage, Errno> {
-        let tracked = GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY | GmemFlags::INIT_SHARED;
-        let (flags, flag_ipa, share_first) = match t {
-            VmType::Pkvm => (tracked, SPIN_IPA, true),
-            VmType::Coco => (tracked, SPIN_IPA | COCO_SHARED_BIT, false),
-            VmType::Plain => (GmemFlags::MMAP, SPIN_IPA, false),
-        };
-        let gmem = self.with_pages(i, || vm::gmem_create(id, PAGE_SIZE, flags))?;
-        let spec = SlotSpec {
-            gpa: SPIN_IPA,
-            size: PAGE_SIZE,
-            gmem: Some((gmem, 0)),
-            uaddr: UserspaceAddr::None,
-            flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES,
-        };
-        self.with_pages(i, || vm::memslot_create(id, &spec))?;
-        Ok(SpinPage {
-            gmem,
-            flag_ipa,
-            share_first,
-        })
     }
 
     /// Gives VM `i`'s host pages back to the host allocator (the VM is gone).
@@ -517,6 +471,18 @@ impl<'p> Runner<'p> {
     /// Runs one step of the current VM's guest, completing forwarded calls the way the VM's
     /// `host forward` says (`honest` for the runner's own needs).
     fn guest_step(&mut self, op: u64, args: [u64; 4], honest: bool) -> Result<StepReport, Done> {
+        self.guest_step_with(op, args, honest, None)
+    }
+
+    /// [`Runner::guest_step`]; with `flag`, the byte at that host physical address is set to 1
+    /// at every `Interrupt` exit (how the host stops a spinning guest).
+    fn guest_step_with(
+        &mut self,
+        op: u64,
+        args: [u64; 4],
+        honest: bool,
+        flag: Option<u64>,
+    ) -> Result<StepReport, Done> {
         let i = self.cur()?;
         let Runner { vms, pages, .. } = self;
         let Some(v) = vms.get_mut(i) else {
@@ -534,7 +500,14 @@ impl<'p> Runner<'p> {
         let vcpu = guest.vcpu;
         guest.top_up = v.pool_auto;
         let handler = &mut |f, a| forward_with(mode, id, vcpu, f, a);
-        let r = guest.step(op, args, pages, handler);
+        let mut set_flag = |_: &StepReport| {
+            if let Some(pa) = flag {
+                // The host's own view of a page the guest shares with it; a refused store
+                // leaves the guest spinning, and the run's timeout reports it.
+                let _ = probe_write(pa as usize, 1);
+            }
+        };
+        let r = guest.step_with(op, args, pages, handler, Some(&mut set_flag));
         let runs: Vec<(u64, u64)> = guest.donated.drain(..).collect();
         for (pa, n) in runs {
             v.note_donated(pa, n);
@@ -750,14 +723,23 @@ impl<'p> Runner<'p> {
             Ok(i) => i,
             Err(d) => return d,
         };
-        let Some(sp) = self.vms.get(i).and_then(|v| v.spin) else {
-            return done(
-                Outcome::Errno(Errno::ENODEV),
-                "this VM has no spin page (the runner makes one when the file spins)",
-            );
+        let Some((memory, (share, poll))) = self
+            .vms
+            .get(i)
+            .and_then(|v| v.guest.as_ref())
+            .map(|g| (g.memory, g.spin_args()))
+        else {
+            return done(Outcome::Errno(Errno::ENOENT), "the VM is gone");
         };
-        // The host's own view of the flag page (ALL: INIT_SHARED, or shared by the guest).
-        let flag = match self.with_pages(i, || vm::map_gmem(sp.gmem, 0, true)) {
+        // The host's own view of the guest's flag page (the page after its image: INIT_SHARED,
+        // shared by the guest itself, or the host's own page).
+        let flag = match memory {
+            GuestMemory::HostShared { pa } => Ok(pa + crate::driver::GUEST_IMAGE_PAGES * PAGE_SIZE),
+            GuestMemory::Gmem { gmem, .. } => self.with_pages(i, || {
+                vm::map_gmem(gmem, crate::driver::GUEST_IMAGE_PAGES * PAGE_SIZE, true)
+            }),
+        };
+        let flag = match flag {
             Ok(pa) => pa,
             Err(e) => {
                 return done(
@@ -769,18 +751,11 @@ impl<'p> Runner<'p> {
         if let Err(f) = probe_write(flag as usize, 0) {
             return fault_done("clearing the spin flag", f);
         }
-        let share = if sp.share_first { SPIN_IPA } else { 0 };
-        // TODO(world switch): the interrupt hook; this sets the flag at every Interrupt exit.
-        if let Some(g) = self.vms.get_mut(i).and_then(|v| v.guest.as_mut()) {
-            g.interrupt_flag = Some(flag);
-        }
-        let r = self.guest_step(OP_SPIN, [share, sp.flag_ipa, 0, 0], true);
-        if let Some(v) = self.vms.get_mut(i) {
-            if let Some(g) = v.guest.as_mut() {
-                g.interrupt_flag = None;
-            }
-            if let Some(s) = v.spin.as_mut() {
-                s.share_first = false;
+        let r = self.guest_step_with(OP_SPIN, [share, poll, 0, 0], true, Some(flag));
+        if let (Ok(r), Some(g)) = (&r, self.vms.get_mut(i).and_then(|v| v.guest.as_mut())) {
+            // The guest shared its flag page (pkvm): the next spin polls without sharing.
+            if share != 0 && r.results[1] == SMCCC_SUCCESS {
+                g.flag_shared = true;
             }
         }
         let r = match r {
@@ -1495,21 +1470,12 @@ pub fn forward_with(
     }
 }
 
-/// Whether any statement (inside a `repeat` too) is a `guest spin`.
-fn spins(statements: &[Statement]) -> bool {
-    statements.iter().any(|s| match &s.kind {
-        StatementKind::GuestSpin => true,
-        StatementKind::Repeat { body, .. } => spins(body),
-        _ => false,
-    })
-}
-
 /// Runs a parsed scenario; prints one line per statement; returns the counts. With `check`, the
 /// hyp's ownership invariant checker runs after every statement and a violation fails it.
 pub fn run(name: &str, sc: &Scenario, pages: &mut HostPages, check: bool) -> Counts {
     let mut counts = Counts::default();
     board::println!("== scenario {name} (vm {})", sc.vm.name());
-    let mut runner = Runner::empty(pages, spins(&sc.statements));
+    let mut runner = Runner::empty(pages);
     for st in &sc.statements {
         runner.run_statement(st, check, &mut counts);
     }
