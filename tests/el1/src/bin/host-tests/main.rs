@@ -10,6 +10,7 @@ use abi::Errno;
 use host_shim::hvc;
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
+mod attacks;
 mod blocks;
 mod protect;
 mod psci;
