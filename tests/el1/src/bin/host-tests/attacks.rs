@@ -5,7 +5,8 @@
 //!
 //! Tests named `atk_*` leave the hyp as they found it. Tests named `zz_atk_*` run last on purpose:
 //! `zz_atk_3_*` uses up what the hyp never gives back (VM handles), and `zz_atk_2_*` exhausts the
-//! hyp's heap for real (it only runs when the image is built with `ATK_EXHAUST=vcpu|guard|gmem`,
+//! hyp's heap for real (it only runs when the image is built with `ATK_EXHAUST=vcpu|guard|gmem` (or
+//! `host-sve`, a host SVE instruction),
 //! because a hyp that crashes ends the whole run).
 //!
 //! The guest commands `OP_ATK_*` exist only in this attacker's step guest
@@ -926,7 +927,7 @@ fn atk_hostile_and_wrapping_arguments_are_refused_and_change_nothing() -> TestRe
     let g = v.gmem.0;
     let vmh = v.vm.0;
     let call = |c: HostCall, a: [u64; 6]| hvc::call(c, a).map(|_| ());
-    let page_max = u64::MAX & !0xfff;
+    let page_max: u64 = !0xfff;
     let (ram_base, ram_size) = vm::ram().map_err(e)?;
     let cases: [(&str, HostCall, [u64; 6], Errno); 24] = [
         (
@@ -1114,7 +1115,7 @@ fn atk_guest_range_calls_with_wrapping_arguments_are_refused_at_el2() -> TestRes
     let mut v = pkvm(16, 48)?;
     write(&mut v, GPA, 0x21)?;
     let before = vm::stats(v.vm).map_err(e)?;
-    let page_max = u64::MAX & !0xfff;
+    let page_max: u64 = !0xfff;
     let invalid = [
         (MEM_SHARE, [page_max, 2, 0]),
         (MEM_SHARE, [IPA_LIMIT - PAGE_SIZE, 2, 0]),
@@ -1212,7 +1213,7 @@ fn atk_coco_shared_alias_and_deleted_slot_reach_no_private_data() -> TestResult 
     let mut v = coco(16, 64)?;
     write(&mut v, GPA + 0x1000, 0x5a)?;
     // The shared alias of a private page: a memory fault, no data.
-    let r = step(&mut v, OP_READ, [GPA + 0x1000 | COCO_SHARED, 0, 0, 0])?;
+    let r = step(&mut v, OP_READ, [(GPA + 0x1000) | COCO_SHARED, 0, 0, 0])?;
     ensure_eq!(r.status, Some(STATUS_ABORTED));
     ensure_eq!(r.results[0], 0);
     let (gpa, _, flags) = r
@@ -1223,7 +1224,7 @@ fn atk_coco_shared_alias_and_deleted_slot_reach_no_private_data() -> TestResult 
         (GPA + 0x1000, 0)
     );
     ensure_eq!(
-        vm::walk(v.vm, GPA + 0x1000 | COCO_SHARED),
+        vm::walk(v.vm, (GPA + 0x1000) | COCO_SHARED),
         Err(Errno::ENOENT)
     );
     // Delete the slot (coco memslots are not frozen): the old mapping is gone at once, the
@@ -1857,6 +1858,10 @@ fn zz_atk_3_vm_handles_and_vmids_are_reused_after_destroy() -> TestResult {
 
 /// The real exhaustion (only with `ATK_EXHAUST` set when the image is built: it ends the run if
 /// the hyp has no limit). The secure outcome: a defined error, then the hyp keeps answering.
+/// `vcpu`: VcpuCreate without end; `gmem`: GmemCreate without end; `guard`: a guest's
+/// MMIO_GUARD_MAP_RANGE without end; `host-sve`: one SVE instruction from the host (with
+/// CPACR_EL1 letting EL1 use SVE), which must be an undefined instruction at EL1, not a crash.
+/// Run one with e.g. `ATK_EXHAUST=vcpu make test-target`.
 fn zz_atk_2_exhaustion_until_refused_keeps_the_hyp_alive() -> TestResult {
     let Some(kind) = option_env!("ATK_EXHAUST") else {
         return Ok(());
@@ -1866,6 +1871,30 @@ fn zz_atk_2_exhaustion_until_refused_keeps_the_hyp_alive() -> TestResult {
     let refused = match kind {
         "vcpu" => (0..10_000_000u64).find_map(|_| vm::vcpu_create(vm, GUEST_CODE_IPA, 0).err()),
         "gmem" => (0..10_000_000u64).find_map(|_| vm::gmem_create(vm, 1 << 30, TRACKED).err()),
+        // Not an exhaustion: a host SVE instruction (CPTR_EL2.TZ traps it to EL2). The secure
+        // outcome is an undefined-instruction exception at EL1 (rule 5), not a hyp crash.
+        "host-sve" => {
+            // SAFETY: lets EL1 use FP and SVE as far as its own controls go (CPACR_EL1.FPEN, ZEN).
+            unsafe {
+                core::arch::asm!(
+                    "mrs {t}, cpacr_el1",
+                    "orr {t}, {t}, #(3 << 16)",
+                    "orr {t}, {t}, #(3 << 20)",
+                    "msr cpacr_el1, {t}",
+                    "isb",
+                    t = out(reg) _,
+                    options(nostack)
+                )
+            };
+            let r = host_shim::exceptions::probe(|| {
+                let vl: u64;
+                // SAFETY: `rdvl` reads the vector length; a trap is caught by the probe.
+                unsafe { core::arch::asm!(".inst 0x04bf5020", out("x0") vl, options(nostack)) };
+                vl
+            });
+            board::println!("    atk: host rdvl: {r:x?}");
+            r.err().map(|_| Errno::ENOSPC)
+        }
         "guard" => {
             let mut v = pkvm(16, 48)?;
             let r = step(&mut v, OP_ATK_GUARD_FLOOD, [0x2_0000_0000, 1 << 40, 0, 0])?;
