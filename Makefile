@@ -120,7 +120,7 @@ $(DMA_BYTES):
 	python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)))' > $@
 
 test-images: guest-image
-	$(GUEST_ENV) HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1
+	$(GUEST_ENV) HOST_LOG=$(TEST_LOG) $(CARGO_XT) -p target-tests-el1 $(if $(EL1_FEATURES),--features $(EL1_FEATURES))
 	@mkdir -p $(IMG)
 	@$(call flat,$(OUT)/host-tests,$(IMG)/host-tests.bin)
 	HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) QEMU_MEM_MIB=$(QEMU_MEM_MIB) \

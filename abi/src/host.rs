@@ -50,7 +50,8 @@ pub enum HostCall {
     /// at `IPA`, outside every memslot (`EEXIST` where one is). The host keeps them. `plain`
     /// and `coco` VMs only (`EPERM` for `pkvm`); for `coco` the IPA is the shared alias.
     MapHostShared,
-    /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest -> x0 = vCPU handle.
+    /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest -> x0 = vCPU handle. `EPERM` for a
+    /// `pkvm` VM once one of its vCPUs ran (its vCPUs, like its memslots, are then fixed).
     VcpuCreate,
     /// x1 = vCPU, x2 = completion value 0, x3 = completion value 1 (see [`ExitReason`]):
     /// runs the vCPU until an exit that needs the host. -> x0 = [`ExitReason`], x1..x5 = data.

@@ -134,6 +134,11 @@ pub fn take_exception() -> Option<u64> {
     (v != 0).then_some(v & !(1 << 63))
 }
 
+/// Whether an exception was taken since the last [`take_exception`] (without consuming it).
+pub fn exception_pending() -> bool {
+    LAST_ESR.load(Ordering::Relaxed) != 0
+}
+
 /// 64-bit MMIO load with a valid syndrome.
 pub fn mmio_read(addr: u64) -> u64 {
     let v: u64;

@@ -402,6 +402,13 @@ impl World {
         })
     }
 
+    /// Every memslot binding a part of `[offset, offset + size)` of `gmem`, as GPA ranges (for
+    /// `coco`, both aliases must go): what a conversion or punch of the range unmaps, for the
+    /// hyp to unmap before it lets the core touch the pages.
+    pub fn gmem_bindings(&self, gmem: GmemHandle, offset: u64, size: u64) -> Vec<Stage2Unmap> {
+        self.bindings_of(gmem, offset, size)
+    }
+
     /// Every memslot (of every VM) binding a part of `[offset, offset + size)` of `gmem`, as
     /// GPA ranges.
     fn bindings_of(&self, gmem: GmemHandle, offset: u64, size: u64) -> Vec<Stage2Unmap> {
@@ -748,6 +755,19 @@ impl World {
         ipa: u64,
         provider: &mut dyn PageProvider,
     ) -> Result<Invalidation, Errno> {
+        let Some((g, off)) = self.relinquish_check(vm, ipa)? else {
+            return Ok(Invalidation::default());
+        };
+        self.punch(g, off, PAGE_SIZE, provider)
+    }
+
+    /// The checks of [`World::relinquish`], changing nothing: the gmem page it would free
+    /// (`None`: not allocated, a no-op).
+    pub fn relinquish_check(
+        &self,
+        vm: VmHandle,
+        ipa: u64,
+    ) -> Result<Option<(GmemHandle, u64)>, Errno> {
         if !ipa.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
@@ -760,9 +780,6 @@ impl World {
         if f.pin_count(off) > 0 {
             return Err(Errno::EBUSY);
         }
-        if f.page_pa(off).is_none() {
-            return Ok(Invalidation::default());
-        }
-        self.punch(g, off, PAGE_SIZE, provider)
+        Ok(f.page_pa(off).map(|_| (g, off)))
     }
 }

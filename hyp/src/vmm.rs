@@ -210,6 +210,17 @@ impl Hyp {
         }
     }
 
+    /// Removes every guest mapping of `[offset, offset + size)` of `g` (each memslot binding it,
+    /// both coco aliases) before an operation touches the pages: a vCPU on another CPU reaches
+    /// a mapped page without trapping, so nothing may be zeroed or change hands first.
+    fn unmap_bindings(&mut self, g: GmemHandle, offset: u64, size: u64) {
+        let unmaps = self.world.gmem_bindings(g, offset, size);
+        self.apply(&Invalidation {
+            stage2_unmap: unmaps,
+            ..Invalidation::default()
+        });
+    }
+
     /// Checks, before anything changes, that every allocated page of the gmem ranges can take
     /// its new state (the host may reach it iff `host_allowed`).
     fn check_gmem_ranges(
@@ -430,12 +441,15 @@ pub mod calls {
             .map_err(|e| (e.errno, e.error_offset))?;
         hyp.check_gmem_ranges(owner, g, &changed, req.to == ConvertTo::Shared)
             .map_err(|e| (e, 0))?;
+        // Every guest mapping of the range goes before any page is zeroed or changes hands: a
+        // vCPU running on another CPU reaches a mapped page without trapping (Trust rule 3).
+        hyp.unmap_bindings(g, req.offset, req.size);
         let v = hyp.vms.get_mut(&owner.0).ok_or((Errno::ENOENT, 0))?;
         let inv = hyp
             .world
             .convert(g, req, v.stage2.mm_mut())
             .map_err(|e| (e.errno, e.error_offset))?;
-        hyp.apply_and_sync(owner, &inv).map_err(|e| (e, 0))
+        hyp.sync_after(owner, &inv).map_err(|e| (e, 0))
     }
 
     /// Converts a gmem range at the host's initiative. `Err((errno, error_offset))`.
@@ -488,6 +502,8 @@ pub mod calls {
             let owner = hyp.world.gmem_owner(g)?;
             let pages = hyp.world.gmem(g)?.punch_plan(offset, size)?;
             hyp.check_reclaim_all(owner, &pages)?;
+            // Unmapped before the core zeroes and frees anything (as for a conversion).
+            hyp.unmap_bindings(g, offset, size);
             let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
             let inv = hyp.world.punch(g, offset, size, v.stage2.mm_mut())?;
             hyp.apply_and_sync(owner, &inv)?;
@@ -603,6 +619,12 @@ pub mod calls {
             hyp.vm_mut(vm)?;
             if entry >= IPA.limit() || !entry.is_multiple_of(4) {
                 return Err(Errno::EINVAL);
+            }
+            // A protected VM's vCPUs, like its memslots, are fixed once it runs: a vCPU the
+            // host adds later would start in the guest's memory where the host says.
+            let v = hyp.world.vm(h)?;
+            if v.vm_type() == VmType::Pkvm && v.started() {
+                return Err(Errno::EPERM);
             }
             let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;
             hyp.next_vcpu = id;
@@ -997,8 +1019,15 @@ fn stage2_abort(
             match mmio {
                 Some(m) if guarded => {
                     v.stats.mmio_exits += 1;
+                    // Only the bytes stored (Trust rule 1: the rest of the register is the guest's).
                     let data = if m.write {
-                        ctx.reg(usize::from(m.reg))
+                        let bits = u32::from(m.size) * 8;
+                        let v = ctx.reg(usize::from(m.reg));
+                        if bits >= 64 {
+                            v
+                        } else {
+                            v & ((1u64 << bits) - 1)
+                        }
                     } else {
                         0
                     };
@@ -1089,6 +1118,12 @@ fn guest_relinquish(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext, x: [u64;
     if let Some(pa) = page {
         if hyp.check_reclaim(h, pa).is_err() {
             return answer(ctx, invalid);
+        }
+    }
+    // Unmapped (every alias) before the core zeroes and frees the page.
+    if let Ok((_, Some((g, off)))) = hyp.world.gpa_to_gmem(h, ipa) {
+        if hyp.world.relinquish_check(h, ipa).is_ok() {
+            hyp.unmap_bindings(g, off & !(PAGE_SIZE - 1), PAGE_SIZE);
         }
     }
     let Some(v) = hyp.vms.get_mut(&h.0) else {

@@ -6,8 +6,26 @@
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
 use guests::{
-    guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte, take_exception, write_byte,
+    exception_pending, guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte,
+    take_exception, write_byte,
 };
+
+// Commands only the attack tests use (`tests/el1/src/bin/host-tests/attacks.rs` has the same
+// numbers; they are outside `abi::cmd` on purpose: an attacker's guest, not part of the ABI).
+/// Stores ARG1 (a byte) at ARG0, ARG2 times, stopping at the first abort the host injects.
+/// RESULT0 = stores done, RESULT1 = 1 if an abort stopped the loop.
+const OP_ATK_STORE_LOOP: u64 = 0x41;
+/// Enrolls in the MMIO guard, guards the command device, then makes ARG1 MMIO_GUARD_MAP_RANGE
+/// calls of 256 granules each from ARG0 on, stopping at the first refusal. RESULT0 = calls that
+/// succeeded, RESULT1 = x0 of the last call.
+const OP_ATK_GUARD_FLOOD: u64 = 0x42;
+/// A load pair from ARG0 (no valid syndrome if ARG0 is MMIO). RESULT0 = the first word.
+const OP_ATK_LDP: u64 = 0x43;
+/// A store of the low ARG2 bytes (1, 2 or 4) of the 64-bit register holding ARG1 to ARG0
+/// (`strb`/`strh`/`str w`: the rest of the register is not stored).
+const OP_ATK_STORE_NARROW: u64 = 0x44;
+/// `SMC #0` with x0..x3 = ARG0..ARG3. RESULT0/1 = x0/x1 after it.
+const OP_ATK_SMC: u64 = 0x45;
 
 fn reg(off: u64) -> u64 {
     CMD_DEVICE_IPA + off
@@ -311,6 +329,88 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 let (polls, x0) = spin(share, flag);
                 mmio_write(reg(REG_RESULT0), polls);
                 mmio_write(reg(REG_RESULT1), x0);
+            }
+            OP_ATK_STORE_LOOP => {
+                let addr = mmio_read(reg(REG_ARG0));
+                let value = mmio_read(reg(REG_ARG1)) as u8;
+                let count = mmio_read(reg(REG_ARG2));
+                let mut done = 0;
+                let mut aborted = 0;
+                while done < count {
+                    write_byte(addr, value);
+                    if exception_pending() {
+                        let _ = take_exception();
+                        aborted = 1;
+                        break;
+                    }
+                    done += 1;
+                }
+                mmio_write(reg(REG_RESULT0), done);
+                mmio_write(reg(REG_RESULT1), aborted);
+            }
+            OP_ATK_GUARD_FLOOD => {
+                use abi::guest::{
+                    MMIO_GUARD_ENROLL, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE, SMCCC_SUCCESS,
+                };
+                let base = mmio_read(reg(REG_ARG0));
+                let calls = mmio_read(reg(REG_ARG1));
+                let _ = hvc(MMIO_GUARD_ENROLL, 0, 0, 0);
+                let _ = hvc(MMIO_GUARD_MAP, CMD_DEVICE_IPA, 0, 0);
+                let mut ok = 0;
+                let mut last = SMCCC_SUCCESS;
+                while ok < calls {
+                    let ipa = base + ok * 256 * abi::PAGE_SIZE;
+                    last = hvc(MMIO_GUARD_MAP_RANGE, ipa, 256, 0)[0];
+                    if last != SMCCC_SUCCESS {
+                        break;
+                    }
+                    ok += 1;
+                }
+                mmio_write(reg(REG_RESULT0), ok);
+                mmio_write(reg(REG_RESULT1), last);
+            }
+            OP_ATK_LDP => {
+                let addr = mmio_read(reg(REG_ARG0));
+                let (a, b): (u64, u64);
+                // SAFETY: a load pair at a guest IPA; a fault is the hyp's or the vectors' to
+                // handle (an MMIO IPA gives the hyp no valid syndrome).
+                unsafe {
+                    core::arch::asm!("mov {a}, #0", "mov {b}, #0", "ldp {a}, {b}, [{p}]",
+                        p = in(reg) addr, a = out(reg) a, b = out(reg) b, options(nostack))
+                };
+                let _ = b;
+                mmio_write(reg(REG_RESULT0), a);
+            }
+            OP_ATK_STORE_NARROW => {
+                let addr = mmio_read(reg(REG_ARG0));
+                let value = mmio_read(reg(REG_ARG1));
+                let width = mmio_read(reg(REG_ARG2));
+                // SAFETY: one store of 1, 2 or 4 bytes at a guest IPA; a fault is the hyp's or
+                // the vectors' to handle.
+                unsafe {
+                    match width {
+                        1 => {
+                            core::arch::asm!("strb {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack))
+                        }
+                        2 => {
+                            core::arch::asm!("strh {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack))
+                        }
+                        _ => {
+                            core::arch::asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack))
+                        }
+                    }
+                }
+            }
+            OP_ATK_SMC => {
+                let (mut x0, mut x1) = (mmio_read(reg(REG_ARG0)), mmio_read(reg(REG_ARG1)));
+                let (x2, x3) = (mmio_read(reg(REG_ARG2)), mmio_read(reg(REG_ARG3)));
+                // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes x0..x3 at most.
+                unsafe {
+                    core::arch::asm!("smc #0", inout("x0") x0, inout("x1") x1,
+                        inout("x2") x2 => _, inout("x3") x3 => _, options(nostack))
+                };
+                mmio_write(reg(REG_RESULT0), x0);
+                mmio_write(reg(REG_RESULT1), x1);
             }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.

@@ -10,7 +10,10 @@ use abi::Errno;
 use host_shim::hvc;
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
+mod attacks;
 mod blocks;
+#[cfg(feature = "rule8")]
+mod exhaust;
 mod protect;
 mod psci;
 mod vms;

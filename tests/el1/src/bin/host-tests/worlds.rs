@@ -404,7 +404,9 @@ fn ws_many_interrupt_exits_in_one_step_each_resumes_the_guest() -> TestResult {
     }
     ensure_eq!(r.status, Some(STATUS_OK));
     ensure!(r.exception.is_none());
-    ensure_eq!(r.interrupts, 20);
+    // Twenty at least: another slice may end before the guest sees the flag (the count
+    // depends on how fast the machine runs; what matters is that each exit resumed the loop).
+    ensure!(r.interrupts >= 20, "{} interrupt exits", r.interrupts);
     v.still_works()?;
     v.destroy()
 }
