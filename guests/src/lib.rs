@@ -23,6 +23,14 @@ core::arch::global_asm!(
     .global _start
 _start:
     mov     x19, x0
+    // Touch every page of the image once (code, data, stack), so all of the guest's own
+    // faults happen before its first command: what a step then counts is the step's own.
+    ldr     x9, =__image_start
+    ldr     x10, =__stack_top
+0:  ldrb    w11, [x9]
+    add     x9, x9, #4096
+    cmp     x9, x10
+    b.lo    0b
     ldr     x9, =__stack_top
     mov     sp, x9
     ldr     x9, =__bss_start

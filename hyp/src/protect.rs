@@ -89,9 +89,10 @@ impl Hyp {
     }
 
     /// The transition that brings a gmem page of `vm` where the policy wants it: the guest owns
-    /// it, and the host borrows it iff `host_allowed`. Pure: the caller checks every page of an
-    /// operation with this before it changes anything. `EPERM` for a page in no state a gmem
-    /// page of `vm` can be in.
+    /// it, and the host borrows it iff `host_allowed`. Pure. `EPERM` for a page in no state a
+    /// gmem page of `vm` can be in. The transition itself is checked when it is applied
+    /// ([`Hyp::settle`]), so one page needs nothing more; an operation on several pages checks
+    /// each plan first ([`Hyp::check_settle`]) so that it changes all of them or none.
     pub(crate) fn settle_plan(
         &self,
         vm: VmHandle,
@@ -100,24 +101,45 @@ impl Hyp {
     ) -> Result<Settle, Errno> {
         let id = vmid(vm);
         let info = self.owners.info(pa)?;
-        let t = if info.state_of(Component::Hyp) == PageState::Owned {
-            // Fresh from the pool: straight to the guest (shared with the host if allowed).
-            Transition::HypDonateToGuest {
+        if info.state_of(Component::Hyp) == PageState::Owned {
+            // Fresh from the pool: straight to the guest (shared with the host if allowed). A
+            // pool page is in no host stage-2 (it left it when it was donated): nothing to unmap.
+            let t = Transition::HypDonateToGuest {
                 vm: id,
                 shared: host_allowed,
+            };
+            return Ok(Settle::Do(t, false));
+        }
+        let t = match (info.state_of(Component::Guest(id)), host_allowed) {
+            (PageState::Owned, true) => Transition::GuestShareWithHost(id),
+            (PageState::SharedOwned, false) => Transition::GuestUnshareFromHost(id),
+            (PageState::Owned, false) | (PageState::SharedOwned, true) => {
+                return Ok(Settle::Nothing)
             }
-        } else {
-            match (info.state_of(Component::Guest(id)), host_allowed) {
-                (PageState::Owned, true) => Transition::GuestShareWithHost(id),
-                (PageState::SharedOwned, false) => Transition::GuestUnshareFromHost(id),
-                (PageState::Owned, false) | (PageState::SharedOwned, true) => {
-                    return Ok(Settle::Nothing)
-                }
-                _ => return Err(Errno::EPERM),
-            }
+            _ => return Err(Errno::EPERM),
         };
-        self.owners.check(pa, t)?;
         Ok(Settle::Do(t, !host_allowed))
+    }
+
+    /// Checks a plan of [`Hyp::settle_plan`] against the ownership table (nothing changes).
+    pub(crate) fn check_settle(&self, pa: u64, plan: Settle) -> Result<(), Errno> {
+        match plan {
+            Settle::Nothing => Ok(()),
+            Settle::Do(t, _) => self.owners.check(pa, t),
+        }
+    }
+
+    /// [`Hyp::settle_plan`] and [`Hyp::check_settle`]: what an operation on several pages asks
+    /// of each page before it changes any.
+    pub(crate) fn settle_checked(
+        &self,
+        vm: VmHandle,
+        pa: u64,
+        host_allowed: bool,
+    ) -> Result<Settle, Errno> {
+        let plan = self.settle_plan(vm, pa, host_allowed)?;
+        self.check_settle(pa, plan)?;
+        Ok(plan)
     }
 
     /// Applies a plan from [`Hyp::settle_plan`]: the host stage-2 entry first when the host
@@ -162,7 +184,7 @@ impl Hyp {
         let file = self.world.gmem(g)?;
         let mut plans = Vec::new();
         for (off, pa) in file.allocated_with_offsets(offset, size) {
-            let plan = self.settle_plan(owner, pa, file.host_stage2_allowed(off))?;
+            let plan = self.settle_checked(owner, pa, file.host_stage2_allowed(off))?;
             if plan != Settle::Nothing {
                 plans.push((pa, plan));
             }

@@ -233,7 +233,7 @@ impl Hyp {
         let file = self.world.gmem(g)?;
         for &(off, size) in ranges {
             for pa in file.allocated_in(off, size) {
-                self.settle_plan(owner, pa, host_allowed)?;
+                self.settle_checked(owner, pa, host_allowed)?;
             }
         }
         Ok(())
@@ -516,7 +516,7 @@ pub mod calls {
     fn check_gmem_page(hyp: &Hyp, owner: VmHandle, g: GmemHandle, off: u64) -> Result<(), Errno> {
         let file = hyp.world.gmem(g)?;
         if let Some(pa) = file.page_pa(off) {
-            hyp.settle_plan(owner, pa, file.host_stage2_allowed(off))?;
+            hyp.settle_checked(owner, pa, file.host_stage2_allowed(off))?;
         }
         Ok(())
     }
@@ -901,13 +901,19 @@ fn map_resolved(
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa)?,
         // The host's own page, shared with the guest when the host shared it.
         FaultSource::HostShared => {}
+        FaultSource::Gmem | FaultSource::UserspaceGmem if size == PAGE_SIZE => {
+            // One page: the transition checks itself; if it fails nothing changed.
+            let plan = hyp.settle_plan(h, pa, host_access)?;
+            hyp.settle(pa, plan)?;
+        }
         FaultSource::Gmem | FaultSource::UserspaceGmem => {
-            let mut plans = Vec::new();
+            // A block: every page checked first, then all moved (all or nothing).
+            for i in 0..size / PAGE_SIZE {
+                hyp.settle_checked(h, pa + i * PAGE_SIZE, host_access)?;
+            }
             for i in 0..size / PAGE_SIZE {
                 let p = pa + i * PAGE_SIZE;
-                plans.push((p, hyp.settle_plan(h, p, host_access)?));
-            }
-            for (p, plan) in plans {
+                let plan = hyp.settle_plan(h, p, host_access)?;
                 hyp.settle(p, plan)?;
             }
         }
