@@ -4,6 +4,7 @@
 //! hypercall numbers, guest -> hyp hypercall numbers (pKVM's, from Linux), flag bits,
 //! error codes (Linux errno names, SMCCC return codes) and the layout of a vCPU exit.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 pub mod cmd;
 pub mod errno;

@@ -12,6 +12,7 @@
 //!
 //! The parser takes untrusted text: it never panics, whatever the input.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
