@@ -897,12 +897,27 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         if !all_match {
             return Ok(false);
         }
+        self.replace_table_with_block(table, idx, sub, ipa_2m, leaf_desc(pa0, 2, bits));
+        Ok(true)
+    }
+
+    /// Break-before-make of the level-2 table entry (`table`, `idx`) pointing at the level-3
+    /// table `sub` into the block descriptor `block` (which maps the same pages): the entry goes
+    /// invalid, the whole range and its walk-cache entries are invalidated, the block is written
+    /// and published, and `sub` is freed.
+    fn replace_table_with_block(
+        &mut self,
+        table: u64,
+        idx: usize,
+        sub: u64,
+        ipa_2m: u64,
+        block: u64,
+    ) {
         self.write(table, idx, 0);
         self.tlb.invalidate_range(self.vmid, ipa_2m, SIZE_2M);
-        self.write(table, idx, leaf_desc(pa0, 2, bits));
+        self.write(table, idx, block);
         self.tlb.publish();
         self.mm.free_pages(sub, 1);
-        Ok(true)
     }
 
     /// Maps the 2 MiB block `ipa_2m -> pa_2m` with `attrs` where a level-3 table already holds
@@ -943,11 +958,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         if !fits {
             return Ok(false);
         }
-        self.write(table, idx, 0);
-        self.tlb.invalidate_range(self.vmid, ipa_2m, SIZE_2M);
-        self.write(table, idx, leaf_desc(pa_2m, 2, bits));
-        self.tlb.publish();
-        self.mm.free_pages(sub, 1);
+        self.replace_table_with_block(table, idx, sub, ipa_2m, leaf_desc(pa_2m, 2, bits));
         Ok(true)
     }
 
