@@ -30,18 +30,20 @@ const OP_ATK_SMC: u64 = 0x45;
 // Commands only the world-switch attack tests use (`tests/el1/src/bin/host-tests/attacks_ws.rs`
 // has the same numbers; attacker-only, outside `abi::cmd`).
 /// Loads instruction words into the attacker's code buffer: 64-bit slots ARG0, ARG0+1, ARG0+2
-/// (two instructions each, the lower word first) = ARG1, ARG2, ARG3.
+/// (two instructions each, the lower word first; 16 slots) = ARG1, ARG2, ARG3.
 const OP_ATK_LOAD: u64 = 0x50;
 /// Runs the code buffer. ARG0 = 0: called at EL1 (`blr`, it ends with `ret`, which the loader
 /// appends after the last slot); an exception of an instruction in it skips that instruction.
-/// ARG0 != 0: entered at EL0 with ARG0 as SPSR (AArch64 or AArch32, A32 or T32) by `eret`; any
-/// exception (an `svc` ends the code) brings it back to EL1. ARG1 = where the buffer is copied
+/// ARG0 != 0: entered by `eret` with ARG0 as SPSR (EL0 in AArch64, A32 or T32; or EL1 with the
+/// vectors below instead of the guest's); any exception (an `svc` ends the code) brings it back
+/// to the interpreter. ARG1 = where the buffer is copied
 /// before it runs (0: it runs where it is; AArch32 code needs an address below 4 GiB), ARG2/ARG3 =
 /// x0/x1 (x2, x3 = 0). RESULT0 = x0 after it, RESULT1 = ESR_EL1 of the exception that ended (EL0)
 /// or was taken inside it (EL1; 0 = none). x0..x3, ESR, ELR, SPSR, FAR: see `OP_ATK_OUT`.
 const OP_ATK_RUN: u64 = 0x51;
 /// RESULT0/1 = outputs ARG0 and ARG0+1 of the last `OP_ATK_RUN`: 0..3 x0..x3, 4 ESR_EL1,
-/// 5 ELR_EL1, 6 SPSR_EL1, 7 FAR_EL1 (5..7 for an EL0 run only).
+/// 5 ELR_EL1, 6 SPSR_EL1, 7 FAR_EL1, 8 the vector taken (0..15: its offset / 0x80) (5..8 for an
+/// EL0 run only).
 const OP_ATK_OUT: u64 = 0x52;
 /// Turns on its own stage-1 for one load: a level-1 table at ARG0 (4 KiB aligned, 39-bit VA,
 /// 1 GiB blocks) maps every VA to the same IPA (the command device's GiB as device memory),
@@ -49,29 +51,27 @@ const OP_ATK_OUT: u64 = 0x52;
 /// with the MMU on, turns it off. RESULT0 = the byte, RESULT1 = SCTLR_EL1 read while it was on.
 const OP_ATK_MMU: u64 = 0x53;
 
-/// The attacker's code buffer (`OP_ATK_LOAD`, `OP_ATK_RUN`): 64 instructions and a `ret`.
+/// The attacker's code buffer (`OP_ATK_LOAD`, `OP_ATK_RUN`): 32 instructions and a `ret`. (The
+/// image, bss included, must end below 0x4000 so that its 16 KiB stack stays inside the guest's
+/// eight image pages, `host_shim::driver::GUEST_IMAGE_PAGES`.)
 #[repr(C, align(64))]
-struct AtkCode([u64; 33]);
-static mut ATK_CODE: AtkCode = AtkCode([0; 33]);
+struct AtkCode([u64; 17]);
+static mut ATK_CODE: AtkCode = AtkCode([0; 17]);
 /// Outputs of the last `OP_ATK_RUN` (see `OP_ATK_OUT`).
 #[no_mangle]
-static mut ATK_OUT: [u64; 8] = [0; 8];
+static mut ATK_OUT: [u64; 10] = [0; 10];
 /// SP_EL1 and VBAR_EL1 while an EL0 run is out (restored by `atk_el0_back`).
 #[no_mangle]
 static mut ATK_SAVED: [u64; 2] = [0; 2];
-/// Stack of EL0 code (SP_EL0).
-#[repr(C, align(16))]
-struct AtkStack([u8; 1024]);
-#[no_mangle]
-static mut ATK_EL0_STACK: AtkStack = AtkStack([0; 1024]);
 
 core::arch::global_asm!(
     r#"
     .section .text.atk_el0, "ax"
     .balign 0x800
 atk_el0_vectors:
-    .rept 16
+    .irp    idx, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
     .balign 0x80
+    mov     x9, #\idx
     b       atk_el0_back
     .endr
 
@@ -91,8 +91,9 @@ atk_el0_enter:
     stp     x10, x11, [x9]
     ldr     x10, =atk_el0_vectors
     msr     vbar_el1, x10
-    ldr     x10, =ATK_EL0_STACK
-    add     x10, x10, #1024
+    // The EL0 code's stack (SP_EL0): 2 KiB below this one's, on the guest's own stack.
+    mov     x10, sp
+    sub     x10, x10, #2048
     msr     sp_el0, x10
     msr     elr_el1, x0
     msr     spsr_el1, x1
@@ -104,7 +105,9 @@ atk_el0_enter:
     eret
 
 atk_el0_back:
-    ldr     x9, =ATK_OUT
+    ldr     x10, =ATK_OUT
+    str     x9, [x10, #64]
+    mov     x9, x10
     stp     x0, x1, [x9, #0]
     stp     x2, x3, [x9, #16]
     mrs     x10, esr_el1
@@ -149,7 +152,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     // SAFETY: the buffer is the guest's own; a single core runs the guest, so no one else
     // touches it.
     let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
-    code.0[32] = 0xd65f_03c0; // ret (the 65th word; the 66th is unused)
+    code.0[16] = 0xd65f_03c0; // ret (the 33rd word; the 34th is unused)
     let bytes = core::mem::size_of::<AtkCode>() as u64;
     let mut entry = code.0.as_ptr() as u64;
     if dest != 0 {
@@ -162,7 +165,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     sync_icache(entry, bytes);
     // SAFETY: as above.
     let out = unsafe { &mut *core::ptr::addr_of_mut!(ATK_OUT) };
-    *out = [0; 8];
+    *out = [0; 10];
     let _ = take_exception();
     if spsr == 0 {
         let (mut x0, mut x1, mut x2, mut x3) = (a0, a1, 0u64, 0u64);
@@ -178,7 +181,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
                 out("x14") _, out("x15") _, out("x16") _, out("x17") _, out("x30") _,
             )
         };
-        *out = [x0, x1, x2, x3, take_exception().unwrap_or(0), 0, 0, 0];
+        *out = [x0, x1, x2, x3, take_exception().unwrap_or(0), 0, 0, 0, 0, 0];
     } else {
         // SAFETY: the EL0 code comes back through `atk_el0_back`, which restores every
         // callee-saved register, SP and VBAR_EL1.
@@ -632,7 +635,7 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 // SAFETY: the guest's own buffer (one core).
                 let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
                 for (i, w) in words.into_iter().enumerate() {
-                    if let Some(slot) = code.0.get_mut(at + i).filter(|_| at + i < 32) {
+                    if let Some(slot) = code.0.get_mut(at + i).filter(|_| at + i < 16) {
                         *slot = w;
                     }
                 }

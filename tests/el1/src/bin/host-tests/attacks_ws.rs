@@ -17,6 +17,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::cmd::*;
 use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
@@ -292,7 +293,7 @@ impl Gvm {
 
     /// Loads `words` at the start of the guest's code buffer.
     fn load(&mut self, words: &[u32]) -> TestResult {
-        ensure!(words.len() <= 64);
+        ensure!(words.len() <= 32);
         let slots: Vec<u64> = words
             .chunks(2)
             .map(|c| u64::from(c[0]) | (u64::from(*c.get(1).unwrap_or(&0)) << 32))
@@ -323,6 +324,11 @@ impl Gvm {
     fn el0_return(&mut self) -> Result<(u64, u64), String> {
         let o = self.step(OP_ATK_OUT, [5, 0, 0, 0])?;
         Ok((o.results[0], o.results[1]))
+    }
+
+    /// The vector (offset / 0x80) of the exception that ended the last EL0 run.
+    fn el0_vector(&mut self) -> Result<u64, String> {
+        Ok(self.step(OP_ATK_OUT, [8, 0, 0, 0])?.results[0])
     }
 
     /// Runs `words` at the guest's EL1 (a `ret` is appended).
@@ -1348,7 +1354,304 @@ fn ws_atk_host_access_zoo_on_hyp_memory_all_abort() -> TestResult {
     Ok(())
 }
 
+
+// ---- 16. The guest's own timer interrupt -----------------------------------------------------------
+
+/// Rule 6: "guests get the virtual one" (the virtual timer). A guest arms its virtual timer 1 ms
+/// ahead, unmasks IRQs (PSTATE.I, its ICC_PMR_EL1 and ICC_IGRPEN1_EL1), and waits with WFI, up
+/// to 50 times (each WFI ends at the latest when the host's 1 ms timer brings the run back and
+/// the host re-runs it). Its timer's interrupt must reach it (the IRQ vector, offset 0x280). The
+/// hyp never puts anything into the guest's list registers: the timer's PPI 27 goes to EL2
+/// (HCR_EL2.IMO) and from there nowhere (disabled at the host's redistributor) or to the host as
+/// an interrupt exit on every run (enabled, as a Linux host enables it: the guest then never runs
+/// again while its timer condition holds, see ws_atk_guest_vtimer_left_firing_...).
+fn ws_atk_guest_vtimer_interrupt_reaches_the_guest() -> TestResult {
+    let mut v = gvm(VmType::Pkvm)?;
+    v.guest.timeslice_ticks = host_shim::timer::ticks_per_ms();
+    let cntvct = Sys(3, 3, 14, 0, 2);
+    let code = [
+        0xd280_1fe3, // mov x3, #0xff
+        msr(ICC_PMR_EL1, 3),
+        0xd280_0023, // mov x3, #1
+        msr(ICC_IGRPEN1_EL1, 3),
+        mrs(cntvct, 2),
+        0x8b00_0042, // add x2, x2, x0
+        msr(CNTV_CVAL_EL0, 2),
+        0xd280_0022, // mov x2, #1
+        msr(CNTV_CTL_EL0, 2),
+        ISB,
+        WFI,
+        0xf100_0421, // subs x1, x1, #1
+        0x54ff_ffc1, // b.ne (the wfi)
+        SVC0,
+    ];
+    // EL1h with IRQs unmasked (D, A, F masked).
+    let ran = v.exec_el0(&code, 0x345, 0, [host_shim::timer::ticks_per_ms(), 50])?;
+    let vector = v.el0_vector()?;
+    let (elr, _) = v.el0_return()?;
+    let ctl = v.gr(CNTV_CTL_EL0)?;
+    let _ = v.gw(CNTV_CTL_EL0, 0)?;
+    v.destroy()?;
+    ensure!(
+        vector == 5,
+        "the guest's virtual timer fired (CNTV_CTL_EL0 {ctl:x?}) but its interrupt never reached \
+         it: {} WFIs later it ended with vector {vector} (ESR 0x{:x}, ELR 0x{elr:x}; want the IRQ \
+         vector, 5): the hyp injects no virtual interrupt",
+        50 - ran.x[1],
+        ran.esr
+    );
+    Ok(())
+}
+
+// ---- 17. Odd exception returns inside a guest -------------------------------------------------------
+
+/// A guest's ERET to EL2, to EL3, to AArch32 EL1 (HCR_EL2.RW makes its EL1 AArch64) or with
+/// SPSR.IL set is an illegal exception return: the guest stays at its EL1 and takes an Illegal
+/// Execution State exception (EC 0x0E) there, nothing reaches the hyp or the host. Control: an
+/// ERET to EL1t runs the code.
+fn ws_atk_guest_odd_erets_stay_in_its_el1() -> TestResult {
+    let mut v = gvm(VmType::Pkvm)?;
+    let before = vm::stats(v.vm).map_err(e)?;
+    let code = [0xd503_201f, SVC0]; // nop; svc #0
+    let r = v.exec_el0(&code, 0x3c4, 0, [0, 0])?;
+    ensure_eq!(ec(r.esr), EC_SVC64);
+    for (what, spsr) in [
+        ("EL2h", 0x3c9u64),
+        ("EL3h", 0x3cd),
+        ("AArch32 SVC", 0x1d3),
+        ("AArch32 Hyp", 0x1da),
+        ("EL1h with IL", 0x3c5 | (1 << 20)),
+    ] {
+        let r = v.exec_el0(&code, spsr, 0, [0, 0])?;
+        let (elr, spsr_after) = v.el0_return()?;
+        ensure!(
+            ec(r.esr) == 0x0e && spsr_after & 0xf != 0 && spsr_after & 0x10 == 0,
+            "ERET to {what}: ESR 0x{:x}, ELR 0x{elr:x}, SPSR 0x{spsr_after:x}",
+            r.esr
+        );
+    }
+    let after = vm::stats(v.vm).map_err(e)?;
+    // Only the command device's exits.
+    ensure_eq!(after.exits - before.exits, after.mmio_exits - before.mmio_exits);
+    ensure_eq!(v.step(OP_READ, [GPA, 0, 0, 0])?.status, Some(STATUS_OK));
+    v.destroy()
+}
+
+// ---- 18. The host's stage-1 walks and AT instructions through the hyp's memory ----------------------
+
+/// The host points its TTBR1_EL1 at the hyp's memory and turns its MMU on (TTBR0 identity): an
+/// AT S1E1R and a load of a TTBR1 address make the CPU read a "descriptor" from the hyp's image.
+/// That walk must fault at stage-2 and end as an abort at the host's EL1, never as a translation
+/// whose PAR_EL1 or data would show what the hyp's memory holds. Control: the same with TTBR1
+/// at the host's own identity table translates.
+fn ws_atk_host_stage1_walks_through_hyp_memory_abort() -> TestResult {
+    let t = HOST_TABLE.0.get() as *mut u64;
+    for i in 0..512u64 {
+        let attr = if i == 0 { 1 << 2 } else { 0 };
+        // SAFETY: the host's own table.
+        unsafe { core::ptr::write_volatile(t.add(i as usize), (i << 30) | (1 << 10) | (3 << 8) | attr | 1) };
+    }
+    // T0SZ = T1SZ = 25, 4 KiB granules, inner-shareable write-back walks, IPS 40 bits.
+    let tcr: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 24) | (1 << 26)
+        | (3 << 28) | (2 << 30) | (2 << 32);
+    // TTBR1 VA 0xffff_ff81_0000_0000 + x: level-1 entry 4 of the table at TTBR1.
+    let va = 0xffff_ff81_0000_0000u64 + 0x1000;
+    let walk = |ttbr1: u64| -> (Result<u64, HostFault>, Result<u64, HostFault>) {
+        let (mut par, mut data) = (0u64, 0u64);
+        let (at, ld): (Result<u64, HostFault>, Result<u64, HostFault>);
+        // SAFETY: the host's own translation regime, on for two probed accesses: code, stack and
+        // data are identity-mapped by TTBR0; every register is put back before the MMU is off.
+        unsafe {
+            core::arch::asm!(
+                "mrs {om}, mair_el1", "mrs {ot}, tcr_el1", "mrs {o0}, ttbr0_el1",
+                "mrs {o1}, ttbr1_el1", "mrs {os}, sctlr_el1",
+                "msr mair_el1, {mair}", "msr tcr_el1, {tcr}", "msr ttbr0_el1, {t0}",
+                "msr ttbr1_el1, {t1}", "isb", "tlbi vmalle1", "dsb ish", "isb",
+                "orr {x}, {os}, #1", "msr sctlr_el1, {x}", "isb",
+                "str {om}, [{save}, #0]", "str {ot}, [{save}, #8]", "str {o0}, [{save}, #16]",
+                "str {o1}, [{save}, #24]", "str {os}, [{save}, #32]",
+                om = out(reg) _, ot = out(reg) _, o0 = out(reg) _, o1 = out(reg) _,
+                os = out(reg) _, x = out(reg) _,
+                mair = in(reg) 0x04ffu64, tcr = in(reg) tcr, t0 = in(reg) t, t1 = in(reg) ttbr1,
+                save = in(reg) SAVED_REGIME.0.get(),
+            );
+            at = probed!("at s1e1r, {va}", "isb", "mrs {p}, par_el1"; va = in(reg) va, p = inout(reg) par)
+                .map(|()| par);
+            ld = probed!("ldr {d}, [{va}]"; va = in(reg) va, d = inout(reg) data).map(|()| data);
+            let s = SAVED_REGIME.0.get() as *const u64;
+            core::arch::asm!(
+                "msr sctlr_el1, {os}", "isb",
+                "msr mair_el1, {om}", "msr tcr_el1, {ot}", "msr ttbr0_el1, {o0}",
+                "msr ttbr1_el1, {o1}", "isb", "tlbi vmalle1", "dsb ish", "isb",
+                om = in(reg) *s, ot = in(reg) *s.add(1), o0 = in(reg) *s.add(2),
+                o1 = in(reg) *s.add(3), os = in(reg) *s.add(4),
+            );
+        }
+        (at, ld)
+    };
+    // Control: TTBR1 = the identity table: VA -> IPA 0x1_0000_1000 (no memory there: the load
+    // aborts, the AT translates).
+    let (at, _) = walk(t as u64);
+    ensure!(
+        matches!(at, Ok(par) if par & 1 == 0 && par & 0xf_ffff_f000 == 0x1_0000_1000),
+        "control: AT through the host's own table: {at:x?}"
+    );
+    let mut leaked = Vec::new();
+    for ttbr1 in [0x4020_0000u64, 0x4020_0000 + 0x10_0000, 0x4100_0000, 0x47ff_f000] {
+        let (at, ld) = walk(ttbr1);
+        if !matches!(at, Err(f) if f.ec() == EC_DABT_CUR) {
+            leaked.push(format!("AT S1E1R via TTBR1 0x{ttbr1:x}: {at:x?}"));
+        }
+        if !matches!(ld, Err(f) if f.ec() == EC_DABT_CUR) {
+            leaked.push(format!("load via TTBR1 0x{ttbr1:x}: {ld:x?}"));
+        }
+    }
+    host_goes_on()?;
+    ensure!(leaked.is_empty(), "stage-1 walks through the hyp's memory: {}", leaked.join("; "));
+    Ok(())
+}
+
+struct Regime(UnsafeCell<[u64; 5]>);
+// SAFETY: only the test runner on CPU 0 uses it.
+unsafe impl Sync for Regime {}
+static SAVED_REGIME: Regime = Regime(UnsafeCell::new([0; 5]));
+
+// ---- 19. A vCPU that moves between physical CPUs -----------------------------------------------------
+
+#[repr(C, align(16))]
+struct Cpu1Stack(UnsafeCell<[u8; 32 << 10]>);
+// SAFETY: only CPU 1 uses it, one job at a time.
+unsafe impl Sync for Cpu1Stack {}
+static WS_CPU1_STACK: Cpu1Stack = Cpu1Stack(UnsafeCell::new([0; 32 << 10]));
+/// CPU 1's job: one step of `WS_JOB[1]` with `WS_JOB[2..6]` on vCPU `WS_JOB[0]`; it leaves
+/// RESULT0/1 in `WS_JOB[6..8]`, the status in `WS_JOB[8]`, an error in `WS_JOB[9]` and sets
+/// `WS_JOB[10]` when done.
+static WS_JOB: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+
+core::arch::global_asm!(
+    r#"
+    .section .text.ws_cpu1, "ax"
+    .balign 4
+    .global ws_cpu1_entry
+ws_cpu1_entry:
+    mov     sp, x0
+    bl      ws_cpu1_main
+1:  wfe
+    b       1b
+"#
+);
+
+#[no_mangle]
+extern "C" fn ws_cpu1_main() -> ! {
+    host_shim::exceptions::install();
+    let job: [u64; 6] = core::array::from_fn(|i| WS_JOB[i].load(Ordering::SeqCst));
+    let vcpu = host_shim::vm::VcpuId(job[0]);
+    let mut c0 = 0;
+    for _ in 0..64 {
+        let r = run_raw(vcpu, c0);
+        c0 = 0;
+        if r[0] == ExitReason::Mmio as u64 && r[1] >= CMD_DEVICE_IPA {
+            match (r[1] - CMD_DEVICE_IPA, r[3] != 0) {
+                (REG_CMD, false) => c0 = job[1],
+                (REG_ARG0, false) => c0 = job[2],
+                (REG_ARG1, false) => c0 = job[3],
+                (REG_ARG2, false) => c0 = job[4],
+                (REG_ARG3, false) => c0 = job[5],
+                (REG_RESULT0, true) => WS_JOB[6].store(r[4], Ordering::SeqCst),
+                (REG_RESULT1, true) => WS_JOB[7].store(r[4], Ordering::SeqCst),
+                (REG_STATUS, true) => {
+                    WS_JOB[8].store(r[4], Ordering::SeqCst);
+                    break;
+                }
+                _ => {}
+            }
+        } else if r[0] != ExitReason::Interrupt as u64 {
+            WS_JOB[9].store(0x1000 | r[0], Ordering::SeqCst);
+            break;
+        }
+    }
+    WS_JOB[10].store(1, Ordering::SeqCst);
+    crate::attacks::smc(crate::attacks::PSCI_CPU_OFF, 0, 0, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs one step of `op` on `vcpu` on CPU 1 and waits for CPU 1 to be off again. -> RESULT0/1.
+fn on_cpu1(vcpu: host_shim::vm::VcpuId, op: u64, args: [u64; 4]) -> Result<[u64; 2], String> {
+    use crate::attacks::{smc, wait_for, PSCI_AFFINITY_INFO_64, PSCI_CPU_ON_64};
+    for (i, v) in [vcpu.0, op, args[0], args[1], args[2], args[3], 0, 0, u64::MAX, 0, 0]
+        .into_iter()
+        .enumerate()
+    {
+        WS_JOB[i].store(v, Ordering::SeqCst);
+    }
+    extern "C" {
+        fn ws_cpu1_entry();
+    }
+    let top = WS_CPU1_STACK.0.get() as u64 + (32 << 10);
+    ensure_eq!(smc(PSCI_CPU_ON_64, 1, ws_cpu1_entry as *const () as u64, top), 0);
+    ensure!(
+        wait_for(|| WS_JOB[10].load(Ordering::SeqCst) == 1),
+        "CPU 1's job never ended"
+    );
+    ensure!(
+        wait_for(|| smc(PSCI_AFFINITY_INFO_64, 1, 0, 0) == 1),
+        "CPU 1 never went off"
+    );
+    ensure_eq!(WS_JOB[9].load(Ordering::SeqCst), 0);
+    ensure_eq!(WS_JOB[8].load(Ordering::SeqCst), STATUS_OK);
+    Ok([WS_JOB[6].load(Ordering::SeqCst), WS_JOB[7].load(Ordering::SeqCst)])
+}
+
+/// A vCPU that runs on CPU 0, then on CPU 1 (the host decides where): its registers go with it
+/// (TPIDR_EL0, its GIC priority mask, its virtual timer's compare value), and so must its
+/// identity (rule 5: each world sees only its own values): MPIDR_EL1, which a guest reads from
+/// VMPIDR_EL2, must not change with the physical CPU. The hyp never sets VMPIDR_EL2, so a guest
+/// reads the MPIDR of whatever physical CPU it runs on: it learns where the host runs it, and its
+/// CPU identity changes under it.
+fn ws_atk_vcpu_moving_between_cpus_keeps_its_registers_and_identity() -> TestResult {
+    ensure!(
+        board::layout::MAX_CPUS > 1 && crate::attacks::smc(crate::attacks::PSCI_AFFINITY_INFO_64, 1, 0, 0) == 1,
+        "CPU 1 is not off"
+    );
+    let mut v = gvm(VmType::Pkvm)?;
+    let regs = [
+        ("TPIDR_EL0", Sys(3, 3, 13, 0, 2), 0x7e57_0001u64),
+        ("ICC_PMR_EL1", ICC_PMR_EL1, 0x30),
+        ("CNTV_CVAL_EL0", CNTV_CVAL_EL0, 0x7fff_0000_1234),
+    ];
+    let mut problems = Vec::new();
+    for (name, r, g) in regs {
+        ensure_eq!(v.gw(r, g)?, Ok(()));
+        v.load(&[mrs(r, 0), RET])?;
+        let got = on_cpu1(v.guest.vcpu, OP_ATK_RUN, [0, 0, 0, 0])?;
+        if got != [g, 0] {
+            problems.push(format!("{name} on CPU 1: {got:x?} (written 0x{g:x} on CPU 0)"));
+        }
+    }
+    let mpidr = Sys(3, 0, 0, 0, 5);
+    let on0 = v.gr(mpidr)?.map_err(|x| format!("ESR 0x{x:x}"))?;
+    v.load(&[mrs(mpidr, 0), RET])?;
+    let on1 = on_cpu1(v.guest.vcpu, OP_ATK_RUN, [0, 0, 0, 0])?;
+    let host0 = hr(mpidr).map_err(|f| format!("{f:?}"))?;
+    if on1[0] != on0 {
+        problems.push(format!(
+            "MPIDR_EL1 reads 0x{on0:x} on CPU 0 and 0x{:x} on CPU 1 (the host's CPU 0 reads \
+             0x{host0:x}): the guest sees the physical CPU, VMPIDR_EL2 is never set",
+            on1[0]
+        ));
+    }
+    v.destroy()?;
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    Ok(())
+}
+
 register!(
+    ws_atk_vcpu_moving_between_cpus_keeps_its_registers_and_identity,
+    ws_atk_guest_vtimer_interrupt_reaches_the_guest,
+    ws_atk_guest_odd_erets_stay_in_its_el1,
+    ws_atk_host_stage1_walks_through_hyp_memory_abort,
     ws_atk_guest_scxtnum_it_is_told_of_is_usable_and_its_own,
     ws_atk_impdef_registers_are_undef_in_both_worlds,
     ws_atk_open_pmu_registers_stay_per_world,
