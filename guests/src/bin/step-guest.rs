@@ -157,9 +157,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     let mut entry = code.0.as_ptr() as u64;
     if dest != 0 {
         // SAFETY: the host names guest memory to copy the code to (the attacker's choice).
-        unsafe {
-            core::ptr::copy_nonoverlapping(code.0.as_ptr(), dest as *mut u64, code.0.len())
-        };
+        unsafe { core::ptr::copy_nonoverlapping(code.0.as_ptr(), dest as *mut u64, code.0.len()) };
         entry = dest;
     }
     sync_icache(entry, bytes);
@@ -196,7 +194,11 @@ fn atk_mmu(table: u64, va: u64, ipa: u64) -> (u64, u64) {
     let slot = (va >> 30) & 511;
     for i in 0..512u64 {
         // Block descriptor: AF, inner shareable, AttrIndx 0 (normal) or 1 (device).
-        let out = if i == slot { ipa & !((1 << 30) - 1) } else { i << 30 };
+        let out = if i == slot {
+            ipa & !((1 << 30) - 1)
+        } else {
+            i << 30
+        };
         let attr = if i == DEVICE_GIB { 1 << 2 } else { 0 };
         let desc = out | (1 << 10) | (3 << 8) | attr | 0b01;
         // SAFETY: the table page is guest memory the host named for it.
