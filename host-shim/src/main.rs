@@ -297,10 +297,21 @@ fn demo() -> Result<(), abi::Errno> {
     );
     // The host does not know which page holds the secret (it learns that only once the guest
     // shares it, below), but it came from the pool the host donated: every page of it is out
-    // of the host's reach.
+    // of the host's reach, but for the pages of the guest's image the host loaded itself
+    // (INIT_SHARED) that the guest has not touched yet (rule 9: they are the guest's from its
+    // first touch; which ones it has touched by now depends on the image's layout).
+    let image_shared: Vec<u64> = match d.memory {
+        host_shim::driver::GuestMemory::Gmem { gmem, .. } => {
+            (0..host_shim::driver::STEP_GUEST.len().div_ceil(4096) as u64)
+                .filter_map(|i| vm::map_gmem(gmem, i * 4096, false).ok())
+                .collect()
+        }
+        host_shim::driver::GuestMemory::HostShared { .. } => Vec::new(),
+    };
     let pool_end = pool + pool_pages * 4096;
     let readable = (pool..pool_end)
         .step_by(4096)
+        .filter(|p| !image_shared.contains(p))
         .filter(|&p| probe_read(p as usize).is_ok())
         .count();
     step(

@@ -27,6 +27,221 @@ const OP_ATK_STORE_NARROW: u64 = 0x44;
 /// `SMC #0` with x0..x3 = ARG0..ARG3. RESULT0/1 = x0/x1 after it.
 const OP_ATK_SMC: u64 = 0x45;
 
+// Commands only the world-switch attack tests use (`tests/el1/src/bin/host-tests/attacks_ws.rs`
+// has the same numbers; attacker-only, outside `abi::cmd`).
+/// Loads instruction words into the attacker's code buffer: 64-bit slots ARG0, ARG0+1, ARG0+2
+/// (two instructions each, the lower word first; 16 slots) = ARG1, ARG2, ARG3.
+const OP_ATK_LOAD: u64 = 0x50;
+/// Runs the code buffer. ARG0 = 0: called at EL1 (`blr`, it ends with `ret`, which the loader
+/// appends after the last slot); an exception of an instruction in it skips that instruction.
+/// ARG0 != 0: entered by `eret` with ARG0 as SPSR (EL0 in AArch64, A32 or T32; or EL1 with the
+/// vectors below instead of the guest's); any exception (an `svc` ends the code) brings it back
+/// to the interpreter. ARG1 = where the buffer is copied
+/// before it runs (0: it runs where it is; AArch32 code needs an address below 4 GiB), ARG2/ARG3 =
+/// x0/x1 (x2, x3 = 0). RESULT0 = x0 after it, RESULT1 = ESR_EL1 of the exception that ended (EL0)
+/// or was taken inside it (EL1; 0 = none). x0..x3, ESR, ELR, SPSR, FAR: see `OP_ATK_OUT`.
+const OP_ATK_RUN: u64 = 0x51;
+/// RESULT0/1 = outputs ARG0 and ARG0+1 of the last `OP_ATK_RUN`: 0..3 x0..x3, 4 ESR_EL1,
+/// 5 ELR_EL1, 6 SPSR_EL1, 7 FAR_EL1, 8 the vector taken (0..15: its offset / 0x80) (5..8 for an
+/// EL0 run only).
+const OP_ATK_OUT: u64 = 0x52;
+/// Turns on its own stage-1 for one load: a level-1 table at ARG0 (4 KiB aligned, 39-bit VA,
+/// 1 GiB blocks) maps every VA to the same IPA (the command device's GiB as device memory),
+/// except that the GiB holding ARG1 maps to the 1 GiB-aligned IPA ARG2. Loads the byte at VA ARG1
+/// with the MMU on, turns it off. RESULT0 = the byte, RESULT1 = SCTLR_EL1 read while it was on.
+const OP_ATK_MMU: u64 = 0x53;
+
+/// The attacker's code buffer (`OP_ATK_LOAD`, `OP_ATK_RUN`): 32 instructions and a `ret`. (The
+/// image, bss included, must end below 0x4000 so that its 16 KiB stack stays inside the guest's
+/// eight image pages, `host_shim::driver::GUEST_IMAGE_PAGES`.)
+#[repr(C, align(64))]
+struct AtkCode([u64; 17]);
+static mut ATK_CODE: AtkCode = AtkCode([0; 17]);
+/// Outputs of the last `OP_ATK_RUN` (see `OP_ATK_OUT`).
+#[no_mangle]
+static mut ATK_OUT: [u64; 10] = [0; 10];
+/// SP_EL1 and VBAR_EL1 while an EL0 run is out (restored by `atk_el0_back`).
+#[no_mangle]
+static mut ATK_SAVED: [u64; 2] = [0; 2];
+
+core::arch::global_asm!(
+    r#"
+    .section .text.atk_el0, "ax"
+    .balign 0x800
+atk_el0_vectors:
+    .irp    idx, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .balign 0x80
+    mov     x9, #\idx
+    b       atk_el0_back
+    .endr
+
+// x0 = entry, x1 = SPSR, x2/x3 = x0/x1 of the EL0 code. Returns (through atk_el0_back) when the
+// EL0 code takes any exception.
+    .global atk_el0_enter
+atk_el0_enter:
+    stp     x29, x30, [sp, #-96]!
+    stp     x19, x20, [sp, #16]
+    stp     x21, x22, [sp, #32]
+    stp     x23, x24, [sp, #48]
+    stp     x25, x26, [sp, #64]
+    stp     x27, x28, [sp, #80]
+    ldr     x9, =ATK_SAVED
+    mov     x10, sp
+    mrs     x11, vbar_el1
+    stp     x10, x11, [x9]
+    ldr     x10, =atk_el0_vectors
+    msr     vbar_el1, x10
+    // The EL0 code's stack (SP_EL0): 2 KiB below this one's, on the guest's own stack.
+    mov     x10, sp
+    sub     x10, x10, #2048
+    msr     sp_el0, x10
+    msr     elr_el1, x0
+    msr     spsr_el1, x1
+    mov     x0, x2
+    mov     x1, x3
+    mov     x2, xzr
+    mov     x3, xzr
+    isb
+    eret
+
+atk_el0_back:
+    ldr     x10, =ATK_OUT
+    str     x9, [x10, #64]
+    mov     x9, x10
+    stp     x0, x1, [x9, #0]
+    stp     x2, x3, [x9, #16]
+    mrs     x10, esr_el1
+    mrs     x11, elr_el1
+    stp     x10, x11, [x9, #32]
+    mrs     x10, spsr_el1
+    mrs     x11, far_el1
+    stp     x10, x11, [x9, #48]
+    ldr     x9, =ATK_SAVED
+    ldp     x10, x11, [x9]
+    msr     vbar_el1, x11
+    mov     sp, x10
+    isb
+    ldp     x19, x20, [sp, #16]
+    ldp     x21, x22, [sp, #32]
+    ldp     x23, x24, [sp, #48]
+    ldp     x25, x26, [sp, #64]
+    ldp     x27, x28, [sp, #80]
+    ldp     x29, x30, [sp], #96
+    ret
+    .ltorg
+"#
+);
+
+extern "C" {
+    fn atk_el0_enter(entry: u64, spsr: u64, x0: u64, x1: u64);
+}
+
+/// Makes freshly written instructions at `addr..addr+len` visible to instruction fetch.
+fn sync_icache(addr: u64, len: u64) {
+    let mut a = addr & !63;
+    while a < addr + len {
+        // SAFETY: cache maintenance by VA of the guest's own memory.
+        unsafe { core::arch::asm!("dc cvau, {a}", "dsb ish", "ic ivau, {a}", a = in(reg) a) };
+        a += 64;
+    }
+    // SAFETY: barriers and an invalidation of the guest's own instruction cache.
+    unsafe { core::arch::asm!("dsb ish", "ic iallu", "dsb ish", "isb") };
+}
+
+fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
+    // SAFETY: the buffer is the guest's own; a single core runs the guest, so no one else
+    // touches it.
+    let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
+    code.0[16] = 0xd65f_03c0; // ret (the 33rd word; the 34th is unused)
+    let bytes = core::mem::size_of::<AtkCode>() as u64;
+    let mut entry = code.0.as_ptr() as u64;
+    if dest != 0 {
+        // SAFETY: the host names guest memory to copy the code to (the attacker's choice).
+        unsafe { core::ptr::copy_nonoverlapping(code.0.as_ptr(), dest as *mut u64, code.0.len()) };
+        entry = dest;
+    }
+    sync_icache(entry, bytes);
+    // SAFETY: as above.
+    let out = unsafe { &mut *core::ptr::addr_of_mut!(ATK_OUT) };
+    *out = [0; 10];
+    let _ = take_exception();
+    if spsr == 0 {
+        let (mut x0, mut x1, mut x2, mut x3) = (a0, a1, 0u64, 0u64);
+        // SAFETY: the host's code runs at EL1 with the registers it may use (x0..x17) declared
+        // clobbered; an exception inside it returns to the next instruction.
+        unsafe {
+            core::arch::asm!(
+                "blr {f}",
+                f = in(reg) entry,
+                inout("x0") x0, inout("x1") x1, inout("x2") x2, inout("x3") x3,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
+                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
+                out("x14") _, out("x15") _, out("x16") _, out("x17") _, out("x30") _,
+            )
+        };
+        *out = [x0, x1, x2, x3, take_exception().unwrap_or(0), 0, 0, 0, 0, 0];
+    } else {
+        // SAFETY: the EL0 code comes back through `atk_el0_back`, which restores every
+        // callee-saved register, SP and VBAR_EL1.
+        unsafe { atk_el0_enter(entry, spsr, a0, a1) };
+    }
+    (out[0], out[4])
+}
+
+/// `OP_ATK_MMU`: see there.
+fn atk_mmu(table: u64, va: u64, ipa: u64) -> (u64, u64) {
+    const DEVICE_GIB: u64 = CMD_DEVICE_IPA >> 30;
+    let slot = (va >> 30) & 511;
+    for i in 0..512u64 {
+        // Block descriptor: AF, inner shareable, AttrIndx 0 (normal) or 1 (device).
+        let out = if i == slot {
+            ipa & !((1 << 30) - 1)
+        } else {
+            i << 30
+        };
+        let attr = if i == DEVICE_GIB { 1 << 2 } else { 0 };
+        let desc = out | (1 << 10) | (3 << 8) | attr | 0b01;
+        // SAFETY: the table page is guest memory the host named for it.
+        unsafe { core::ptr::write_volatile((table + i * 8) as *mut u64, desc) };
+    }
+    // MAIR: attr0 normal WB, attr1 device-nGnRE. TCR: T0SZ = 25, IRGN0/ORGN0 WB, SH0 inner,
+    // TG0 4 KiB, EPD1, IPS 40 bits.
+    let mair: u64 = 0x04ff;
+    let tcr: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32);
+    let (v, sctlr_on): (u64, u64);
+    // SAFETY: the guest's own translation regime, on for one load of an address the host named
+    // and off again; the code, stack and command device stay identity-mapped meanwhile.
+    unsafe {
+        core::arch::asm!(
+            "mrs {old}, sctlr_el1",
+            "msr mair_el1, {mair}",
+            "msr tcr_el1, {tcr}",
+            "msr ttbr0_el1, {table}",
+            "isb",
+            "tlbi vmalle1",
+            "dsb ish",
+            "isb",
+            "orr {t}, {old}, #1",
+            "msr sctlr_el1, {t}",
+            "isb",
+            "mrs {on}, sctlr_el1",
+            "mov {v}, #0",
+            "ldrb {v:w}, [{va}]",
+            "msr sctlr_el1, {old}",
+            "isb",
+            old = out(reg) _,
+            t = out(reg) _,
+            mair = in(reg) mair,
+            tcr = in(reg) tcr,
+            table = in(reg) table,
+            va = in(reg) va,
+            on = out(reg) sctlr_on,
+            v = out(reg) v,
+        )
+    };
+    (v, sctlr_on)
+}
+
 fn reg(off: u64) -> u64 {
     CMD_DEVICE_IPA + off
 }
@@ -411,6 +626,46 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 };
                 mmio_write(reg(REG_RESULT0), x0);
                 mmio_write(reg(REG_RESULT1), x1);
+            }
+            OP_ATK_LOAD => {
+                let at = mmio_read(reg(REG_ARG0)) as usize;
+                let words = [
+                    mmio_read(reg(REG_ARG1)),
+                    mmio_read(reg(REG_ARG2)),
+                    mmio_read(reg(REG_ARG3)),
+                ];
+                // SAFETY: the guest's own buffer (one core).
+                let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
+                for (i, w) in words.into_iter().enumerate() {
+                    if let Some(slot) = code.0.get_mut(at + i).filter(|_| at + i < 16) {
+                        *slot = w;
+                    }
+                }
+            }
+            OP_ATK_RUN => {
+                let spsr = mmio_read(reg(REG_ARG0));
+                let dest = mmio_read(reg(REG_ARG1));
+                let (a0, a1) = (mmio_read(reg(REG_ARG2)), mmio_read(reg(REG_ARG3)));
+                let (x0, esr) = atk_run(spsr, dest, a0, a1);
+                mmio_write(reg(REG_RESULT0), x0);
+                mmio_write(reg(REG_RESULT1), esr);
+                mmio_write(reg(REG_STATUS), STATUS_OK);
+                continue;
+            }
+            OP_ATK_OUT => {
+                let i = mmio_read(reg(REG_ARG0)) as usize;
+                // SAFETY: the guest's own outputs (one core).
+                let out = unsafe { &*core::ptr::addr_of!(ATK_OUT) };
+                mmio_write(reg(REG_RESULT0), out.get(i).copied().unwrap_or(0));
+                mmio_write(reg(REG_RESULT1), out.get(i + 1).copied().unwrap_or(0));
+            }
+            OP_ATK_MMU => {
+                let table = mmio_read(reg(REG_ARG0));
+                let va = mmio_read(reg(REG_ARG1));
+                let ipa = mmio_read(reg(REG_ARG2));
+                let (v, sctlr) = atk_mmu(table, va, ipa);
+                mmio_write(reg(REG_RESULT0), v);
+                mmio_write(reg(REG_RESULT1), sctlr);
             }
             OP_UNDEF => {
                 // SAFETY: deliberately undefined: the guest's own exception, caught by its vectors.

@@ -11,6 +11,7 @@ use host_shim::hvc;
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 
 mod attacks;
+mod attacks_ws;
 mod blocks;
 #[cfg(feature = "rule8")]
 mod exhaust;
