@@ -139,7 +139,10 @@ fn entry_valid(entry: u64) -> bool {
     let Some(info) = crate::boot::info() else {
         return false;
     };
-    entry.is_multiple_of(4) && entry >= info.ram_base as u64 && entry < info.ram_end() as u64
+    entry.is_multiple_of(4)
+        && entry >= info.ram_base as u64
+        && entry < info.ram_end() as u64
+        && crate::vmm::host_may_reach(entry)
 }
 
 fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {

@@ -155,6 +155,14 @@ pub fn host_abort(ipa: u64) -> bool {
         .is_some_and(|h| h.host_stage2_fault(ipa))
 }
 
+/// Whether the host owns or borrows the RAM page holding `pa` (where it may ask a CPU it
+/// starts to begin: anywhere else it would only take aborts).
+pub fn host_may_reach(pa: u64) -> bool {
+    HYP.lock()
+        .as_ref()
+        .is_some_and(|h| h.owners.host_can_access(pa & !(PAGE_SIZE - 1)))
+}
+
 fn with_hyp<R>(f: impl FnOnce(&mut Hyp) -> Result<R, Errno>) -> Result<R, Errno> {
     let mut guard = HYP.lock();
     let hyp = guard.as_mut().ok_or(Errno::ENODEV)?;

@@ -117,9 +117,17 @@ fn psci_cpu_on_refuses_bad_targets_and_entry_points() -> TestResult {
             i64::from(INVALID_PARAMETERS)
         );
     }
-    // Entry points the host could not run: unaligned, below RAM, beyond RAM.
+    // Entry points the host could not run: unaligned, below RAM, beyond RAM, in the hyp's own
+    // memory (RAM the host does not own: it would only take aborts there).
     let (ram_base, ram_size) = host_shim::vm::ram().map_err(|e| alloc::format!("{e}"))?;
-    for bad in [entry + 2, PL011_BASE as u64, ram_base + ram_size, !3] {
+    for bad in [
+        entry + 2,
+        PL011_BASE as u64,
+        ram_base + ram_size,
+        !3,
+        HYP_BASE as u64,
+        HYP_BASE as u64 + 0x1000,
+    ] {
         ensure_eq!(
             psci(PSCI_CPU_ON_64, 1, bad, ctx),
             i64::from(INVALID_ADDRESS)
