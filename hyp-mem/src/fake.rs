@@ -372,3 +372,20 @@ impl TlbMaintenance for RecordingTlb {
         self.record(TlbEvent::InvalidateVmid { vmid });
     }
 }
+
+// SAFETY: as for `PhysMem` above: `page` is `table` (a pointer into the boxed slice, valid and
+// unaliased while the page is allocated; every page a test donates to a pool comes from
+// `alloc_pages`), and allocation hands out zeroed pages.
+unsafe impl crate::pool::Ram for FakeArena {
+    fn page(&self, pa: u64) -> *mut [u64; ENTRIES] {
+        PhysMem::table(self, pa)
+    }
+
+    fn alloc_pages(&mut self, count: usize) -> Option<u64> {
+        PhysMem::alloc_pages(self, count)
+    }
+
+    fn free_pages(&mut self, pa: u64, count: usize) {
+        PhysMem::free_pages(self, pa, count)
+    }
+}

@@ -11,6 +11,8 @@
 extern crate alloc;
 
 pub mod ownership;
+pub mod pool;
+pub mod provider;
 pub mod stage2;
 
 #[cfg(any(test, feature = "fake"))]

@@ -18,31 +18,14 @@ use hyp_core::{GmemHandle, Invalidation, VmHandle};
 use hyp_mem::ownership::{
     Access, Component, Ownership, PageMeta, PageState, Transition, Violation,
 };
-use hyp_mem::stage2::{PhysMem, S2Attrs, Stage2, ENTRIES};
+use hyp_mem::pool::HypTables;
+use hyp_mem::stage2::{S2Attrs, Stage2};
 
 use crate::arch::tlb::HwTlb;
-use crate::mm;
+
 use crate::vmm::Hyp;
 
-/// Table pages of the host stage-2 come from the hyp's own allocator.
-#[derive(Debug, Default)]
-pub struct HypPages;
-
-// SAFETY: pages come from the hyp's page allocator: zeroed, aligned to their count (buddy),
-// identity-mapped at EL2, used by nothing else until freed here.
-unsafe impl PhysMem for HypPages {
-    fn alloc_pages(&mut self, count: usize) -> Option<u64> {
-        mm::alloc_pages(count).map(|pa| pa as u64)
-    }
-
-    fn free_pages(&mut self, pa: u64, count: usize) {
-        mm::free_pages(pa as usize, count);
-    }
-
-    fn table(&self, pa: u64) -> *mut [u64; ENTRIES] {
-        pa as *mut [u64; ENTRIES]
-    }
-}
+use crate::pool::{HypPages, HypRam};
 
 /// The host's stage-2.
 pub type HostStage2 = Stage2<HypPages, HwTlb>;
@@ -354,7 +337,7 @@ pub enum GuestViewViolation {
 
 /// Builds the host stage-2 (empty: it fills on demand).
 pub fn new_host_stage2() -> Result<HostStage2, Errno> {
-    Stage2::new(HypPages, HwTlb, 0, crate::vmm::IPA).map_err(|(e, _, _)| e)
+    Stage2::new(HypTables(HypRam), HwTlb, 0, crate::vmm::IPA).map_err(|(e, _, _)| e)
 }
 
 /// The ownership table over RAM, with the hyp's region taken from the host.

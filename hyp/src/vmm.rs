@@ -32,7 +32,7 @@ use crate::arch::tlb::HwTlb;
 use crate::arch::traps::GuestView;
 use crate::guestcall;
 use crate::hostcall::HostResult;
-use crate::pool::VmPool;
+use crate::pool::{new_pool, VmPool};
 use abi::guest::{
     MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_ENROLL, MMIO_GUARD_MAP,
     MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, RANGE_CALL_MAX_GRANULES,
@@ -286,12 +286,12 @@ pub mod calls {
             let stage2 = if h.0 > MAX_VMID {
                 Err(Errno::ENOSPC)
             } else {
-                Stage2::new(VmPool::default(), HwTlb, h.0 as u16, IPA).map_err(|(e, _, _)| e)
+                Stage2::new(new_pool(), HwTlb, h.0 as u16, IPA).map_err(|(e, _, _)| e)
             };
             let stage2 = match stage2 {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = hyp.world.destroy_vm(h, &mut VmPool::default());
+                    let _ = hyp.world.destroy_vm(h, &mut new_pool());
                     return Err(e);
                 }
             };
