@@ -68,12 +68,12 @@ product_run  = $(QEMU_WRAP) -- $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) $(3) \
 LLVM_BIN     = $(shell rustc --print sysroot)/lib/rustlib/$(HOST_TRIPLE)/bin
 SCENARIOS   ?= $(sort $(wildcard scenarios/*.scn))
 
-HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p scenario
+HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario
 # Miri where `unsafe` is and host tests reach it: `hyp-mem` (its stage-2 tables over raw pointers).
 # `abi`, `hyp-core` and `scenario` forbid `unsafe`; `board`'s is MMIO that only the bare-metal
 # images run.
 MIRI_CRATES   := -p hyp-mem
-TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p scenario -p hyp -p host-shim -p guests -p ontarget \
+TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
 .PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
@@ -260,7 +260,7 @@ dma-check: images $(HYP_UNFENCED)
 	  sed 's/^/    unfenced| /' target/dma-unfenced.log | grep -v INFO; [ $$st -eq 0 ] || { echo "FAIL (status $$st)"; exit 1; }
 
 test-host: setup
-	cargo test $(HOST_CRATES)
+	cargo test $(HOST_CRATES) --features hyp-calls/introspection
 
 miri: setup
 	@rustup toolchain list | grep -q '^$(MIRI_TOOLCHAIN)' || \
@@ -313,6 +313,7 @@ bench-pad-check: setup
 lint: images test-images
 	cargo fmt --all -- --check
 	cargo clippy $(HOST_CRATES) -p bench-host --all-targets -- -D warnings
+	cargo clippy -p hyp-calls --all-targets --features introspection -- -D warnings
 	$(GUEST_ENV) HOST_IMAGE=$(abspath $(IMG)/host-shim.bin) \
 	  HOST_TEST_IMAGE=$(abspath $(IMG)/host-tests.bin) QEMU_MEM_MIB=$(QEMU_MEM_MIB) \
 	  cargo clippy --release --target $(TARGET) $(TARGET_CRATES) -- -D warnings

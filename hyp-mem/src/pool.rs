@@ -36,8 +36,9 @@ pub unsafe trait Ram {
     fn free_pages(&mut self, pa: u64, count: usize);
 }
 
-/// Zeroes `pages` pages from `pa` through `ram`.
-fn zero<R: Ram>(ram: &R, pa: u64, pages: u64) {
+/// Zeroes `pages` pages from `pa` through `ram`. The caller owns the pages (and no mapping
+/// that another world could use while they are zeroed remains).
+pub fn zero<R: Ram>(ram: &R, pa: u64, pages: u64) {
     for i in 0..pages {
         let page = ram.page(pa.saturating_add(i * PAGE_SIZE));
         // SAFETY: by the `Ram` contract the pointer is valid for writes of the whole page and

@@ -341,10 +341,6 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
     unsafe { mm::init_heap(heap_start, heap_end) };
     mm::init_frames(frames_start, HYP_END);
     crate::arch::pmu::init();
-    if let Err(e) = crate::vmm::init(ram_base, ram_size) {
-        fatal(format_args!("page ownership table: {e}"));
-    }
-
     let info = BOOT_INFO.call_once(|| BootInfo {
         cpu,
         ram_base,
@@ -356,6 +352,26 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         cpus: dtb.cpus,
         host_mmio: dtb.host_mmio,
     });
+    let host_mmio = if cfg!(feature = "unfenced-devices") {
+        // Only for the check that fw_cfg DMA really writes (`make dma-check`): every address
+        // below RAM, as the hyp once mapped.
+        alloc::vec![(0, RAM_BASE as u64)]
+    } else {
+        info.host_mmio
+            .regions()
+            .iter()
+            .map(|r| (r.base, r.end))
+            .collect()
+    };
+    let config = hyp_calls::HypConfig {
+        ram_base: ram_base as u64,
+        ram_size: ram_size as u64,
+        hyp_end: HYP_END as u64,
+        host_mmio,
+    };
+    if let Err(e) = crate::glue::init(config) {
+        fatal(format_args!("page ownership table: {e}"));
+    }
     log::info!(
         "EL{} on CPU {}, RAM 0x{:x}..0x{:x} ({} MiB), MMU {}",
         arch::current_el(),
@@ -393,22 +409,10 @@ extern "C" fn hyp_secondary_rust_start(cpu: usize) -> ! {
     crate::psci::secondary_enter_host()
 }
 
-/// Which device region below RAM the host may map around `pa`: `Some((base, end))` for the
-/// devices of [`HostMmio`], `None` for everything else. A build with the `unfenced-devices`
-/// feature (only for the check that fw_cfg DMA really writes, `make dma-check`) maps every
-/// address below RAM, as the hyp once did.
-pub fn host_mmio_region(pa: u64) -> Option<(u64, u64)> {
-    if cfg!(feature = "unfenced-devices") {
-        return (pa < RAM_BASE as u64).then_some((0, RAM_BASE as u64));
-    }
-    let r = info()?.host_mmio.region_of(pa)?;
-    Some((r.base, r.end))
-}
-
 /// Enters the host at EL1 on this CPU at `entry`, `x0..x3 = args`, under the host stage-2,
 /// with this CPU's EL2 stack reset for its traps.
 pub fn enter_host_at(entry: u64, args: [u64; 4]) -> ! {
-    let Some((vttbr, vtcr)) = crate::vmm::host_stage2_regs() else {
+    let Some((vttbr, vtcr)) = crate::glue::host_stage2_regs() else {
         fatal(format_args!("no host stage-2"));
     };
     let cpu = percpu::this_cpu().cpu();

@@ -12,7 +12,7 @@ use board::eprintln_emergency;
 use crate::arch::vectors::{TrapFrame, VectorKind};
 use crate::arch::Syndrome;
 use crate::arch::{el1, esr, traps};
-use crate::{hostcall, percpu};
+use crate::percpu;
 
 /// A function the test harness installs to report a crash as the current test's failure.
 pub type CrashHook = fn(fmt::Arguments);
@@ -46,7 +46,7 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
             fatal_exception(frame, syn)
         }
         VectorKind::LowerSync => match esr::ec(syn.esr) {
-            esr::EC_HVC64 => hostcall::handle(frame),
+            esr::EC_HVC64 => crate::glue::host_hvc(frame),
             esr::EC_SMC64 => crate::psci::handle_host_smc(frame, syn.esr),
             ec @ (esr::EC_DABT_LOW | esr::EC_IABT_LOW) => {
                 let instruction = ec == esr::EC_IABT_LOW;
@@ -54,7 +54,7 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
                     esr::FaultKind::Translation | esr::FaultKind::AccessFlag => {
                         // A host stage-2 fault: the host's IPA is the PA.
                         let ipa = ((syn.hpfar >> 4) << 12) | (syn.far & 0xfff);
-                        if !crate::vmm::host_abort(ipa) {
+                        if !crate::glue::host_abort(ipa) {
                             el1::inject_host_abort(frame, syn.far, instruction, syn.esr);
                         }
                     }

@@ -142,7 +142,7 @@ fn entry_valid(entry: u64) -> bool {
     entry.is_multiple_of(4)
         && entry >= info.ram_base as u64
         && entry < info.ram_end() as u64
-        && crate::vmm::host_may_reach(entry)
+        && crate::glue::host_may_reach(entry)
 }
 
 fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {

@@ -1,59 +1,11 @@
 //! Decoding a guest exit (vector kind + `ESR_EL2`/`FAR_EL2`/`HPFAR_EL2`) into a portable
-//! [`GuestExit`], once, here in the arch corner.
+//! portable [`GuestExit`] (`hyp_calls::exit`), once, here in the arch corner.
 
 use super::esr;
 use super::switch::GuestContext;
 
-/// What a trapped MMIO access did, from the syndrome (ISV = 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioAccess {
-    /// Bytes: 1, 2, 4 or 8.
-    pub size: u8,
-    pub write: bool,
-    /// Transfer register (31 = xzr).
-    pub reg: u8,
-    /// Sign-extend a load.
-    pub sign_extend: bool,
-    /// 64-bit register (else the result is 32-bit).
-    pub sixty_four: bool,
-}
-
-/// The access kind of a stage-2 abort.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AbortAccess {
-    Read,
-    Write,
-    Exec,
-}
-
-/// Why the guest left, in portable terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuestExit {
-    /// A stage-2 abort on `ipa` that mapping may serve (translation or access-flag fault).
-    Stage2Abort {
-        ipa: u64,
-        access: AbortAccess,
-        /// Decoded access if the syndrome is valid (data aborts only).
-        mmio: Option<MmioAccess>,
-    },
-    /// `HVC #imm` (the PC already points past it).
-    Hvc { imm: u16 },
-    /// `SMC` (trapped; the PC points at it).
-    Smc,
-    /// A physical interrupt (IRQ or FIQ) arrived while the guest ran.
-    Interrupt,
-    /// A stage-2 abort that mapping cannot fix (permission, alignment, external abort, address
-    /// size, ...): the guest gets an abort at its own EL1.
-    Abort { instruction: bool },
-    /// A stage-2 TLB conflict: invalidate and retry.
-    TlbConflict,
-    /// An exception the guest cannot be given at its own EL1 (an SError routed to EL2), with its
-    /// class only.
-    Uncatchable { ec: u64 },
-    /// Anything else the guest did that trapped to EL2 (system-register traps, SVE, SME, ...),
-    /// with the raw syndrome: emulated or answered with an undefined instruction.
-    Other { esr: u64 },
-}
+pub use hyp_calls::exit::{GuestExit, MmioAccess};
+use hyp_core::Access;
 
 const KIND_LOWER_SYNC: u64 = 5;
 const KIND_LOWER_IRQ: u64 = 6;
@@ -99,17 +51,13 @@ pub fn decode(ctx: &GuestContext) -> GuestExit {
             });
             GuestExit::Stage2Abort {
                 ipa,
-                access: if write {
-                    AbortAccess::Write
-                } else {
-                    AbortAccess::Read
-                },
+                access: if write { Access::Write } else { Access::Read },
                 mmio,
             }
         }
         esr::EC_IABT_LOW => GuestExit::Stage2Abort {
             ipa,
-            access: AbortAccess::Exec,
+            access: Access::Exec,
             mmio: None,
         },
         _ => GuestExit::Other { esr: e },

@@ -11,16 +11,7 @@ const ESR_IL: u64 = 1 << 25;
 /// DFSC/IFSC of the aborts the hyp injects: synchronous external abort.
 const FSC_SEA: u64 = 0x10;
 
-/// What to inject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Injected {
-    /// An undefined-instruction exception (EC 0).
-    Undef,
-    /// A synchronous external abort on a data access.
-    DataAbort,
-    /// A synchronous external abort on an instruction fetch.
-    InstructionAbort,
-}
+pub use hyp_calls::exit::Injected;
 
 /// The interrupted context's PSTATE (as saved in SPSR_EL2) came from EL0 or AArch32.
 fn from_lower_el(spsr: u64) -> bool {

@@ -190,6 +190,42 @@ impl GuestContext {
     }
 }
 
+impl hyp_calls::VcpuContext for GuestContext {
+    fn reg(&self, n: usize) -> u64 {
+        GuestContext::reg(self, n)
+    }
+
+    fn set_reg(&mut self, n: usize, v: u64) {
+        GuestContext::set_reg(self, n, v);
+    }
+
+    fn skip_trapped_instruction(&mut self) {
+        self.pc = self.pc.wrapping_add(4);
+    }
+
+    fn inject_live(&mut self, what: Injected, far: u64) {
+        GuestContext::inject_live(self, what, far);
+    }
+
+    fn inject_abort_live(&mut self) {
+        let what = if super::esr::ec(self.exit_esr) == super::esr::EC_IABT_LOW {
+            Injected::InstructionAbort
+        } else {
+            Injected::DataAbort
+        };
+        let far = self.exit_far;
+        GuestContext::inject_live(self, what, far);
+    }
+
+    fn inject_abort_saved(&mut self) {
+        GuestContext::inject_abort_saved(self);
+    }
+
+    fn emulate_trap(&mut self, pmu_open: bool) {
+        super::traps::guest_trap(self, super::traps::GuestView { pmu: pmu_open });
+    }
+}
+
 /// Runs the guest until it traps to EL2. Returns the vector kind of the exit; the guest's
 /// registers and the syndrome are in `ctx`.
 ///

@@ -12,7 +12,7 @@ use aarch64_cpu::registers::{Readable, SCTLR_EL2, VBAR_EL2};
 use abi::Errno;
 use hyp::arch::{self, esr, probe};
 use hyp::boot::{self, BootInfo};
-use hyp::{hostcall, mm};
+use hyp::{glue, mm};
 use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 use target_tests_el2::HANDOFF_MAGIC;
 
@@ -155,11 +155,11 @@ fn el2_boot_regions_are_disjoint_and_ordered() -> TestResult {
 
 fn el2_unknown_host_call_is_enosys() -> TestResult {
     ensure_eq!(
-        hostcall::dispatch(0xC600_1FFF, [0; 6]),
+        glue::host_call(0xC600_1FFF, [0; 6]),
         Err((Errno::ENOSYS, 0))
     );
-    ensure_eq!(hostcall::dispatch(0, [0; 6]), Err((Errno::ENOSYS, 0)));
-    let v = hostcall::dispatch(abi::host::HostCall::Version.id(), [0; 6]);
+    ensure_eq!(glue::host_call(0, [0; 6]), Err((Errno::ENOSYS, 0)));
+    let v = glue::host_call(abi::host::HostCall::Version.id(), [0; 6]);
     ensure_eq!(v.map(|r| r[0]), Ok(abi::host::ABI_VERSION));
     Ok(())
 }

@@ -1,40 +1,22 @@
-//! Protection: the host's stage-2 and pKVM page ownership.
+//! Page-ownership bookkeeping, in one place: the one transition that brings a gmem page where
+//! the policy wants it ([`Settle`]), pages going back to the hyp's pool, the host stage-2 (its
+//! faults and the pages it loses), and the invariant checker, which holds every stage-2 to the
+//! ownership table and the guests' view to the policy core.
 //!
-//! The host runs under an identity stage-2 (VMID 0) built on demand, the largest block that fits,
-//! covering only pages the ownership table says the host owns or borrows. Every change that takes
-//! a page away from the host unmaps it from that stage-2 before the host runs again; a host access
-//! to such a page takes a stage-2 fault that the hyp turns into a data abort injected at EL1.
-//!
-//! Ownership of gmem pages follows the portable policy (`GmemFile::host_stage2_allowed`): a page
-//! backing a VM's gmem is OWNED by that guest, and SHARED_OWNED by it / SHARED_BORROWED by the host
-//! while the policy lets the host reach it. Pool pages (donated, not yet used) and table pages are
-//! the hyp's.
+//! Every change that takes a page away from the host removes it from the host stage-2 first;
+//! every operation on several pages checks each page's transition before it changes any
+//! (Trust rule 3).
 
 use alloc::vec::Vec;
 
 use abi::{Errno, PAGE_SIZE};
-use board::layout::RAM_BASE;
 use hyp_core::{GmemHandle, Invalidation, VmHandle};
-use hyp_mem::ownership::{
-    Access, Component, Ownership, PageMeta, PageState, Transition, Violation,
-};
-use hyp_mem::pool::HypTables;
-use hyp_mem::stage2::{S2Attrs, Stage2};
+use hyp_mem::ownership::{Access, Component, PageState, Transition, Violation};
+use hyp_mem::pool;
+use hyp_mem::stage2::S2Attrs;
 
-use crate::arch::tlb::HwTlb;
-
-use crate::vmm::Hyp;
-
-use crate::pool::{HypPages, HypRam};
-
-/// The host's stage-2.
-pub type HostStage2 = Stage2<HypPages, HwTlb>;
-
-fn zero(pa: u64) {
-    // SAFETY: called by the ownership table between its checks and the state change, on a page
-    // that no guest maps any more and the host cannot reach: RAM, identity-mapped at EL2.
-    unsafe { core::ptr::write_bytes(pa as *mut u8, 0, PAGE_SIZE as usize) };
-}
+use crate::platform::Platform;
+use crate::state::Hyp;
 
 fn vmid(vm: VmHandle) -> u16 {
     vm.0 as u16
@@ -50,7 +32,7 @@ pub(crate) enum Settle {
     Do(Transition, bool),
 }
 
-impl Hyp {
+impl<P: Platform> Hyp<P> {
     /// The host can no longer reach `pa`: remove it from the host stage-2 (the whole block that
     /// maps it, if a block does: the host refaults the rest). Cannot fail, needs no memory.
     pub(crate) fn host_unmap(&mut self, pa: u64) {
@@ -201,7 +183,9 @@ impl Hyp {
             return Ok(());
         }
         self.host_unmap(pa);
-        self.owners.guest_reclaim_to_hyp(pa, vmid(vm), &mut zero)
+        let ram = self.platform.ram();
+        self.owners
+            .guest_reclaim_to_hyp(pa, vmid(vm), &mut |p| pool::zero(&ram, p, 1))
     }
 
     /// Ownership side of an [`Invalidation`] (after the guest stage-2 unmaps): freed pages go
@@ -218,14 +202,20 @@ impl Hyp {
 
     /// A host stage-2 fault at `ipa` (== PA): map the largest block the host may reach.
     /// `false`: the host may not touch it; the caller injects an abort.
-    pub(crate) fn host_stage2_fault(&mut self, ipa: u64) -> bool {
-        let ram_end = self.owners.ram_end();
-        let r = if ipa < RAM_BASE as u64 {
+    pub fn host_stage2_fault(&mut self, ipa: u64) -> bool {
+        let (ram_base, ram_end) = (self.owners.ram_base(), self.owners.ram_end());
+        let r = if ipa < ram_base {
             // MMIO below RAM: only the devices the host needs (its console, the GIC distributor
-            // and redistributors, `boot::HostMmio`), as device memory, never executable.
+            // and redistributors: `HypConfig::host_mmio`), as device memory, never executable.
             // Everything else there (flash, fw_cfg and its DMA, RTC, GPIO, virtio-mmio, PCIe)
             // stays unmapped: no DMA-capable device for the host (Trust rules 1 and 11).
-            match crate::boot::host_mmio_region(ipa) {
+            let region = self
+                .config
+                .host_mmio
+                .iter()
+                .copied()
+                .find(|&(lo, hi)| (lo..hi).contains(&ipa));
+            match region {
                 Some((lo, hi)) => self.host_s2.map_identity_largest(
                     ipa,
                     lo,
@@ -239,7 +229,7 @@ impl Hyp {
             let owners = &self.owners;
             self.host_s2.map_identity_largest(
                 ipa,
-                RAM_BASE as u64,
+                ram_base,
                 ram_end,
                 S2Attrs::NORMAL_RWX,
                 &mut |lo, hi| owners.host_can_access_range(lo, hi),
@@ -264,7 +254,7 @@ impl Hyp {
     }
 
     /// Checks every mapping of every component against the ownership table.
-    pub(crate) fn check_invariants(&self) -> Vec<Violation> {
+    pub fn check_invariants(&self) -> Vec<Violation> {
         let mut accesses: Vec<Access> = self
             .host_s2
             .mappings()
@@ -289,7 +279,7 @@ impl Hyp {
     /// The guest's view (Trust rules 1 and 3): every page a guest's stage-2 maps is the page the
     /// core says a fault there would map now (no stale mapping of a page that changed hands), and
     /// every page the guest was told is private is owned by that guest alone.
-    pub(crate) fn check_guest_views(&self) -> Vec<GuestViewViolation> {
+    pub fn check_guest_views(&self) -> Vec<GuestViewViolation> {
         let mut out = Vec::new();
         for (&id, v) in &self.vms {
             let vm = VmHandle(id);
@@ -333,25 +323,4 @@ pub enum GuestViewViolation {
     },
     /// The guest was told the page at `ipa` is private, but it does not own it alone.
     PrivateNotOwned { vm: u32, ipa: u64, pa: u64 },
-}
-
-/// Builds the host stage-2 (empty: it fills on demand).
-pub fn new_host_stage2() -> Result<HostStage2, Errno> {
-    Stage2::new(HypTables(HypRam), HwTlb, 0, crate::vmm::IPA).map_err(|(e, _, _)| e)
-}
-
-/// The ownership table over RAM, with the hyp's region taken from the host.
-pub fn new_ownership(
-    ram_base: u64,
-    ram_size: u64,
-    hyp_end: u64,
-) -> Result<Ownership<Vec<PageMeta>>, Errno> {
-    let pages = (ram_size / PAGE_SIZE) as usize;
-    let mut owners = Ownership::new(ram_base, alloc::vec![PageMeta::default(); pages])?;
-    let mut pa = ram_base;
-    while pa < hyp_end {
-        owners.host_donate_to_hyp(pa)?;
-        pa += PAGE_SIZE;
-    }
-    Ok(owners)
 }

@@ -1,0 +1,241 @@
+//! The hyp's state: every VM and vCPU, page ownership and the host stage-2, behind one
+//! [`Hyp`]; and what a vCPU's last exit leaves for the host to complete.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use abi::flags::ConvertTo;
+use abi::{Errno, PAGE_SIZE};
+use hyp_core::{GmemHandle, GuestRangePiece, Invalidation, VmHandle, World};
+use hyp_mem::ownership::{Ownership, PageMeta, Transition};
+use hyp_mem::pool::{HypTables, Pool};
+use hyp_mem::stage2::{IpaSize, Stage2};
+
+use crate::exit::MmioAccess;
+use crate::platform::Platform;
+
+/// IPA size of every VM (the coco shared bit is bit 39).
+pub const IPA: IpaSize = IpaSize::Bits40;
+/// Largest VMID handed out (8-bit VMIDs).
+pub(crate) const MAX_VMID: u32 = 255;
+
+/// What the hyp knows of the machine when it sets up: RAM, its own region at the start of RAM,
+/// and the device MMIO the host may reach (`[lo, hi)`, execute-never device memory).
+#[derive(Clone, Debug, Default)]
+pub struct HypConfig {
+    pub ram_base: u64,
+    pub ram_size: u64,
+    /// The hyp's region is `[ram_base, hyp_end)`: the hyp's, never the host's.
+    pub hyp_end: u64,
+    pub host_mmio: Vec<(u64, u64)>,
+}
+
+/// Counters of one VM, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmStats {
+    pub faults_served: u64,
+    /// Of those, faults served through a memslot's `userspace_addr` (the rest: gmem).
+    pub faults_via_uaddr: u64,
+    pub exits: u64,
+    pub mmio_exits: u64,
+    pub memory_fault_exits: u64,
+}
+
+/// A VM's page pool over the platform's RAM.
+pub type VmPool<P> = Pool<<P as Platform>::Ram>;
+
+/// One VM at EL2: its stage-2 (with its pool), counters, MMIO guard and settings.
+pub struct HypVm<P: Platform> {
+    pub stage2: Stage2<VmPool<P>, P::Tlb>,
+    pub stats: VmStats,
+    /// MMIO guard: once enrolled, only guarded IPAs (pages) exit as MMIO.
+    pub mmio_guard: Option<BTreeSet<u64>>,
+    /// Serve first-touch faults the way upstream pKVM does: exit to the host, which maps the
+    /// page by hypercall (`ServeFault`) and re-runs the vCPU. For comparison benchmarks.
+    pub faults_to_host: bool,
+    /// The VM's vCPUs may read the PMU (`VmOpenPmu`, benchmarks); else PMU accesses are UNDEF.
+    pub pmu_open: bool,
+    /// The VM's `CNTVOFF_EL2`: the physical count when it was created.
+    pub cntvoff: u64,
+    /// vCPUs created so far (the next one's index).
+    pub vcpus_created: u32,
+}
+
+/// What the host must complete before a vCPU runs again.
+#[derive(Clone, Copy, Debug)]
+pub enum Pending {
+    None,
+    Mmio(MmioAccess),
+    MemoryFault {
+        ipa: u64,
+    },
+    /// The pool ran dry on a guest access at `ipa`: the host donates and re-runs, or completes
+    /// with an injected abort.
+    NeedPages {
+        ipa: u64,
+    },
+    /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
+    GuestRequest(GuestRequest),
+}
+
+/// The one piece of a guest's share/unshare request an exit covers.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRequest {
+    pub to: ConvertTo,
+    pub piece: GuestRangePiece,
+    /// Set once the host carried it out.
+    pub converted: bool,
+}
+
+/// One vCPU.
+pub struct Vcpu<P: Platform> {
+    pub vm: VmHandle,
+    /// `None` while the vCPU runs (the context is out of the table).
+    pub ctx: Option<Box<P::Vcpu>>,
+    pub pending: Pending,
+}
+
+/// The hyp's state of every VM and of page ownership. One lock guards it (the hyp's glue holds
+/// it around every call, never while a guest runs).
+pub struct Hyp<P: Platform> {
+    pub platform: P,
+    pub world: World,
+    pub vms: BTreeMap<u32, HypVm<P>>,
+    pub vcpus: BTreeMap<u32, Vcpu<P>>,
+    pub next_vcpu: u32,
+    pub owners: Ownership<Vec<PageMeta>>,
+    pub host_s2: Stage2<HypTables<P::Ram>, P::Tlb>,
+    pub config: HypConfig,
+}
+
+impl<P: Platform> Hyp<P> {
+    /// Sets the hyp's state up (once, at boot): every RAM page is the host's except the hyp's
+    /// own region; the host stage-2 starts empty (it fills on demand).
+    pub fn new(platform: P, config: HypConfig) -> Result<Self, Errno> {
+        let pages = usize::try_from(config.ram_size / PAGE_SIZE).map_err(|_| Errno::EINVAL)?;
+        let mut owners = Ownership::new(config.ram_base, alloc::vec![PageMeta::default(); pages])?;
+        let mut pa = config.ram_base;
+        while pa < config.hyp_end {
+            owners.host_donate_to_hyp(pa)?;
+            pa += PAGE_SIZE;
+        }
+        let host_s2 = Stage2::new(HypTables(platform.ram()), platform.tlb(), 0, IPA)
+            .map_err(|(e, _, _)| e)?;
+        Ok(Hyp {
+            platform,
+            world: World::new(),
+            vms: BTreeMap::new(),
+            vcpus: BTreeMap::new(),
+            next_vcpu: 0,
+            owners,
+            host_s2,
+            config,
+        })
+    }
+
+    pub(crate) fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm<P>, Errno> {
+        self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
+    }
+
+    /// Rule 5, then ownership: removes every stage-2 mapping the change invalidated (both coco
+    /// aliases), then brings the pages' ownership in line (`owner` = the gmem's VM). Callers
+    /// checked the ownership changes before the core changed anything, so the second step
+    /// cannot fail; if it ever did, access stays removed (the unmaps happened first) and the
+    /// error goes back to the caller.
+    pub(crate) fn apply_and_sync(
+        &mut self,
+        owner: VmHandle,
+        inv: &Invalidation,
+    ) -> Result<(), Errno> {
+        self.apply(inv);
+        self.sync_after(owner, inv)
+    }
+
+    /// Rule 5: removes every stage-2 mapping the change invalidated, both coco aliases. An
+    /// unmap needs no memory and cannot fail (Trust rule 3): a block straddling the range goes
+    /// whole and the guest refaults the rest.
+    pub(crate) fn apply(&mut self, inv: &Invalidation) {
+        for u in &inv.stage2_unmap {
+            let shared_bit = self.world.vm(u.vm).ok().and_then(|vm| vm.shared_bit());
+            let Some(v) = self.vms.get_mut(&u.vm.0) else {
+                continue;
+            };
+            v.stage2.unmap_clamped(u.gpa, u.size);
+            if let Some(bit) = shared_bit {
+                v.stage2.unmap_clamped(u.gpa | bit, u.size);
+            }
+        }
+    }
+
+    /// Removes every guest mapping of `[offset, offset + size)` of `g` (each memslot binding it,
+    /// both coco aliases) before an operation touches the pages: a vCPU on another CPU reaches
+    /// a mapped page without trapping, so nothing may be zeroed or change hands first.
+    pub(crate) fn unmap_bindings(&mut self, g: GmemHandle, offset: u64, size: u64) {
+        let unmaps = self.world.gmem_bindings(g, offset, size);
+        self.apply(&Invalidation {
+            stage2_unmap: unmaps,
+            ..Invalidation::default()
+        });
+    }
+
+    /// Checks, before anything changes, that every allocated page of the gmem ranges can take
+    /// its new state (the host may reach it iff `host_allowed`).
+    pub(crate) fn check_gmem_ranges(
+        &self,
+        owner: VmHandle,
+        g: GmemHandle,
+        ranges: &[(u64, u64)],
+        host_allowed: bool,
+    ) -> Result<(), Errno> {
+        let file = self.world.gmem(g)?;
+        for &(off, size) in ranges {
+            for pa in file.allocated_in(off, size) {
+                self.settle_checked(owner, pa, host_allowed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a transition on every page of a run before any page changes, then applies it.
+    pub(crate) fn transition_all(
+        &mut self,
+        pa: u64,
+        pages: u64,
+        t: Transition,
+        mut f: impl FnMut(&mut Ownership<Vec<PageMeta>>, u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        for i in 0..pages {
+            self.owners.check(pa + i * PAGE_SIZE, t)?;
+        }
+        for i in 0..pages {
+            f(&mut self.owners, pa + i * PAGE_SIZE)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a host-named run of physical pages: aligned, non-empty, no overflow, inside RAM
+    /// (so every later walk over it is bounded by RAM, Trust rule 7).
+    pub(crate) fn ram_run(&self, pa: u64, pages: u64) -> Result<u64, Errno> {
+        let size = page_run(pa, pages)?;
+        if pa < self.owners.ram_base() || pa + size > self.owners.ram_end() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(size)
+    }
+}
+
+/// A host-given handle: 32 bits, else unknown.
+pub(crate) fn handle32(v: u64) -> Result<u32, Errno> {
+    u32::try_from(v).map_err(|_| Errno::ENOENT)
+}
+
+/// Checks a host-named run of pages: aligned, non-empty, no overflow.
+pub(crate) fn page_run(pa: u64, pages: u64) -> Result<u64, Errno> {
+    let size = pages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+    pa.checked_add(size).ok_or(Errno::EINVAL)?;
+    if pages == 0 || !pa.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(size)
+}
