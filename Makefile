@@ -69,10 +69,11 @@ LLVM_BIN     = $(shell rustc --print sysroot)/lib/rustlib/$(HOST_TRIPLE)/bin
 SCENARIOS   ?= $(sort $(wildcard scenarios/*.scn))
 
 HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario
-# Miri where `unsafe` is and host tests reach it: `hyp-mem` (its stage-2 tables over raw pointers).
+# Miri where `unsafe` is and host tests reach it: `hyp-mem` (its stage-2 tables and pools over raw
+# pointers) and `hyp-calls` (which drives them).
 # `abi`, `hyp-core` and `scenario` forbid `unsafe`; `board`'s is MMIO that only the bare-metal
 # images run.
-MIRI_CRATES   := -p hyp-mem
+MIRI_CRATES   := -p hyp-mem -p hyp-calls
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 

@@ -1,0 +1,255 @@
+//! Host tests of the portable calls over a fake platform: fake RAM and a recording TLB (from
+//! `hyp_mem::fake`), a fake vCPU that records what the hyp did to it. Every host and guest call's
+//! refusals are checked with their exact error (`host_calls.rs`, `guest_calls.rs`), and the fault
+//! path's outcomes and the completion of exits (`exits.rs`).
+
+mod exits;
+mod guest_calls;
+mod host_calls;
+
+use alloc::vec::Vec;
+
+use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::host::{HostCall, SLOT_UADDR_SHIFT};
+use abi::{Errno, PAGE_SIZE};
+use hyp_mem::fake::{FakeArena, RecordingTlb, FAKE_BASE};
+use hyp_mem::pool::Ram;
+
+use crate::exit::{GuestExit, Injected};
+use crate::platform::{Platform, VcpuContext};
+use crate::run::Step;
+use crate::state::{Hyp, HypConfig};
+use crate::HostAnswer;
+
+/// Pages of fake RAM (16 MiB).
+pub(crate) const RAM_PAGES: usize = 4096;
+/// A device region the host may reach (its console, say).
+pub(crate) const DEVICE: (u64, u64) = (0x0900_0000, 0x0900_1000);
+/// Where tests put memslots.
+pub(crate) const GPA: u64 = 0x8000_0000;
+
+/// What the hyp did to a fake vCPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FakeVcpu {
+    pub x: [u64; 32],
+    pub entry: u64,
+    pub index: u32,
+    pub skipped: u32,
+    pub injected: Vec<(Injected, u64)>,
+    pub saved_aborts: u32,
+    pub live_aborts: u32,
+    pub traps: Vec<bool>,
+}
+
+impl VcpuContext for FakeVcpu {
+    fn reg(&self, n: usize) -> u64 {
+        if n >= 31 {
+            0
+        } else {
+            self.x[n]
+        }
+    }
+    fn set_reg(&mut self, n: usize, v: u64) {
+        if n < 31 {
+            self.x[n] = v;
+        }
+    }
+    fn skip_trapped_instruction(&mut self) {
+        self.skipped += 1;
+    }
+    fn inject_live(&mut self, what: Injected, far: u64) {
+        self.injected.push((what, far));
+    }
+    fn inject_abort_live(&mut self) {
+        self.live_aborts += 1;
+    }
+    fn inject_abort_saved(&mut self) {
+        self.saved_aborts += 1;
+    }
+    fn emulate_trap(&mut self, pmu_open: bool) {
+        self.traps.push(pmu_open);
+    }
+}
+
+/// The fake platform: RAM shared with the test (a [`FakeArena`] handle).
+pub(crate) struct FakePlatform {
+    pub ram: FakeArena,
+}
+
+impl Platform for FakePlatform {
+    type Ram = FakeArena;
+    type Tlb = RecordingTlb;
+    type Vcpu = FakeVcpu;
+
+    fn ram(&self) -> FakeArena {
+        self.ram.clone()
+    }
+    fn tlb(&self) -> RecordingTlb {
+        RecordingTlb::new()
+    }
+    fn new_vcpu(&self, entry: u64, arg: u64, index: u32) -> FakeVcpu {
+        let mut v = FakeVcpu {
+            entry,
+            index,
+            ..FakeVcpu::default()
+        };
+        v.x[0] = arg;
+        v
+    }
+    fn counter(&self) -> u64 {
+        0
+    }
+    fn flush_tlb_conflict(&self) {}
+}
+
+/// A hyp over fake RAM, with a handle to the RAM for the test's own "host memory".
+pub(crate) struct Rig {
+    pub hyp: Hyp<FakePlatform>,
+    pub ram: FakeArena,
+}
+
+pub(crate) fn rig() -> Rig {
+    let ram = FakeArena::new(RAM_PAGES);
+    let config = HypConfig {
+        ram_base: FAKE_BASE,
+        ram_size: RAM_PAGES as u64 * PAGE_SIZE,
+        hyp_end: FAKE_BASE,
+        host_mmio: alloc::vec![DEVICE],
+    };
+    let hyp = match Hyp::new(FakePlatform { ram: ram.clone() }, config) {
+        Ok(h) => h,
+        Err(e) => panic!("Hyp::new: {e}"),
+    };
+    Rig { hyp, ram }
+}
+
+impl Rig {
+    /// A raw host call.
+    pub fn call(&mut self, c: HostCall, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
+        match self.hyp.host_call(c.id(), a) {
+            HostAnswer::Done(r) => r,
+            HostAnswer::Run { .. } => panic!("use run() for VcpuRun"),
+        }
+    }
+
+    /// A host call that must succeed: its x0.
+    pub fn ok(&mut self, c: HostCall, a: [u64; 6]) -> u64 {
+        match self.call(c, a) {
+            Ok(r) => r[0],
+            Err(e) => panic!("{c:?} {a:x?} failed: {e:?}"),
+        }
+    }
+
+    /// A host call that must fail with `e`.
+    pub fn err(&mut self, c: HostCall, a: [u64; 6], e: Errno) {
+        assert_eq!(self.call(c, a).map_err(|x| x.0), Err(e), "{c:?} {a:x?}");
+    }
+
+    /// Host pages (taken from the fake RAM, the host's until donated).
+    pub fn host_pages(&mut self, n: usize) -> u64 {
+        match Ram::alloc_pages(&mut self.ram, n) {
+            Some(pa) => pa,
+            None => panic!("fake RAM exhausted"),
+        }
+    }
+
+    pub fn vm(&mut self, t: VmType) -> u64 {
+        self.ok(HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])
+    }
+
+    pub fn donate(&mut self, vm: u64, n: usize) {
+        let pa = self.host_pages(n);
+        self.ok(HostCall::Donate, [vm, pa, n as u64, 0, 0, 0]);
+    }
+
+    pub fn gmem(&mut self, vm: u64, pages: u64, flags: GmemFlags) -> u64 {
+        self.ok(
+            HostCall::GmemCreate,
+            [vm, pages * PAGE_SIZE, flags.bits(), 0, 0, 0],
+        )
+    }
+
+    pub fn slot(
+        &mut self,
+        vm: u64,
+        gpa: u64,
+        pages: u64,
+        gmem: u64,
+        uaddr: UserspaceAddr,
+        flags: MemslotFlags,
+    ) -> Result<u64, Errno> {
+        let packed = flags.bits() | ((uaddr as u64) << SLOT_UADDR_SHIFT);
+        self.call(
+            HostCall::MemslotCreate,
+            [vm, gpa, pages * PAGE_SIZE, gmem, 0, packed],
+        )
+        .map(|r| r[0])
+        .map_err(|e| e.0)
+    }
+
+    /// A VM of type `t` with a gmem of `pages` pages bound at [`GPA`] in the configuration the
+    /// type needs (pkvm row, Option 1 for coco, non-coco via get_pfn for plain), `pool` pages
+    /// and one vCPU. -> (vm, gmem, vcpu).
+    pub fn configured(&mut self, t: VmType, pages: u64, pool: usize) -> (u64, u64, u64) {
+        let vm = self.vm(t);
+        let flags = match t {
+            VmType::Plain => GmemFlags::MMAP,
+            _ => GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY,
+        };
+        let g = self.gmem(vm, pages, flags);
+        let both = MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES;
+        if let Err(e) = self.slot(vm, GPA, pages, g, UserspaceAddr::None, both) {
+            panic!("slot: {e}");
+        }
+        if pool > 0 {
+            self.donate(vm, pool);
+        }
+        let vcpu = self.ok(HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, 0, 0, 0]);
+        (vm, g, vcpu)
+    }
+
+    /// Runs one exit of vCPU `vcpu` through the portable run steps: begin (completing the last
+    /// exit with `c0`), the exit (after `setup` wrote the registers the guest would have),
+    /// end. -> the step and the vCPU's context after it.
+    pub fn exit(
+        &mut self,
+        vcpu: u64,
+        c0: u64,
+        setup: impl FnOnce(&mut FakeVcpu),
+        exit: GuestExit,
+    ) -> (Step, FakeVcpu) {
+        let mut t = match self.hyp.begin_run(vcpu, c0) {
+            Ok(t) => t,
+            Err(e) => panic!("begin_run: {e}"),
+        };
+        setup(&mut t.ctx);
+        let step = self.hyp.handle_exit(t.vm, &mut t.ctx, exit);
+        let ctx = (*t.ctx).clone();
+        let (e, p) = match step {
+            Step::Exit(e, p) => (e, p),
+            Step::Resume => (
+                (abi::host::ExitReason::Interrupt, [0; 5]),
+                crate::state::Pending::None,
+            ),
+        };
+        self.hyp.end_run(t, e, p);
+        (step, ctx)
+    }
+
+    /// The invariant checker: ownership against every stage-2, and the guests' view.
+    pub fn invariants(&self) -> usize {
+        self.hyp.check_invariants().len() + self.hyp.check_guest_views().len()
+    }
+}
+
+/// A guest HVC exit with `x0..x3`.
+pub(crate) fn hvc(x: [u64; 4]) -> (impl FnOnce(&mut FakeVcpu), GuestExit) {
+    (
+        move |c: &mut FakeVcpu| {
+            for (i, v) in x.into_iter().enumerate() {
+                c.set_reg(i, v);
+            }
+        },
+        GuestExit::Hvc { imm: 0 },
+    )
+}
