@@ -43,7 +43,9 @@ pub fn zero<R: Ram>(ram: &R, pa: u64, pages: u64) {
         let page = ram.page(pa.saturating_add(i * PAGE_SIZE));
         // SAFETY: by the `Ram` contract the pointer is valid for writes of the whole page and
         // unaliased; the caller owns the page (a pool page, or one it is about to hand in).
-        unsafe { page.write_volatile([0; ENTRIES]) };
+        // `write_bytes` is a plain memset (a volatile write of a page-sized array would build
+        // the array on the stack and copy it).
+        unsafe { page.cast::<u64>().write_bytes(0, ENTRIES) };
     }
 }
 
