@@ -51,10 +51,7 @@ fn mem_share_is_validated_at_el2() {
     assert_eq!(served(&mut r, vcpu, [MEM_SHARE, GPA + 8, 1, 0]), IP);
     assert_eq!(served(&mut r, vcpu, [MEM_SHARE, 0x1000, 1, 0]), IP);
     assert_eq!(served(&mut r, vcpu, [MEM_SHARE, GPA + 15 * P, 2, 0]), IP);
-    assert_eq!(
-        served(&mut r, vcpu, [MEM_SHARE, !(P - 1), 1, 0]),
-        IP
-    );
+    assert_eq!(served(&mut r, vcpu, [MEM_SHARE, !(P - 1), 1, 0]), IP);
     // Unsharing a page never shared.
     assert_eq!(served(&mut r, vcpu, [MEM_UNSHARE, GPA, 1, 0]), IP);
     // A good request: forwarded with the piece (x2 = 0 means one page; at most 256).

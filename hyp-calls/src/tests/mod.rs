@@ -1,19 +1,25 @@
 //! Host tests of the portable calls over a fake platform: fake RAM and a recording TLB (from
 //! `hyp_mem::fake`), a fake vCPU that records what the hyp did to it. Every host and guest call's
 //! refusals are checked with their exact error (`host_calls.rs`, `guest_calls.rs`), and the fault
-//! path's outcomes and the completion of exits (`exits.rs`).
+//! path's outcomes and the completion of exits (`exits.rs`). `edges.rs` pins every argument
+//! check, bound and mask with huge, wrapping, unaligned, off-by-one, someone-else's and
+//! twice-arriving arguments, and the order of unmaps and zeroing (the [`WatchTlb`]).
 
+mod edges;
 mod exits;
 mod guest_calls;
 mod host_calls;
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::{HostCall, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
-use hyp_mem::fake::{FakeArena, RecordingTlb, FAKE_BASE};
+use hyp_mem::fake::{FakeArena, RecordingTlb, TlbEvent, FAKE_BASE};
 use hyp_mem::pool::Ram;
+use hyp_mem::stage2::TlbMaintenance;
 
 use crate::exit::{GuestExit, Injected};
 use crate::platform::{Platform, VcpuContext};
@@ -71,21 +77,108 @@ impl VcpuContext for FakeVcpu {
     }
 }
 
-/// The fake platform: RAM shared with the test (a [`FakeArena`] handle).
+/// What every TLB of the fake platform saw while a test watched one word of RAM: each
+/// invalidation with the word's value at that moment. A page must leave every stage-2 (its
+/// invalidation) while it still holds the guest's data, before the hyp zeroes or frees it
+/// (Trust rule 3): a vCPU on another CPU reaches a mapped page without trapping.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// The watched word (`None`: nothing is recorded).
+    pub pa: Option<u64>,
+    /// `(event, word at pa)` for every invalidation of every stage-2, in order.
+    pub seen: Vec<(TlbEvent, Option<u64>)>,
+}
+
+impl Watch {
+    /// The word the watched page held when the first invalidation of `ipa` in the stage-2 of
+    /// `vmid` happened; `None` if `ipa` was never invalidated.
+    pub fn at_first_invalidation(&self, vmid: u16, ipa: u64) -> Option<Option<u64>> {
+        self.seen
+            .iter()
+            .find(|(ev, _)| match *ev {
+                TlbEvent::InvalidateIpa {
+                    vmid: v,
+                    ipa: at,
+                    leaf_level,
+                } => {
+                    let size = match leaf_level {
+                        Some(l) => 1u64 << (12 + 9 * (3 - u32::from(l))),
+                        None => PAGE_SIZE,
+                    };
+                    v == vmid && (at..at.saturating_add(size)).contains(&ipa)
+                }
+                TlbEvent::InvalidateRange {
+                    vmid: v,
+                    ipa: at,
+                    size,
+                } => v == vmid && (at..at.saturating_add(size)).contains(&ipa),
+                TlbEvent::InvalidateVmid { vmid: v } => v == vmid,
+                TlbEvent::Publish => false,
+            })
+            .map(|&(_, word)| word)
+    }
+}
+
+/// The fake platform's TLB: a [`RecordingTlb`] that also reports to the test's [`Watch`].
+pub(crate) struct WatchTlb {
+    pub rec: RecordingTlb,
+    ram: FakeArena,
+    watch: Rc<RefCell<Watch>>,
+}
+
+impl WatchTlb {
+    fn saw(&mut self, ev: TlbEvent) {
+        let mut w = self.watch.borrow_mut();
+        if let Some(pa) = w.pa {
+            let word = self.ram.read_u64(pa);
+            w.seen.push((ev, word));
+        }
+    }
+}
+
+impl TlbMaintenance for WatchTlb {
+    fn publish(&mut self) {
+        self.rec.publish();
+    }
+    fn invalidate_ipa(&mut self, vmid: u16, ipa: u64, leaf_level: Option<u8>) {
+        self.rec.invalidate_ipa(vmid, ipa, leaf_level);
+        self.saw(TlbEvent::InvalidateIpa {
+            vmid,
+            ipa,
+            leaf_level,
+        });
+    }
+    fn invalidate_range(&mut self, vmid: u16, ipa: u64, size: u64) {
+        self.rec.invalidate_range(vmid, ipa, size);
+        self.saw(TlbEvent::InvalidateRange { vmid, ipa, size });
+    }
+    fn invalidate_vmid(&mut self, vmid: u16) {
+        self.rec.invalidate_vmid(vmid);
+        self.saw(TlbEvent::InvalidateVmid { vmid });
+    }
+}
+
+/// The fake platform: RAM shared with the test (a [`FakeArena`] handle), and the test's
+/// [`Watch`] shared with every TLB.
 pub(crate) struct FakePlatform {
     pub ram: FakeArena,
+    pub watch: Rc<RefCell<Watch>>,
 }
 
 impl Platform for FakePlatform {
     type Ram = FakeArena;
-    type Tlb = RecordingTlb;
+    type Tlb = WatchTlb;
     type Vcpu = FakeVcpu;
 
     fn ram(&self) -> FakeArena {
         self.ram.clone()
     }
-    fn tlb(&self) -> RecordingTlb {
-        RecordingTlb::new()
+    fn tlb(&self) -> WatchTlb {
+        WatchTlb {
+            rec: RecordingTlb::new(),
+            ram: self.ram.clone(),
+            watch: self.watch.clone(),
+        }
     }
     fn new_vcpu(&self, entry: u64, arg: u64, index: u32) -> FakeVcpu {
         let mut v = FakeVcpu {
@@ -106,6 +199,7 @@ impl Platform for FakePlatform {
 pub(crate) struct Rig {
     pub hyp: Hyp<FakePlatform>,
     pub ram: FakeArena,
+    pub watch: Rc<RefCell<Watch>>,
 }
 
 pub(crate) fn rig() -> Rig {
@@ -116,11 +210,16 @@ pub(crate) fn rig() -> Rig {
         hyp_end: FAKE_BASE,
         host_mmio: alloc::vec![DEVICE],
     };
-    let hyp = match Hyp::new(FakePlatform { ram: ram.clone() }, config) {
+    let watch = Rc::new(RefCell::new(Watch::default()));
+    let platform = FakePlatform {
+        ram: ram.clone(),
+        watch: watch.clone(),
+    };
+    let hyp = match Hyp::new(platform, config) {
         Ok(h) => h,
         Err(e) => panic!("Hyp::new: {e}"),
     };
-    Rig { hyp, ram }
+    Rig { hyp, ram, watch }
 }
 
 impl Rig {
