@@ -1,0 +1,202 @@
+//! One trap-frame layout for every exception vector in the project, and the assembly that fills
+//! and empties it, parametrised by the exception level whose `ELR_ELx` / `SPSR_ELx` it uses.
+//!
+//! A vector entry ([`vector_entry!`]) makes room for a [`TrapFrame`] on the current stack, saves
+//! `x0`/`x1` there and puts the entry's *kind* (a number the image chooses: which of the 16
+//! vectors fired) in `x1`, then branches to a common path. The common path is [`save_frame!`]
+//! (`x2..x30`, `ELR_ELx`, `SPSR_ELx`, the kind; `x0` = the frame), a call of the image's Rust
+//! handler with `&mut TrapFrame`, and [`restore_frame_eret!`] (everything back from the frame,
+//! so what the handler changed in it, `elr` say, is what `eret` uses).
+//!
+//! The text macros expand to string literals with three named operands, `{tf_size}`, `{tf_elr}`
+//! and `{tf_kind}`; [`frame_asm!`] is `core::arch::global_asm!` with those operands defined from
+//! [`TrapFrame`] itself (more operands may follow a `;`), so the layout has one definition.
+//!
+//! Users: the host shim's EL1 vectors (`host-shim/src/exceptions.rs`) and the guests' EL1
+//! vectors (`guests/src/lib.rs`). The hyp's EL2 vectors (`hyp/src/arch/aarch64/vectors.rs`)
+//! have the same layout and the same entry sequence (its guest-exit path relies on `x0`/`x1`
+//! being at `[sp, #0]` with the kind in `x1`), so they can adopt it as they are:
+//! `frame_asm!(..., vector_entry!(5, "hyp_lower_common"), ..., "hyp_trap_common:",
+//! save_frame!("el2"), "bl hyp_handle_trap", restore_frame_eret!("el2"); guest = const ...)`.
+//!
+//! The crate is only data and text: it has no `unsafe` and builds (and is tested) on the host.
+#![no_std]
+#![forbid(unsafe_code)]
+
+use core::mem::{offset_of, size_of};
+
+/// The interrupted context, as the vector saved it.
+#[repr(C)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrapFrame {
+    /// `x0..x30`.
+    pub x: [u64; 31],
+    /// `ELR_ELx`: where `eret` returns to.
+    pub elr: u64,
+    /// `SPSR_ELx`: the PSTATE `eret` restores.
+    pub spsr: u64,
+    /// Which vector fired, as the image's [`vector_entry!`] numbers them.
+    pub kind: u64,
+}
+
+/// Bytes a vector entry takes off the stack.
+pub const FRAME_SIZE: usize = size_of::<TrapFrame>();
+/// Offset of [`TrapFrame::elr`] (`spsr` follows it: the assembly stores both with one `stp`).
+pub const ELR_OFFSET: usize = offset_of!(TrapFrame, elr);
+/// Offset of [`TrapFrame::kind`].
+pub const KIND_OFFSET: usize = offset_of!(TrapFrame, kind);
+
+// The assembly's fixed offsets: `x[n]` at `8 * n` (its `stp`/`ldp` pairs), ELR then SPSR in one
+// pair, and a frame that keeps the stack 16-byte aligned.
+const _: () = assert!(offset_of!(TrapFrame, x) == 0);
+const _: () = assert!(offset_of!(TrapFrame, spsr) == ELR_OFFSET + 8);
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
+// `sub sp, sp, #imm` takes a 12-bit immediate.
+const _: () = assert!(FRAME_SIZE < 4096);
+
+/// One vector table entry, as assembly text: aligned to its 128-byte slot, it makes room for a
+/// [`TrapFrame`], saves `x0`/`x1` at its start, puts `kind` in `x1` and branches to `target`.
+/// Uses the operand `{tf_size}` (see [`frame_asm!`]).
+#[macro_export]
+macro_rules! vector_entry {
+    ($kind:literal, $target:literal) => {
+        concat!(
+            "    .balign 0x80\n",
+            "    sub     sp, sp, #{tf_size}\n",
+            "    stp     x0, x1, [sp, #0]\n",
+            "    mov     x1, #",
+            $kind,
+            "\n",
+            "    b       ",
+            $target,
+            "\n",
+        )
+    };
+}
+
+/// The rest of the save after a [`vector_entry!`], as assembly text: `x2..x30`, then
+/// `ELR_<el>` and `SPSR_<el>` (`$el` is `"el1"` or `"el2"`), then the kind from `x1`; ends with
+/// `x0` = `sp` = the frame, ready for `bl handler` with `handler(frame: &mut TrapFrame)`.
+/// Uses `{tf_elr}` and `{tf_kind}`.
+#[macro_export]
+macro_rules! save_frame {
+    ($el:literal) => {
+        concat!(
+            "    stp     x2, x3, [sp, #16]\n",
+            "    stp     x4, x5, [sp, #32]\n",
+            "    stp     x6, x7, [sp, #48]\n",
+            "    stp     x8, x9, [sp, #64]\n",
+            "    stp     x10, x11, [sp, #80]\n",
+            "    stp     x12, x13, [sp, #96]\n",
+            "    stp     x14, x15, [sp, #112]\n",
+            "    stp     x16, x17, [sp, #128]\n",
+            "    stp     x18, x19, [sp, #144]\n",
+            "    stp     x20, x21, [sp, #160]\n",
+            "    stp     x22, x23, [sp, #176]\n",
+            "    stp     x24, x25, [sp, #192]\n",
+            "    stp     x26, x27, [sp, #208]\n",
+            "    stp     x28, x29, [sp, #224]\n",
+            "    str     x30, [sp, #240]\n",
+            "    mrs     x2, elr_",
+            $el,
+            "\n",
+            "    mrs     x3, spsr_",
+            $el,
+            "\n",
+            "    stp     x2, x3, [sp, #{tf_elr}]\n",
+            "    str     x1, [sp, #{tf_kind}]\n",
+            "    mov     x0, sp\n",
+        )
+    };
+}
+
+/// The way back, as assembly text: `ELR_<el>` and `SPSR_<el>` from the frame, then `x0..x30`,
+/// the frame off the stack, `eret`. Uses `{tf_size}` and `{tf_elr}`.
+#[macro_export]
+macro_rules! restore_frame_eret {
+    ($el:literal) => {
+        concat!(
+            "    ldp     x2, x3, [sp, #{tf_elr}]\n",
+            "    msr     elr_",
+            $el,
+            ", x2\n",
+            "    msr     spsr_",
+            $el,
+            ", x3\n",
+            "    ldp     x0, x1, [sp, #0]\n",
+            "    ldp     x2, x3, [sp, #16]\n",
+            "    ldp     x4, x5, [sp, #32]\n",
+            "    ldp     x6, x7, [sp, #48]\n",
+            "    ldp     x8, x9, [sp, #64]\n",
+            "    ldp     x10, x11, [sp, #80]\n",
+            "    ldp     x12, x13, [sp, #96]\n",
+            "    ldp     x14, x15, [sp, #112]\n",
+            "    ldp     x16, x17, [sp, #128]\n",
+            "    ldp     x18, x19, [sp, #144]\n",
+            "    ldp     x20, x21, [sp, #160]\n",
+            "    ldp     x22, x23, [sp, #176]\n",
+            "    ldp     x24, x25, [sp, #192]\n",
+            "    ldp     x26, x27, [sp, #208]\n",
+            "    ldp     x28, x29, [sp, #224]\n",
+            "    ldr     x30, [sp, #240]\n",
+            "    add     sp, sp, #{tf_size}\n",
+            "    eret\n",
+        )
+    };
+}
+
+/// `core::arch::global_asm!` over the given template pieces (string literals or the macros
+/// above), with `{tf_size}`, `{tf_elr}` and `{tf_kind}` defined from [`TrapFrame`]; the image's
+/// own operands may follow a `;`. Every piece that uses a frame operand must be inside one
+/// `frame_asm!`, and the three must all be used (as a vector table with its common path does).
+#[macro_export]
+macro_rules! frame_asm {
+    ($($piece:expr),+ $(,)? $(; $($ops:tt)*)?) => {
+        core::arch::global_asm!(
+            $($piece),+,
+            tf_size = const $crate::FRAME_SIZE,
+            tf_elr = const $crate::ELR_OFFSET,
+            tf_kind = const $crate::KIND_OFFSET,
+            $($($ops)*)?
+        );
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn layout_is_what_the_assembly_assumes() {
+        assert_eq!(FRAME_SIZE, 34 * 8);
+        assert_eq!(ELR_OFFSET, 31 * 8);
+        assert_eq!(KIND_OFFSET, 33 * 8);
+    }
+
+    /// Every `x<n>` the save stores goes to `8 * n`, and the restore loads it from there.
+    #[test]
+    fn every_register_has_its_slot() {
+        let save = save_frame!("el1");
+        let restore = restore_frame_eret!("el1");
+        for n in 2..31 {
+            let off = 8 * n;
+            let pair = |a: usize| std::format!("x{}, x{}, [sp, #{}]", a, a + 1, 8 * a);
+            let single = std::format!("x{n}, [sp, #{off}]");
+            let base = n - n % 2;
+            let found_save = save.contains(&pair(base)) || save.contains(&single);
+            let found_restore = restore.contains(&pair(base)) || restore.contains(&single);
+            assert!(found_save && found_restore, "x{n}");
+        }
+        assert!(restore.contains("x0, x1, [sp, #0]"));
+    }
+
+    #[test]
+    fn the_exception_level_names_the_registers() {
+        assert!(save_frame!("el2").contains("mrs     x2, elr_el2\n"));
+        assert!(save_frame!("el2").contains("mrs     x3, spsr_el2\n"));
+        assert!(restore_frame_eret!("el1").contains("msr     elr_el1, x2\n"));
+        assert!(restore_frame_eret!("el1").contains("msr     spsr_el1, x3\n"));
+        assert!(vector_entry!(3, "common").contains("mov     x1, #3\n"));
+    }
+}
