@@ -22,6 +22,32 @@ static RESUME: AtomicU64 = AtomicU64::new(0);
 /// Marks [`LAST_ESR`] as holding a syndrome (an ESR of 0 is possible: EC 0, unknown reason).
 const ESR_TAKEN: u64 = 1 << 63;
 
+/// An SMCCC call (`$insn`: `"hvc #0"` or `"smc #0"`) with all 64 bits of `x0`. The `smccc`
+/// crate takes the function ID as a `u32` (SMCCC passes it in `W0`) and zero-extends it, but the
+/// host may ask for any `x0` (`OP_HVC`'s ARG0, `OP_ATK_SMC`'s) and the hyp decodes all of it, so
+/// an ID with bits 63:32 set is issued here, with `smccc`'s registers: x0..x17 may change.
+macro_rules! wide_call {
+    ($insn:literal, $x0:expr, $a:expr) => {{
+        let a: [u64; 3] = $a;
+        let (r0, r1, r2, r3);
+        // SAFETY: the call traps to the hyp, which writes at most x0..x17 of the guest, all
+        // declared; no memory of the guest's is touched.
+        unsafe {
+            asm!(
+                $insn,
+                inout("x0") $x0 => r0, inout("x1") a[0] => r1, inout("x2") a[1] => r2,
+                inout("x3") a[2] => r3, inout("x4") 0u64 => _, inout("x5") 0u64 => _,
+                inout("x6") 0u64 => _, inout("x7") 0u64 => _, inout("x8") 0u64 => _,
+                inout("x9") 0u64 => _, inout("x10") 0u64 => _, inout("x11") 0u64 => _,
+                inout("x12") 0u64 => _, inout("x13") 0u64 => _, inout("x14") 0u64 => _,
+                inout("x15") 0u64 => _, inout("x16") 0u64 => _, inout("x17") 0u64 => _,
+                options(nostack)
+            )
+        };
+        [r0, r1, r2, r3]
+    }};
+}
+
 /// `CPACR_EL1.FPEN` = 0b11: FP/SIMD instructions do not trap at EL1 or EL0.
 const CPACR_EL1_FPEN: u64 = 3 << 20;
 /// `CPACR_EL1.ZEN` = 0b11: SVE instructions do not trap (RES0 without SVE).
@@ -186,15 +212,33 @@ pub fn write_byte(addr: u64, value: u8) {
     };
 }
 
-/// SMCCC call over `HVC #0`: returns x0..x3.
+/// SMCCC call over `HVC #0` (`x1..x3` = `a1..a3`, the rest zero): returns x0..x3.
 pub fn hvc(func: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
-    let (r0, r1, r2, r3);
-    // SAFETY: HVC traps to the hyp, which writes x0..x3 only.
-    unsafe {
-        asm!("hvc #0", inout("x0") func => r0, inout("x1") a1 => r1, inout("x2") a2 => r2,
-             inout("x3") a3 => r3, options(nostack))
-    };
-    [r0, r1, r2, r3]
+    match u32::try_from(func) {
+        Ok(function) => {
+            let r = smccc::hvc64(function, pad([a1, a2, a3]));
+            [r[0], r[1], r[2], r[3]]
+        }
+        Err(_) => wide_call!("hvc #0", func, [a1, a2, a3]),
+    }
+}
+
+/// SMCCC call over `SMC #0` (trapped by the hyp): returns x0..x3.
+pub fn smc(func: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
+    match u32::try_from(func) {
+        Ok(function) => {
+            let r = smccc::smc64(function, pad([a1, a2, a3]));
+            [r[0], r[1], r[2], r[3]]
+        }
+        Err(_) => wide_call!("smc #0", func, [a1, a2, a3]),
+    }
+}
+
+/// `x1..x3` followed by zeros, as the `x1..x17` of an SMCCC 1.2 call.
+fn pad(a: [u64; 3]) -> [u64; 17] {
+    let mut args = [0; 17];
+    args[..3].copy_from_slice(&a);
+    args
 }
 
 #[panic_handler]

@@ -161,26 +161,11 @@ pub fn probe<R>(f: impl FnOnce() -> R) -> Result<R, HostFault> {
 /// Issues one SMC from the host (x0 = `func`, x1..x3 = `args`) -> x0..x3 as they came back. An
 /// exception the SMC raised at EL1 (an undefined instruction, say) is returned, not fatal.
 pub fn probe_smc(func: u64, args: [u64; 3]) -> Result<[u64; 4], HostFault> {
-    let (r0, r1, r2, r3);
     arm();
-    // SAFETY: one SMC; whoever answers it (the hyp, which traps it, or the firmware) writes
-    // x0..x3 only; an exception on it is caught by the armed vector, which skips it.
-    unsafe {
-        asm!(
-            "smc #0",
-            inout("x0") func => r0,
-            inout("x1") args[0] => r1,
-            inout("x2") args[1] => r2,
-            inout("x3") args[2] => r3,
-            // SMCCC before 1.1 lets the callee clobber these.
-            lateout("x4") _, lateout("x5") _, lateout("x6") _, lateout("x7") _,
-            lateout("x8") _, lateout("x9") _, lateout("x10") _, lateout("x11") _,
-            lateout("x12") _, lateout("x13") _, lateout("x14") _, lateout("x15") _,
-            lateout("x16") _, lateout("x17") _,
-            options(nostack)
-        )
-    };
-    disarm().map_or(Ok([r0, r1, r2, r3]), Err)
+    // `hvc::smc` is one SMC (SMCCC: x0..x17 may come back changed, all declared); an exception
+    // on it is caught by the armed vector, which skips it (x0..x3 then read as they went in).
+    let r = crate::hvc::smc(func, args);
+    disarm().map_or(Ok(r), Err)
 }
 
 /// A function the EL1 test harness installs to report a crash as the current test's failure.

@@ -6,7 +6,7 @@
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
 use guests::{
-    exception_pending, guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte,
+    exception_pending, guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte, smc,
     take_exception, write_byte,
 };
 
@@ -617,13 +617,9 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 }
             }
             OP_ATK_SMC => {
-                let (mut x0, mut x1) = (mmio_read(reg(REG_ARG0)), mmio_read(reg(REG_ARG1)));
+                let (x0, x1) = (mmio_read(reg(REG_ARG0)), mmio_read(reg(REG_ARG1)));
                 let (x2, x3) = (mmio_read(reg(REG_ARG2)), mmio_read(reg(REG_ARG3)));
-                // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes x0..x3 at most.
-                unsafe {
-                    core::arch::asm!("smc #0", inout("x0") x0, inout("x1") x1,
-                        inout("x2") x2 => _, inout("x3") x3 => _, options(nostack))
-                };
+                let [x0, x1, ..] = smc(x0, x1, x2, x3);
                 mmio_write(reg(REG_RESULT0), x0);
                 mmio_write(reg(REG_RESULT1), x1);
             }
