@@ -50,6 +50,7 @@ use host_shim::runner::forward_hypercall;
 use host_shim::vm::{self, GmemId, SlotSpec, VmId};
 use host_shim::{gic, hvc};
 use ontarget::{ensure, ensure_eq, register, TestResult};
+use tock_registers::interfaces::{Readable, Writeable};
 
 use crate::attacks::run_raw;
 use crate::vms::{e, with_pages};
@@ -1171,25 +1172,7 @@ fn ws_atk_guest_debug_registers_it_is_told_of_work() -> TestResult {
 
 // ---- 12. The guest's virtual timer ------------------------------------------------------------------
 
-/// CPU 0's redistributor, SGI_base frame (QEMU `virt`: the first one), and CPU 1's.
-const GICR0_SGI: usize = 0x080a_0000 + 0x1_0000;
-const GICR1_SGI: usize = 0x080c_0000 + 0x1_0000;
-const GICR_IGROUPR0: usize = 0x080;
-const GICR_ISENABLER0: usize = 0x100;
-const GICR_ICENABLER0: usize = 0x180;
-const GICR_ISPENDR0: usize = 0x200;
-const GICR_ICPENDR0: usize = 0x280;
 const VTIMER_PPI: u32 = 27;
-
-fn gicr_read(frame: usize, off: usize) -> u32 {
-    // SAFETY: a redistributor register the host stage-2 maps for the host (device memory).
-    unsafe { core::ptr::read_volatile((frame + off) as *const u32) }
-}
-
-fn gicr_write(frame: usize, off: usize, v: u32) {
-    // SAFETY: as in `gicr_read`.
-    unsafe { core::ptr::write_volatile((frame + off) as *mut u32, v) }
-}
 
 /// A guest leaves its virtual timer firing (compare value 0, enabled, unmasked). Its own view:
 /// ISTATUS set. The host's: its own CNTV_CTL_EL0, and PPI 27 not pending at its redistributor (the
@@ -1204,7 +1187,8 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
     );
     hw(CNTV_CTL_EL0, 0).map_err(|f| format!("{f:?}"))?;
     let bit = 1u32 << VTIMER_PPI;
-    gicr_write(GICR0_SGI, GICR_ICPENDR0, bit);
+    let rd0 = gic::redistributor(0);
+    rd0.icpendr0.set(bit);
     let mut v = gvm(VmType::Pkvm)?;
     let r = v.exec(
         &[
@@ -1218,24 +1202,20 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
     ensure_eq!((r.esr, r.x[0]), (0, 0b101));
     let result = (|| -> TestResult {
         ensure_eq!(hr(CNTV_CTL_EL0).ok(), Some(0));
-        let pend = gicr_read(GICR0_SGI, GICR_ISPENDR0);
+        let pend = rd0.ispendr0.get();
         ensure!(
             pend & bit == 0,
             "PPI 27 pending in the host after the guest's timer fired: ISPENDR0 0x{pend:x}"
         );
         // The host enables PPI 27 (group 1): the next run ends at once.
-        gicr_write(
-            GICR0_SGI,
-            GICR_IGROUPR0,
-            gicr_read(GICR0_SGI, GICR_IGROUPR0) | bit,
-        );
-        gicr_write(GICR0_SGI, GICR_ISENABLER0, bit);
+        rd0.igroupr0.set(rd0.igroupr0.get() | bit);
+        rd0.isenabler0.set(bit);
         let saved = host_shim::timer::arm(50 * host_shim::timer::ticks_per_ms());
         let x = run_raw(v.guest.vcpu, 0);
         host_shim::timer::disarm(saved);
-        gicr_write(GICR0_SGI, GICR_ICENABLER0, bit);
+        rd0.icenabler0.set(bit);
         ensure_eq!(x[0], ExitReason::Interrupt as u64);
-        let pend = gicr_read(GICR0_SGI, GICR_ISPENDR0);
+        let pend = rd0.ispendr0.get();
         ensure!(
             pend & bit == 0,
             "PPI 27 pending in the host after the interrupt exit: ISPENDR0 0x{pend:x}"
@@ -1260,19 +1240,17 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
 fn ws_atk_guest_sgis_never_reach_a_cpu() -> TestResult {
     ensure!(gic::init(), "no redistributor");
     let bit = 1u32 << 9;
-    let frames = [GICR0_SGI, GICR1_SGI];
-    let groups: Vec<u32> = frames
-        .iter()
-        .map(|&f| gicr_read(f, GICR_IGROUPR0))
-        .collect();
+    // CPU 0's and CPU 1's redistributors (QEMU `virt`: the first two).
+    let frames = [gic::redistributor(0), gic::redistributor(1)];
+    let groups: Vec<u32> = frames.iter().map(|f| f.igroupr0.get()).collect();
     // SGI 9 in group `g` (0 or 1, non-secure: GICD_CTLR.DS) on both CPUs, not pending.
     let config = |g: u32| {
-        for (&f, &old) in frames.iter().zip(&groups) {
-            gicr_write(f, GICR_IGROUPR0, (old & !bit) | (g << 9));
-            gicr_write(f, GICR_ICPENDR0, bit);
+        for (f, &old) in frames.iter().zip(&groups) {
+            f.igroupr0.set((old & !bit) | (g << 9));
+            f.icpendr0.set(bit);
         }
     };
-    let pending = || -> [u32; 2] { frames.map(|f| gicr_read(f, GICR_ISPENDR0) & bit) };
+    let pending = || -> [u32; 2] { frames.map(|f| f.ispendr0.get() & bit) };
     let to_cpu0 = (9u64 << 24) | 1;
     let to_others = (9u64 << 24) | (1 << 40);
     let cases = [
@@ -1312,9 +1290,9 @@ fn ws_atk_guest_sgis_never_reach_a_cpu() -> TestResult {
         );
         Ok(())
     })();
-    for (&f, &old) in frames.iter().zip(&groups) {
-        gicr_write(f, GICR_IGROUPR0, old);
-        gicr_write(f, GICR_ICPENDR0, bit);
+    for (f, &old) in frames.iter().zip(&groups) {
+        f.igroupr0.set(old);
+        f.icpendr0.set(bit);
     }
     result
 }

@@ -346,7 +346,9 @@ fn dev_redistributors_offer_the_host_no_lpi_tables() -> TestResult {
     // frame points them. Either they have none (QEMU's virt-6.1 machine, what the Makefile runs:
     // PLPIS = 0), or the hyp keeps their RD_base frames from the host.
     for cpu in 0..2 {
-        let typer = GICR_BASE + cpu * GICR_SIZE_PER_CPU + 0x8;
+        let typer = GICR_BASE
+            + cpu * GICR_SIZE_PER_CPU
+            + core::mem::offset_of!(host_shim::gic::Redistributor, typer);
         if probe_read(typer).is_err() {
             continue;
         }
