@@ -191,7 +191,7 @@ impl GuestDriver {
             VmType::Pkvm if !self.flag_shared => (GUEST_FLAG_IPA, GUEST_FLAG_IPA),
             VmType::Pkvm => (0, GUEST_FLAG_IPA),
             // The flag page stays shared: the guest reads it through the shared alias.
-            VmType::Coco => (0, GUEST_FLAG_IPA | crate::runner::COCO_SHARED_BIT),
+            VmType::Coco => (0, GUEST_FLAG_IPA | abi::guest::COCO_SHARED_BIT),
             VmType::Plain => (0, GUEST_FLAG_IPA),
         }
     }

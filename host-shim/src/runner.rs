@@ -22,8 +22,9 @@ use abi::cmd::{
 };
 use abi::flags::{MemoryFaultFlags, VmType};
 use abi::guest::{
-    MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP,
-    MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+    COCO_SHARED_BIT, MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE,
+    MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
+    SMCCC_SUCCESS,
 };
 use abi::host::HostCall;
 use abi::{Errno, PAGE_SIZE};
@@ -40,8 +41,6 @@ use crate::{fwcfg, hvc, regs};
 
 /// Pages donated to a scenario VM's pool when it is created (more on demand while `pool auto`).
 const INITIAL_POOL: u64 = 128;
-/// The coco shared alias bit (IPA bit 39 of the 40-bit IPA space).
-pub const COCO_SHARED_BIT: u64 = 1 << 39;
 /// IPA of the page whose flag stops `guest spin` (outside the scenario window, between the
 /// command device and the guest's image).
 /// Times a host statement that the hyp refused with `ENOMEM` is retried after a donation

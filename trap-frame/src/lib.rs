@@ -54,6 +54,67 @@ const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 // `sub sp, sp, #imm` takes a 12-bit immediate.
 const _: () = assert!(FRAME_SIZE < 4096);
 
+/// Offsets into a vector table (`VBAR_ELx`): four groups of four 128-byte entries.
+pub mod vector {
+    /// Exceptions from the current EL while it uses `SP_EL0`.
+    pub const CURRENT_SP0: u64 = 0x000;
+    /// Exceptions from the current EL while it uses `SP_ELx` (where a hyp injects an exception
+    /// into the EL it interrupted, if that EL was on `SP_ELx`).
+    pub const CURRENT_SPX: u64 = 0x200;
+    /// Exceptions from a lower EL in AArch64.
+    pub const LOWER_A64: u64 = 0x400;
+    /// Exceptions from a lower EL in AArch32.
+    pub const LOWER_A32: u64 = 0x600;
+    /// Within a group: synchronous, IRQ, FIQ, SError, at these offsets.
+    pub const SYNC: u64 = 0x000;
+    pub const IRQ: u64 = 0x080;
+    pub const FIQ: u64 = 0x100;
+    pub const SERROR: u64 = 0x180;
+    /// Bytes of one entry (and its alignment).
+    pub const ENTRY_SIZE: u64 = 0x80;
+    /// Alignment of a table (`VBAR_ELx` bits 10:0 are RES0).
+    pub const TABLE_ALIGN: u64 = 0x800;
+
+    /// The index (offset / [`ENTRY_SIZE`]) of the entry at `offset`, as the EL1 images number
+    /// their entries' kinds.
+    pub const fn index(offset: u64) -> u64 {
+        offset / ENTRY_SIZE
+    }
+}
+
+/// `SPSR_ELx` (the PSTATE an exception saved, and `eret` restores): the fields the images and
+/// tests write.
+pub mod spsr {
+    /// `M[4]`: the interrupted state was AArch32 (then `M[3:0]` is an AArch32 mode).
+    pub const M_AARCH32: u64 = 1 << 4;
+    /// `M[3:0]` in AArch64: EL0, EL1 with `SP_EL0` (t) or `SP_EL1` (h), EL2h, EL3h.
+    pub const M_EL0T: u64 = 0b0000;
+    pub const M_EL1T: u64 = 0b0100;
+    pub const M_EL1H: u64 = 0b0101;
+    pub const M_EL2H: u64 = 0b1001;
+    pub const M_EL3H: u64 = 0b1101;
+    /// `M[3:0]` in AArch32: User, Supervisor, Hyp.
+    pub const M32_USR: u64 = 0b0000;
+    pub const M32_SVC: u64 = 0b0011;
+    pub const M32_HYP: u64 = 0b1010;
+    /// Mask of `M[3:0]`, and of all of `M[4:0]`.
+    pub const M_MASK: u64 = 0xf;
+    pub const M_ALL: u64 = 0x1f;
+    /// `T` (AArch32): Thumb state.
+    pub const T: u64 = 1 << 5;
+    /// The masks: FIQ, IRQ, SError, debug.
+    pub const F: u64 = 1 << 6;
+    pub const I: u64 = 1 << 7;
+    pub const A: u64 = 1 << 8;
+    pub const D: u64 = 1 << 9;
+    /// All four masks.
+    pub const DAIF: u64 = D | A | I | F;
+    /// `IL`: an illegal exception return.
+    pub const IL: u64 = 1 << 20;
+    /// EL1h with every exception masked: how a world is first entered (`0x3c5`).
+    pub const EL1H_MASKED: u64 = DAIF | M_EL1H;
+}
+
 /// One vector table entry, as assembly text: aligned to its 128-byte slot, it makes room for a
 /// [`TrapFrame`], saves `x0`/`x1` at its start, puts `kind` in `x1` and branches to `target`.
 /// Uses the operand `{tf_size}` (see [`frame_asm!`]).
@@ -189,6 +250,15 @@ mod tests {
             assert!(found_save && found_restore, "x{n}");
         }
         assert!(restore.contains("x0, x1, [sp, #0]"));
+    }
+
+    #[test]
+    fn the_architectural_numbers() {
+        assert_eq!(spsr::EL1H_MASKED, 0x3c5);
+        assert_eq!(spsr::DAIF | spsr::M_EL1T, 0x3c4);
+        assert_eq!(vector::index(vector::CURRENT_SPX + vector::IRQ), 5);
+        assert_eq!(vector::index(vector::LOWER_A64), 8);
+        assert_eq!(vector::index(vector::LOWER_A32), 12);
     }
 
     #[test]

@@ -35,9 +35,7 @@ use crate::vms::{e, with_pages};
 
 pub(crate) const GPA: u64 = 0x8000_0000;
 pub(crate) const BLOCK: u64 = 2 << 20;
-pub(crate) const COCO_SHARED: u64 = 1 << 39;
-/// The guest's IPA space ends here (40-bit IPA).
-pub(crate) const IPA_LIMIT: u64 = 1 << 40;
+pub(crate) use abi::guest::{COCO_SHARED_BIT as COCO_SHARED, IPA_LIMIT};
 
 /// Attacker-only guest commands (same numbers as in the step guest).
 pub(crate) const OP_ATK_STORE_LOOP: u64 = 0x41;

@@ -51,6 +51,7 @@ use host_shim::vm::{self, GmemId, SlotSpec, VmId};
 use host_shim::{gic, hvc};
 use ontarget::{ensure, ensure_eq, register, TestResult};
 use tock_registers::interfaces::{Readable, Writeable};
+use trap_frame::spsr;
 
 use crate::attacks::run_raw;
 use crate::vms::{e, with_pages};
@@ -67,12 +68,13 @@ const OP_ATK_OUT: u64 = 0x52;
 const OP_ATK_MMU: u64 = 0x53;
 
 /// SPSRs of the EL0 runs: interrupts masked. AArch64 EL0t; AArch32 User, A32 or T32.
-const SPSR_EL0_A64: u64 = 0x3c0;
-const SPSR_EL0_A32: u64 = 0x1d0;
-const SPSR_EL0_T32: u64 = 0x1f0;
+const SPSR_EL0_A64: u64 = spsr::DAIF | spsr::M_EL0T;
+const SPSR_EL0_A32: u64 = spsr::A | spsr::I | spsr::F | spsr::M_AARCH32 | spsr::M32_USR;
+const SPSR_EL0_T32: u64 = SPSR_EL0_A32 | spsr::T;
 
 /// Exception classes.
 const EC_UNKNOWN: u64 = 0x00;
+const EC_ILLEGAL_STATE: u64 = 0x0e;
 const EC_SVC32: u64 = 0x11;
 const EC_SVC64: u64 = 0x15;
 const EC_SYS64: u64 = 0x18;
@@ -942,7 +944,12 @@ fn swept() -> Vec<Swept> {
     // Last: an exception taken by an access above would overwrite these.
     v.extend([
         sys_swept("ELR_EL1", Sys(3, 0, 4, 0, 1), 0x4841_0040, 0x4755_0080),
-        sys_swept("SPSR_EL1", Sys(3, 0, 4, 0, 0), 0x3c5, 0x3c4),
+        sys_swept(
+            "SPSR_EL1",
+            Sys(3, 0, 4, 0, 0),
+            spsr::EL1H_MASKED,
+            spsr::DAIF | spsr::M_EL1T,
+        ),
         sys_swept("ESR_EL1", Sys(3, 0, 5, 2, 0), 0x5600_0001, 0x5600_0002),
         sys_swept("FAR_EL1", Sys(3, 0, 6, 0, 0), 0x4841_0041, 0x4755_0081),
     ]);
@@ -1520,7 +1527,8 @@ fn ws_atk_guest_vtimer_interrupt_reaches_the_guest() -> TestResult {
         SVC0,
     ];
     // EL1h with IRQs unmasked (D, A, F masked).
-    let ran = v.exec_el0(&code, 0x345, 0, [host_shim::timer::ticks_per_ms(), 50])?;
+    let el1h_irqs = spsr::D | spsr::A | spsr::F | spsr::M_EL1H;
+    let ran = v.exec_el0(&code, el1h_irqs, 0, [host_shim::timer::ticks_per_ms(), 50])?;
     let vector = v.el0_vector()?;
     let (elr, _) = v.el0_return()?;
     let ctl = v.gr(CNTV_CTL_EL0)?;
@@ -1547,19 +1555,22 @@ fn ws_atk_guest_odd_erets_stay_in_its_el1() -> TestResult {
     let mut v = gvm(VmType::Pkvm)?;
     let before = vm::stats(v.vm).map_err(e)?;
     let code = [0xd503_201f, SVC0]; // nop; svc #0
-    let r = v.exec_el0(&code, 0x3c4, 0, [0, 0])?;
+    let r = v.exec_el0(&code, spsr::DAIF | spsr::M_EL1T, 0, [0, 0])?;
     ensure_eq!(ec(r.esr), EC_SVC64);
-    for (what, spsr) in [
-        ("EL2h", 0x3c9u64),
-        ("EL3h", 0x3cd),
-        ("AArch32 SVC", 0x1d3),
-        ("AArch32 Hyp", 0x1da),
-        ("EL1h with IL", 0x3c5 | (1 << 20)),
+    let a32 = spsr::A | spsr::I | spsr::F | spsr::M_AARCH32;
+    for (what, spsr_eret) in [
+        ("EL2h", spsr::DAIF | spsr::M_EL2H),
+        ("EL3h", spsr::DAIF | spsr::M_EL3H),
+        ("AArch32 SVC", a32 | spsr::M32_SVC),
+        ("AArch32 Hyp", a32 | spsr::M32_HYP),
+        ("EL1h with IL", spsr::EL1H_MASKED | spsr::IL),
     ] {
-        let r = v.exec_el0(&code, spsr, 0, [0, 0])?;
+        let r = v.exec_el0(&code, spsr_eret, 0, [0, 0])?;
         let (elr, spsr_after) = v.el0_return()?;
         ensure!(
-            ec(r.esr) == 0x0e && spsr_after & 0xf != 0 && spsr_after & 0x10 == 0,
+            ec(r.esr) == EC_ILLEGAL_STATE
+                && spsr_after & spsr::M_MASK != 0
+                && spsr_after & spsr::M_AARCH32 == 0,
             "ERET to {what}: ESR 0x{:x}, ELR 0x{elr:x}, SPSR 0x{spsr_after:x}",
             r.esr
         );
@@ -2078,3 +2089,6 @@ register!(
     ws_atk_guest_storms_with_everything_masked_give_the_cpu_back,
     ws_atk_host_access_zoo_on_hyp_memory_all_abort,
 );
+
+// The named SPSRs are the values these tests were written with.
+const _: () = assert!(SPSR_EL0_A64 == 0x3c0 && SPSR_EL0_A32 == 0x1d0 && SPSR_EL0_T32 == 0x1f0);
