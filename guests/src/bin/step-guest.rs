@@ -350,90 +350,33 @@ fn mem_range(func: u64, mut ipa: u64, pages: u64) -> (u64, u64) {
 
 /// Writes one of the guest's own registers. An exception (undef) is left for `finish_step`.
 fn reg_write(r: WorldReg, v: u64) {
-    // SAFETY (every block): one register write of the guest's own state, guarded so that an
-    // exception returns to the block's end; the guest is soft-float, so nothing else uses the
-    // FP registers, and nothing in the guest uses the other registers written here.
-    unsafe {
-        match r {
-            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov d0, {v}"; v = in(reg) v),
-            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "msr fpcr, {v}"; v = in(reg) v),
-            WorldReg::TpidrEl0 => guarded_asm!("msr tpidr_el0, {v}"; v = in(reg) v),
-            // APIAKeyLo_EL1.
-            WorldReg::ApiaKeyLoEl1 => guarded_asm!("msr S3_0_C2_C1_0, {v}"; v = in(reg) v),
-            WorldReg::CntvCvalEl0 => guarded_asm!("msr cntv_cval_el0, {v}"; v = in(reg) v),
-            WorldReg::CntpCvalEl0 => guarded_asm!("msr cntp_cval_el0, {v}"; v = in(reg) v),
-            WorldReg::PmccntrEl0 => guarded_asm!("msr pmccntr_el0, {v}"; v = in(reg) v),
-            // ZCR_EL1.
-            WorldReg::ZcrEl1 => guarded_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
-            WorldReg::IccPmrEl1 => guarded_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
-            // Read-only: the write is an undefined instruction.
-            WorldReg::IdAa64Pfr0El1 => guarded_asm!("msr S3_0_C0_C4_0, {v}"; v = in(reg) v),
-            WorldReg::IdAa64Pfr1El1 => guarded_asm!("msr S3_0_C0_C4_1, {v}"; v = in(reg) v),
-            WorldReg::IdAa64Dfr0El1 => guarded_asm!("msr S3_0_C0_C5_0, {v}"; v = in(reg) v),
-        }
-    }
+    // SAFETY: one register write of the guest's own state, guarded so that an exception returns
+    // to the block's end; the guest is soft-float, so nothing else uses the FP registers, and
+    // nothing in the guest uses the other registers written here.
+    unsafe { abi::world_reg_write!(guarded_asm, r, v) }
 }
 
 /// Reads one of the guest's own registers (0 if the read took an exception).
 fn reg_read(r: WorldReg) -> u64 {
     let mut v: u64 = 0;
     // SAFETY: as in `reg_write`, one guarded register read.
-    unsafe {
-        match r {
-            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov {v}, d0"; v = inout(reg) v),
-            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "mrs {v}, fpcr"; v = inout(reg) v),
-            WorldReg::TpidrEl0 => guarded_asm!("mrs {v}, tpidr_el0"; v = inout(reg) v),
-            WorldReg::ApiaKeyLoEl1 => guarded_asm!("mrs {v}, S3_0_C2_C1_0"; v = inout(reg) v),
-            WorldReg::CntvCvalEl0 => guarded_asm!("mrs {v}, cntv_cval_el0"; v = inout(reg) v),
-            WorldReg::CntpCvalEl0 => guarded_asm!("mrs {v}, cntp_cval_el0"; v = inout(reg) v),
-            WorldReg::PmccntrEl0 => guarded_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
-            WorldReg::ZcrEl1 => guarded_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
-            WorldReg::IccPmrEl1 => guarded_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Pfr0El1 => guarded_asm!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Pfr1El1 => guarded_asm!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Dfr0El1 => guarded_asm!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) v),
-        }
-    }
+    unsafe { abi::world_reg_read!(guarded_asm, r, v) };
     v
 }
 
 /// The string the semihosting probe asks the console to print.
 static SEMIHOST_MSG: &[u8] = b"step guest: semihosting SYS_WRITE0\n\0";
 
+/// The UART's address on QEMU `virt` (`board::layout::PL011_BASE`; an IPA outside every memslot
+/// for a guest).
+const BOARD_UART: u64 = 0x0900_0000;
+
 /// Executes one instruction. An exception (undef, abort) is left for `finish_step`.
 fn exec(i: Insn) {
-    // SAFETY (every block): one guarded instruction whose only effects are the registers
-    // declared clobbered; the branch to the UART's address comes back through the injected
-    // instruction abort (or, were it to run, nothing there returns: the hyp never lets it).
-    unsafe {
-        match i {
-            // rdvl x0, #1
-            Insn::Sve => guarded_asm!(".inst 0x04bf5020"; out("x0") _),
-            // rdsvl x0, #1
-            Insn::Sme => guarded_asm!(".inst 0x04bf5820"; out("x0") _),
-            Insn::Pmu => guarded_asm!("mrs x0, pmcr_el0"; out("x0") _),
-            Insn::Dbg => guarded_asm!("mrs x0, mdscr_el1"; out("x0") _),
-            // SYS_WRITE0 (x0 = 4, x1 = the string).
-            Insn::Semihost => guarded_asm!(
-                "mov x0, #4",
-                "mov x1, {msg}",
-                "hlt #0xf000";
-                msg = in(reg) SEMIHOST_MSG.as_ptr(),
-                out("x0") _,
-                out("x1") _
-            ),
-            Insn::FetchDevice => guarded_asm!(
-                "blr {target}";
-                target = in(reg) board_uart(),
-                out("x30") _
-            ),
-        }
-    }
-}
-
-/// The UART's address on QEMU `virt` (an IPA outside every memslot for a guest).
-const fn board_uart() -> u64 {
-    0x0900_0000
+    // SAFETY: one guarded instruction whose only effects are the registers declared clobbered;
+    // the branch to the UART's address comes back through the injected instruction abort (or,
+    // were it to run, nothing there returns: the hyp never lets it).
+    unsafe { abi::world_exec!(guarded_asm, i, SEMIHOST_MSG.as_ptr(), BOARD_UART) }
 }
 
 /// Spins until the byte at `flag` is non-zero, with plain loads that never trap once the page is
