@@ -14,6 +14,9 @@ pub const REG_ARG3: u64 = 0x20;
 pub const REG_RESULT0: u64 = 0x40;
 pub const REG_RESULT1: u64 = 0x48;
 pub const REG_STATUS: u64 = 0x50;
+/// Bytes of the device's register window at [`crate::guest::CMD_DEVICE_IPA`]: an MMIO exit in it
+/// is the command device's.
+pub const CMD_DEVICE_SIZE: u64 = 0x100;
 
 /// Commands (value of `CMD`).
 pub const OP_READ: u64 = 1; // ARG0 = IPA -> RESULT0 = byte
@@ -197,6 +200,8 @@ pub const INSN_RDSVL_X0_1: u32 = 0x04bf_5820;
 /// The semihosting operation [`Insn::Semihost`] asks for in `x0`: SYS_WRITE0 (write the
 /// NUL-terminated string at `x1` to the console).
 pub const SEMIHOST_SYS_WRITE0: u64 = 0x04;
+/// The immediate of the A64 semihosting trap, `HLT #0xF000`.
+pub const SEMIHOST_HLT_IMM: u32 = 0xf000;
 
 /// What each [`WorldReg`] is, as the instruction that writes it: expands to a `match` on `$reg`
 /// whose arms are `$guard!(instructions; operands)` with the value `$v` in `{v}`. The host shim
@@ -284,8 +289,9 @@ macro_rules! world_exec {
             $crate::cmd::Insn::Semihost => $guard!(
                 "mov x0, #{op}",
                 "mov x1, {msg}",
-                "hlt #0xf000";
+                "hlt #{imm}";
                 op = const $crate::cmd::SEMIHOST_SYS_WRITE0,
+                imm = const $crate::cmd::SEMIHOST_HLT_IMM,
                 msg = in(reg) $msg,
                 out("x0") _,
                 out("x1") _

@@ -11,7 +11,9 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use trap_frame::{frame_asm, restore_frame_eret, save_frame, vector_entry, TrapFrame};
+use trap_frame::{
+    frame_asm, restore_frame_eret, save_frame, vector_entry, vector_table, TrapFrame,
+};
 
 /// ESR_EL1 of the last exception the guest took, with [`ESR_TAKEN`] (0 = none since the last
 /// [`take_exception`]).
@@ -105,8 +107,7 @@ _start:
     "    bl      guest_handle_exception",
     restore_frame_eret!("el1"),
     "    .section .text.vectors, \"ax\"",
-    "    .balign 0x800",
-    "guest_vectors:",
+    vector_table!("guest_vectors"),
     vector_entry!(0, "guest_exception"),
     vector_entry!(1, "guest_exception"),
     vector_entry!(2, "guest_exception"),

@@ -244,7 +244,7 @@ impl GuestDriver {
             match exit {
                 Exit::Mmio {
                     ipa, write, data, ..
-                } if (CMD_DEVICE_IPA..CMD_DEVICE_IPA + 0x100).contains(&ipa) => {
+                } if (CMD_DEVICE_IPA..CMD_DEVICE_IPA + CMD_DEVICE_SIZE).contains(&ipa) => {
                     match (ipa - CMD_DEVICE_IPA, write) {
                         (REG_CMD, false) => c0 = op,
                         (REG_ARG0, false) => c0 = args[0],

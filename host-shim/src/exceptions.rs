@@ -9,7 +9,9 @@ use core::arch::asm;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use trap_frame::{frame_asm, restore_frame_eret, save_frame, vector_entry, TrapFrame};
+use trap_frame::{
+    frame_asm, restore_frame_eret, save_frame, vector_entry, vector_table, TrapFrame,
+};
 
 /// The kinds the host's vector entries put in [`TrapFrame::kind`].
 const KIND_SP0: u64 = 0;
@@ -21,9 +23,8 @@ const KIND_LOWER: u64 = 3;
 // FIQ, SError), lower EL in AArch64 and AArch32 (any).
 frame_asm!(
     "    .section .text.vectors, \"ax\"",
-    "    .balign 0x800",
     "    .global host_vectors",
-    "host_vectors:",
+    vector_table!("host_vectors"),
     vector_entry!("{k_sp0}", "host_trap_common"),
     vector_entry!("{k_sp0}", "host_trap_common"),
     vector_entry!("{k_sp0}", "host_trap_common"),
@@ -70,7 +71,7 @@ pub struct HostFault {
 impl HostFault {
     /// The exception class.
     pub fn ec(&self) -> u64 {
-        (self.esr >> 26) & 0x3f
+        trap_frame::esr::ec(self.esr)
     }
 }
 
@@ -214,7 +215,7 @@ extern "C" fn host_handle_exception(frame: &mut TrapFrame) {
     board::eprintln_emergency!(
         "\n*** host: unexpected exception from {}: EC 0x{:02x} ESR_EL1 0x{:08x} ELR_EL1 0x{:x} FAR_EL1 0x{:x}",
         from,
-        (esr >> 26) & 0x3f,
+        trap_frame::esr::ec(esr),
         esr,
         frame.elr,
         far
@@ -222,7 +223,7 @@ extern "C" fn host_handle_exception(frame: &mut TrapFrame) {
     run_crash_hook(format_args!(
         "exception at {}: EC 0x{:02x} (ESR 0x{:x}, ELR 0x{:x}, FAR 0x{:x})",
         from,
-        (esr >> 26) & 0x3f,
+        trap_frame::esr::ec(esr),
         esr,
         frame.elr,
         far

@@ -32,6 +32,7 @@ use scenario::{
     CallArg, ForwardMode, HostTarget, MmioGuardOp, Outcome, PoolSpec, Scenario, Statement,
     StatementKind, World,
 };
+use trap_frame::esr;
 
 use crate::driver::{GuestDriver, GuestMemory, StepReport, TOP_UP_PAGES};
 use crate::exceptions::{probe_read, probe_smc, probe_write, HostFault};
@@ -84,8 +85,8 @@ fn errno(e: Errno) -> Done {
 /// hyp injects it), an abort (instruction or data abort, from either level), or neither.
 fn class_outcome(ec: u64) -> Outcome {
     match ec {
-        0x00 => Outcome::Undef,
-        0x20 | 0x21 | 0x24 | 0x25 => Outcome::Abort,
+        esr::EC_UNKNOWN => Outcome::Undef,
+        ec if esr::is_abort(ec) => Outcome::Abort,
         other => Outcome::Exception(other),
     }
 }
@@ -565,7 +566,7 @@ impl<'p> Runner<'p> {
             ),
             Some(STATUS_EXCEPTION) => {
                 // The class only, as an exit would tell it (Trust rule 1).
-                let class = (r.results[0] >> 26) & 0x3f;
+                let class = esr::ec(r.results[0]);
                 done(
                     class_outcome(class),
                     format!(

@@ -8,9 +8,10 @@
 //! handler with `&mut TrapFrame`, and [`restore_frame_eret!`] (everything back from the frame,
 //! so what the handler changed in it, `elr` say, is what `eret` uses).
 //!
-//! The text macros expand to string literals with three named operands, `{tf_size}`, `{tf_elr}`
-//! and `{tf_kind}`; [`frame_asm!`] is `core::arch::global_asm!` with those operands defined from
-//! [`TrapFrame`] itself (more operands may follow a `;`), so the layout has one definition.
+//! The text macros expand to string literals with named operands (`{tf_size}`, `{tf_elr}`,
+//! `{tf_kind}`, `{tf_entry}`, `{tf_table}`); [`frame_asm!`] is `core::arch::global_asm!` with
+//! those operands defined from [`TrapFrame`] itself and the [`vector`] geometry (more operands may
+//! follow a `;`), so the layout has one definition. [`vector_table!`] starts a table.
 //!
 //! Users: the host shim's EL1 vectors (`host-shim/src/exceptions.rs`) and the guests' EL1
 //! vectors (`guests/src/lib.rs`). The hyp's EL2 vectors (`hyp/src/arch/aarch64/vectors.rs`)
@@ -115,6 +116,35 @@ pub mod spsr {
     pub const EL1H_MASKED: u64 = DAIF | M_EL1H;
 }
 
+/// `ESR_ELx` (the syndrome of the exception taken): its class field and the classes the images
+/// tell apart.
+pub mod esr {
+    /// `EC`, bits 31:26.
+    pub const EC_SHIFT: u32 = 26;
+    pub const EC_MASK: u64 = 0x3f;
+    /// Unknown reason: what an undefined instruction (and an UNDEF the hyp injects) reports.
+    pub const EC_UNKNOWN: u64 = 0x00;
+    /// Instruction abort from a lower EL / the same EL.
+    pub const EC_IABT_LOWER: u64 = 0x20;
+    pub const EC_IABT_CURRENT: u64 = 0x21;
+    /// Data abort from a lower EL / the same EL.
+    pub const EC_DABT_LOWER: u64 = 0x24;
+    pub const EC_DABT_CURRENT: u64 = 0x25;
+
+    /// The exception class of `esr`.
+    pub const fn ec(esr: u64) -> u64 {
+        (esr >> EC_SHIFT) & EC_MASK
+    }
+
+    /// Whether `ec` is an instruction or data abort, from either level.
+    pub const fn is_abort(ec: u64) -> bool {
+        matches!(
+            ec,
+            EC_IABT_LOWER | EC_IABT_CURRENT | EC_DABT_LOWER | EC_DABT_CURRENT
+        )
+    }
+}
+
 /// One vector table entry, as assembly text: aligned to its 128-byte slot, it makes room for a
 /// [`TrapFrame`], saves `x0`/`x1` at its start, puts `kind` in `x1` and branches to `target`.
 /// Uses the operand `{tf_size}` (see [`frame_asm!`]).
@@ -122,7 +152,7 @@ pub mod spsr {
 macro_rules! vector_entry {
     ($kind:literal, $target:literal) => {
         concat!(
-            "    .balign 0x80\n",
+            "    .balign {tf_entry}\n",
             "    sub     sp, sp, #{tf_size}\n",
             "    stp     x0, x1, [sp, #0]\n",
             "    mov     x1, #",
@@ -132,6 +162,15 @@ macro_rules! vector_entry {
             $target,
             "\n",
         )
+    };
+}
+
+/// The start of a vector table, as assembly text: aligned as `VBAR_ELx` needs, labelled `$name`
+/// (in the current section). Uses `{tf_table}`.
+#[macro_export]
+macro_rules! vector_table {
+    ($name:literal) => {
+        concat!("    .balign {tf_table}\n", $name, ":\n")
     };
 }
 
@@ -207,9 +246,10 @@ macro_rules! restore_frame_eret {
 }
 
 /// `core::arch::global_asm!` over the given template pieces (string literals or the macros
-/// above), with `{tf_size}`, `{tf_elr}` and `{tf_kind}` defined from [`TrapFrame`]; the image's
-/// own operands may follow a `;`. Every piece that uses a frame operand must be inside one
-/// `frame_asm!`, and the three must all be used (as a vector table with its common path does).
+/// above), with `{tf_size}`, `{tf_elr}` and `{tf_kind}` defined from [`TrapFrame`] and
+/// `{tf_entry}`, `{tf_table}` from [`vector`]; the image's own operands may follow a `;`. Every
+/// piece that uses them must be inside one `frame_asm!`, and each must be used (as one vector
+/// table with its entries and common path does: `global_asm!` refuses unused operands).
 #[macro_export]
 macro_rules! frame_asm {
     ($($piece:expr),+ $(,)? $(; $($ops:tt)*)?) => {
@@ -218,6 +258,8 @@ macro_rules! frame_asm {
             tf_size = const $crate::FRAME_SIZE,
             tf_elr = const $crate::ELR_OFFSET,
             tf_kind = const $crate::KIND_OFFSET,
+            tf_entry = const $crate::vector::ENTRY_SIZE,
+            tf_table = const $crate::vector::TABLE_ALIGN,
             $($($ops)*)?
         );
     };
@@ -254,6 +296,8 @@ mod tests {
 
     #[test]
     fn the_architectural_numbers() {
+        assert_eq!(esr::ec(0x9600_0010), esr::EC_DABT_CURRENT);
+        assert!(esr::is_abort(0x20) && esr::is_abort(0x25) && !esr::is_abort(0x22));
         assert_eq!(spsr::EL1H_MASKED, 0x3c5);
         assert_eq!(spsr::DAIF | spsr::M_EL1T, 0x3c4);
         assert_eq!(vector::index(vector::CURRENT_SPX + vector::IRQ), 5);

@@ -152,7 +152,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     // SAFETY: the buffer is the guest's own; a single core runs the guest, so no one else
     // touches it.
     let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
-    code.0[16] = 0xd65f_03c0; // ret (the 33rd word; the 34th is unused)
+    code.0[16] = u64::from(INSN_RET); // the 33rd word; the 34th is unused
     let bytes = core::mem::size_of::<AtkCode>() as u64;
     let mut entry = code.0.as_ptr() as u64;
     if dest != 0 {
@@ -188,26 +188,47 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     (out[0], out[4])
 }
 
+/// `ret` (A64).
+const INSN_RET: u32 = 0xd65f_03c0;
+
 /// `OP_ATK_MMU`: see there.
 fn atk_mmu(table: u64, va: u64, ipa: u64) -> (u64, u64) {
-    const DEVICE_GIB: u64 = CMD_DEVICE_IPA >> 30;
-    let slot = (va >> 30) & 511;
-    for i in 0..512u64 {
+    /// A level-1 block maps 1 GiB; a table has 512 entries.
+    const GIB_SHIFT: u32 = 30;
+    const ENTRIES: u64 = 512;
+    /// Block descriptor fields: valid block (0b01), AttrIndx (bits 4:2), SH = inner shareable
+    /// (bits 9:8), AF (bit 10).
+    const DESC_BLOCK: u64 = 0b01;
+    const DESC_ATTR_DEVICE: u64 = 1 << 2;
+    const DESC_SH_INNER: u64 = 3 << 8;
+    const DESC_AF: u64 = 1 << 10;
+    const DEVICE_GIB: u64 = CMD_DEVICE_IPA >> GIB_SHIFT;
+    let slot = (va >> GIB_SHIFT) & (ENTRIES - 1);
+    for i in 0..ENTRIES {
         // Block descriptor: AF, inner shareable, AttrIndx 0 (normal) or 1 (device).
         let out = if i == slot {
-            ipa & !((1 << 30) - 1)
+            ipa & !((1 << GIB_SHIFT) - 1)
         } else {
-            i << 30
+            i << GIB_SHIFT
         };
-        let attr = if i == DEVICE_GIB { 1 << 2 } else { 0 };
-        let desc = out | (1 << 10) | (3 << 8) | attr | 0b01;
+        let attr = if i == DEVICE_GIB { DESC_ATTR_DEVICE } else { 0 };
+        let desc = out | DESC_AF | DESC_SH_INNER | attr | DESC_BLOCK;
         // SAFETY: the table page is guest memory the host named for it.
         unsafe { core::ptr::write_volatile((table + i * 8) as *mut u64, desc) };
     }
     // MAIR: attr0 normal WB, attr1 device-nGnRE. TCR: T0SZ = 25, IRGN0/ORGN0 WB, SH0 inner,
     // TG0 4 KiB, EPD1, IPS 40 bits.
-    let mair: u64 = 0x04ff;
-    let tcr: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32);
+    const MAIR_NORMAL_WB: u64 = 0xff;
+    const MAIR_DEVICE_NGNRE: u64 = 0x04;
+    const TCR_T0SZ_39BIT: u64 = 25;
+    const TCR_IRGN0_WB: u64 = 1 << 8;
+    const TCR_ORGN0_WB: u64 = 1 << 10;
+    const TCR_SH0_INNER: u64 = 3 << 12;
+    const TCR_EPD1: u64 = 1 << 23;
+    const TCR_IPS_40BIT: u64 = 2 << 32;
+    let mair: u64 = MAIR_NORMAL_WB | (MAIR_DEVICE_NGNRE << 8);
+    let tcr: u64 =
+        TCR_T0SZ_39BIT | TCR_IRGN0_WB | TCR_ORGN0_WB | TCR_SH0_INNER | TCR_EPD1 | TCR_IPS_40BIT;
     let (v, sctlr_on): (u64, u64);
     // SAFETY: the guest's own translation regime, on for one load of an address the host named
     // and off again; the code, stack and command device stay identity-mapped meanwhile.
@@ -250,7 +271,7 @@ fn finish_step() {
     match take_exception() {
         None => mmio_write(reg(REG_STATUS), STATUS_OK),
         // A data or instruction abort, from EL1 or EL0.
-        Some(esr) if matches!((esr >> 26) & 0x3f, 0x20 | 0x21 | 0x24 | 0x25) => {
+        Some(esr) if trap_frame::esr::is_abort(trap_frame::esr::ec(esr)) => {
             mmio_write(reg(REG_STATUS), STATUS_ABORTED)
         }
         Some(esr) => {
