@@ -40,14 +40,14 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::cmd::*;
-use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::flags::VmType;
 use abi::guest::CMD_DEVICE_IPA;
 use abi::host::{ExitReason, HostCall};
 use abi::PAGE_SIZE;
 use host_shim::driver::{GuestDriver, StepReport};
 use host_shim::exceptions::HostFault;
 use host_shim::runner::forward_hypercall;
-use host_shim::vm::{self, GmemId, SlotSpec, VmId};
+use host_shim::vm::{self, GmemId, VmId};
 use host_shim::{gic, hvc};
 use ontarget::{ensure, ensure_eq, register, TestResult};
 use tock_registers::interfaces::{Readable, Writeable};
@@ -259,32 +259,10 @@ struct Gvm {
     guest: GuestDriver,
 }
 
-/// A VM of type `t` with a 64 KiB gmem at [`GPA`] (pKVM row for `pkvm`, "non-coco via get_pfn"
-/// for `plain`), a pool, and the step guest.
+/// A VM of type `t` as [`crate::worlds::step_guest_vm`] makes it, with a 48-page pool.
 fn gvm(t: VmType) -> Result<Gvm, String> {
-    with_pages(|pages| {
-        let vm = vm::vm_create(t).map_err(e)?;
-        let flags = match t {
-            VmType::Plain => GmemFlags::MMAP | GmemFlags::NO_DIRECT_MAP,
-            _ => GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY,
-        };
-        let gmem = vm::gmem_create(vm, 64 << 10, flags).map_err(e)?;
-        vm::memslot_create(
-            vm,
-            &SlotSpec {
-                gpa: GPA,
-                size: 64 << 10,
-                gmem: Some((gmem, 0)),
-                uaddr: UserspaceAddr::None,
-                flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES,
-            },
-        )
-        .map_err(e)?;
-        let pool = pages.alloc_contiguous(48, PAGE_SIZE).ok_or("no pages")?;
-        vm::donate(vm, pool, 48).map_err(e)?;
-        let guest = GuestDriver::load(vm, t, pages).map_err(e)?;
-        Ok(Gvm { vm, gmem, guest })
-    })
+    let (vm, gmem, guest) = crate::worlds::step_guest_vm(t, 48)?;
+    Ok(Gvm { vm, gmem, guest })
 }
 
 /// An MMIO exit outside the command device: (IPA, write, data).
