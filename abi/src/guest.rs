@@ -51,3 +51,16 @@ pub const IPA_LIMIT: u64 = 1 << IPA_BITS;
 /// The coco shared alias bit, the top IPA bit: a coco VM's memory lies below it, and the same
 /// GPA with it set is the page's shared alias.
 pub const COCO_SHARED_BIT: u64 = 1 << (IPA_BITS - 1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers the hyp and the host shim used before these constants existed.
+    #[test]
+    fn ipa_constants_keep_their_values() {
+        assert_eq!(IPA_LIMIT, 1 << 40);
+        assert_eq!(COCO_SHARED_BIT, 1 << 39);
+        assert!(CMD_DEVICE_IPA < COCO_SHARED_BIT);
+    }
+}
