@@ -68,7 +68,7 @@ product_run  = $(QEMU_WRAP) -- $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) $(3) \
 LLVM_BIN     = $(shell rustc --print sysroot)/lib/rustlib/$(HOST_TRIPLE)/bin
 SCENARIOS   ?= $(sort $(wildcard scenarios/*.scn))
 
-HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario
+HOST_CRATES   := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p trap-frame
 # Miri where `unsafe` is and host tests reach it: `hyp-mem` (its stage-2 tables and pools over raw
 # pointers) and `hyp-calls` (which drives them).
 # `abi`, `hyp-core` and `scenario` forbid `unsafe`; `board`'s is MMIO that only the bare-metal

@@ -14,6 +14,9 @@ pub const REG_ARG3: u64 = 0x20;
 pub const REG_RESULT0: u64 = 0x40;
 pub const REG_RESULT1: u64 = 0x48;
 pub const REG_STATUS: u64 = 0x50;
+/// Bytes of the device's register window at [`crate::guest::CMD_DEVICE_IPA`]: an MMIO exit in it
+/// is the command device's.
+pub const CMD_DEVICE_SIZE: u64 = 0x100;
 
 /// Commands (value of `CMD`).
 pub const OP_READ: u64 = 1; // ARG0 = IPA -> RESULT0 = byte
@@ -187,4 +190,117 @@ impl Insn {
     pub fn from_u64(v: u64) -> Option<Insn> {
         Self::ALL.iter().copied().find(|i| *i as u64 == v)
     }
+}
+
+/// `rdvl x0, #1` ([`Insn::Sve`]): an SVE instruction, as the word the assembler is given (the
+/// images are built without SVE).
+pub const INSN_RDVL_X0_1: u32 = 0x04bf_5020;
+/// `rdsvl x0, #1` ([`Insn::Sme`]): an SME instruction.
+pub const INSN_RDSVL_X0_1: u32 = 0x04bf_5820;
+/// The semihosting operation [`Insn::Semihost`] asks for in `x0`: SYS_WRITE0 (write the
+/// NUL-terminated string at `x1` to the console).
+pub const SEMIHOST_SYS_WRITE0: u64 = 0x04;
+/// The immediate of the A64 semihosting trap, `HLT #0xF000`.
+pub const SEMIHOST_HLT_IMM: u32 = 0xf000;
+
+/// What each [`WorldReg`] is, as the instruction that writes it: expands to a `match` on `$reg`
+/// whose arms are `$guard!(instructions; operands)` with the value `$v` in `{v}`. The host shim
+/// (`$guard` = its `probed_asm`) and the step guest (`guarded_asm`) share this one table; each
+/// names its own guard macro, in scope where this is expanded, and the expansion must be inside
+/// `unsafe`. Read-only registers are written too (the write is an undefined instruction).
+#[macro_export]
+macro_rules! world_reg_write {
+    ($guard:ident, $reg:expr, $v:expr) => {
+        match $reg {
+            $crate::cmd::WorldReg::D0 => {
+                $guard!(".arch_extension fp", "fmov d0, {v}"; v = in(reg) $v)
+            }
+            $crate::cmd::WorldReg::Fpcr => {
+                $guard!(".arch_extension fp", "msr fpcr, {v}"; v = in(reg) $v)
+            }
+            $crate::cmd::WorldReg::TpidrEl0 => $guard!("msr tpidr_el0, {v}"; v = in(reg) $v),
+            // APIAKeyLo_EL1.
+            $crate::cmd::WorldReg::ApiaKeyLoEl1 => $guard!("msr S3_0_C2_C1_0, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::CntvCvalEl0 => $guard!("msr cntv_cval_el0, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::CntpCvalEl0 => $guard!("msr cntp_cval_el0, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::PmccntrEl0 => $guard!("msr pmccntr_el0, {v}"; v = in(reg) $v),
+            // ZCR_EL1.
+            $crate::cmd::WorldReg::ZcrEl1 => $guard!("msr S3_0_C1_C2_0, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::IccPmrEl1 => $guard!("msr icc_pmr_el1, {v}"; v = in(reg) $v),
+            // Read-only (ID_AA64PFR0_EL1, ID_AA64PFR1_EL1, ID_AA64DFR0_EL1): undefined.
+            $crate::cmd::WorldReg::IdAa64Pfr0El1 => $guard!("msr S3_0_C0_C4_0, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::IdAa64Pfr1El1 => $guard!("msr S3_0_C0_C4_1, {v}"; v = in(reg) $v),
+            $crate::cmd::WorldReg::IdAa64Dfr0El1 => $guard!("msr S3_0_C0_C5_0, {v}"; v = in(reg) $v),
+        }
+    };
+}
+
+/// What each [`WorldReg`] is, as the instruction that reads it into the place `$v` (a `u64`
+/// variable, `inout`: it keeps its value if the read takes an exception). As
+/// [`world_reg_write!`].
+#[macro_export]
+macro_rules! world_reg_read {
+    ($guard:ident, $reg:expr, $v:ident) => {
+        match $reg {
+            $crate::cmd::WorldReg::D0 => {
+                $guard!(".arch_extension fp", "fmov {v}, d0"; v = inout(reg) $v)
+            }
+            $crate::cmd::WorldReg::Fpcr => {
+                $guard!(".arch_extension fp", "mrs {v}, fpcr"; v = inout(reg) $v)
+            }
+            $crate::cmd::WorldReg::TpidrEl0 => $guard!("mrs {v}, tpidr_el0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::ApiaKeyLoEl1 => $guard!("mrs {v}, S3_0_C2_C1_0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::CntvCvalEl0 => $guard!("mrs {v}, cntv_cval_el0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::CntpCvalEl0 => $guard!("mrs {v}, cntp_cval_el0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::PmccntrEl0 => $guard!("mrs {v}, pmccntr_el0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::ZcrEl1 => $guard!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::IccPmrEl1 => $guard!("mrs {v}, icc_pmr_el1"; v = inout(reg) $v),
+            $crate::cmd::WorldReg::IdAa64Pfr0El1 => {
+                $guard!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) $v)
+            }
+            $crate::cmd::WorldReg::IdAa64Pfr1El1 => {
+                $guard!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) $v)
+            }
+            $crate::cmd::WorldReg::IdAa64Dfr0El1 => {
+                $guard!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) $v)
+            }
+        }
+    };
+}
+
+/// What each [`Insn`] is: a `match` on `$insn` of `$guard!(...)` arms, as in
+/// [`world_reg_write!`]. `$msg` is the address of the NUL-terminated string
+/// [`Insn::Semihost`] asks the console to print, `$target` the device address
+/// [`Insn::FetchDevice`] branches to (it comes back through the instruction abort the hyp
+/// injects: its stage-2 maps devices execute-never). The only effects are on the registers each
+/// arm declares.
+#[macro_export]
+macro_rules! world_exec {
+    ($guard:ident, $insn:expr, $msg:expr, $target:expr) => {
+        match $insn {
+            $crate::cmd::Insn::Sve => {
+                $guard!(".inst {w}"; w = const $crate::cmd::INSN_RDVL_X0_1, out("x0") _)
+            }
+            $crate::cmd::Insn::Sme => {
+                $guard!(".inst {w}"; w = const $crate::cmd::INSN_RDSVL_X0_1, out("x0") _)
+            }
+            $crate::cmd::Insn::Pmu => $guard!("mrs x0, pmcr_el0"; out("x0") _),
+            $crate::cmd::Insn::Dbg => $guard!("mrs x0, mdscr_el1"; out("x0") _),
+            $crate::cmd::Insn::Semihost => $guard!(
+                "mov x0, #{op}",
+                "mov x1, {msg}",
+                "hlt #{imm}";
+                op = const $crate::cmd::SEMIHOST_SYS_WRITE0,
+                imm = const $crate::cmd::SEMIHOST_HLT_IMM,
+                msg = in(reg) $msg,
+                out("x0") _,
+                out("x1") _
+            ),
+            $crate::cmd::Insn::FetchDevice => $guard!(
+                "blr {target}";
+                target = in(reg) $target,
+                out("x30") _
+            ),
+        }
+    };
 }

@@ -43,3 +43,26 @@ pub const RANGE_CALL_MAX_GRANULES: u64 = 256;
 /// Guest physical address of the MMIO command device the step-interpreter guest talks through.
 /// It lies above the scenario window (below 4 GiB) on purpose.
 pub const CMD_DEVICE_IPA: u64 = 0x1_0000_0000;
+
+/// Bits of every VM's IPA space (the hyp gives each VM a 40-bit stage-2).
+pub const IPA_BITS: u32 = 40;
+/// One past the highest IPA of a VM.
+pub const IPA_LIMIT: u64 = 1 << IPA_BITS;
+/// The coco shared alias bit, the top IPA bit: a coco VM's memory lies below it, and the same
+/// GPA with it set is the page's shared alias.
+pub const COCO_SHARED_BIT: u64 = 1 << (IPA_BITS - 1);
+
+// The command device lies below the shared alias (a coco guest reaches it at its private IPA).
+const _: () = assert!(CMD_DEVICE_IPA < COCO_SHARED_BIT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers the hyp and the host shim used before these constants existed.
+    #[test]
+    fn ipa_constants_keep_their_values() {
+        assert_eq!(IPA_LIMIT, 1 << 40);
+        assert_eq!(COCO_SHARED_BIT, 1 << 39);
+    }
+}

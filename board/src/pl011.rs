@@ -1,21 +1,28 @@
 //! Arm PL011 UART, transmit side only (QEMU needs no baud set-up).
 
 use tock_registers::interfaces::{Readable, Writeable};
-use tock_registers::register_bitfields;
 use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::{register_bitfields, register_structs};
 
 register_bitfields![u32,
+    /// UARTFR, the flag register.
     FR [
+        /// The transmit FIFO is full.
         TXFF OFFSET(5) NUMBITS(1) [],
+        /// The UART is busy transmitting.
         BUSY OFFSET(3) NUMBITS(1) []
     ]
 ];
 
-#[repr(C)]
-struct Registers {
-    dr: ReadWrite<u32>,
-    _reserved0: [u32; 5],
-    fr: ReadOnly<u32, FR::Register>,
+register_structs! {
+    /// The registers the console uses (PL011 TRM, "Summary of registers").
+    Registers {
+        /// UARTDR: a write sends a byte.
+        (0x00 => dr: ReadWrite<u32>),
+        (0x04 => _reserved0),
+        (0x18 => fr: ReadOnly<u32, FR::Register>),
+        (0x1c => @END),
+    }
 }
 
 /// A PL011 at a fixed MMIO address.

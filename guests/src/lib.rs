@@ -11,13 +11,59 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// ESR_EL1 of the last exception the guest took (0 = none since the last [`take_exception`]).
+use trap_frame::{
+    frame_asm, restore_frame_eret, save_frame, vector_entry, vector_table, TrapFrame,
+};
+
+/// ESR_EL1 of the last exception the guest took, with [`ESR_TAKEN`] (0 = none since the last
+/// [`take_exception`]).
 static LAST_ESR: AtomicU64 = AtomicU64::new(0);
 /// Where the next exception returns to (0: the instruction after the one that took it). Set
 /// by [`guarded_asm!`] just before its instruction, so even a faulting branch target comes back.
 static RESUME: AtomicU64 = AtomicU64::new(0);
+/// Marks [`LAST_ESR`] as holding a syndrome (an ESR of 0 is possible: EC 0, unknown reason).
+const ESR_TAKEN: u64 = 1 << 63;
 
-core::arch::global_asm!(
+/// An SMCCC call (`$insn`: `"hvc #0"` or `"smc #0"`) with all 64 bits of `x0`. The `smccc`
+/// crate takes the function ID as a `u32` (SMCCC passes it in `W0`) and zero-extends it, but the
+/// host may ask for any `x0` (`OP_HVC`'s ARG0, `OP_ATK_SMC`'s) and the hyp decodes all of it, so
+/// an ID with bits 63:32 set is issued here, with `smccc`'s registers: x0..x17 may change.
+macro_rules! wide_call {
+    ($insn:literal, $x0:expr, $a:expr) => {{
+        let a: [u64; 3] = $a;
+        let (r0, r1, r2, r3);
+        // SAFETY: the call traps to the hyp, which writes at most x0..x17 of the guest, all
+        // declared; no memory of the guest's is touched.
+        unsafe {
+            asm!(
+                $insn,
+                inout("x0") $x0 => r0, inout("x1") a[0] => r1, inout("x2") a[1] => r2,
+                inout("x3") a[2] => r3, inout("x4") 0u64 => _, inout("x5") 0u64 => _,
+                inout("x6") 0u64 => _, inout("x7") 0u64 => _, inout("x8") 0u64 => _,
+                inout("x9") 0u64 => _, inout("x10") 0u64 => _, inout("x11") 0u64 => _,
+                inout("x12") 0u64 => _, inout("x13") 0u64 => _, inout("x14") 0u64 => _,
+                inout("x15") 0u64 => _, inout("x16") 0u64 => _, inout("x17") 0u64 => _,
+                options(nostack)
+            )
+        };
+        [r0, r1, r2, r3]
+    }};
+}
+
+/// `CPACR_EL1.FPEN` = 0b11: FP/SIMD instructions do not trap at EL1 or EL0.
+const CPACR_EL1_FPEN: u64 = 3 << 20;
+/// `CPACR_EL1.ZEN` = 0b11: SVE instructions do not trap (RES0 without SVE).
+const CPACR_EL1_ZEN: u64 = 3 << 16;
+/// `CPACR_EL1.SMEN` = 0b11: SME instructions do not trap (RES0 without SME).
+const CPACR_EL1_SMEN: u64 = 3 << 24;
+
+// Boot, then the vectors' common path (in the boot section, where it fills the gap below the
+// 2 KiB-aligned table: the image must stay small, see `step-guest.rs`), then the table. Every
+// entry saves the whole interrupted context in a [`TrapFrame`] (the layout the host shim and the
+// hyp use) and calls `guest_handle_exception`, which records the syndrome and says where to
+// return (after the faulting instruction, or a guarded block's end). The kind is the entry's
+// number (its offset / 0x80).
+frame_asm!(
     r#"
     .section .text.boot, "ax"
     .global _start
@@ -44,9 +90,9 @@ _start:
     // CPACR_EL1: FPEN, ZEN, SMEN. The hyp's ID registers tell this guest it has no SVE or SME;
     // it enables them anyway (as a hostile guest would), so their instructions reach the
     // hyp's trap (the fields are ignored where the CPU lacks the feature).
-    mov     x10, #0x300000
-    orr     x10, x10, #0x30000
-    orr     x10, x10, #0x3000000
+    mov     x10, #{cpacr_fpen}
+    orr     x10, x10, #{cpacr_zen}
+    orr     x10, x10, #{cpacr_smen}
     msr     cpacr_el1, x10
     isb
     mov     x0, x19
@@ -54,57 +100,45 @@ _start:
 3:  wfi
     b       3b
 
-    .section .text.vectors, "ax"
-    .balign 0x800
-guest_vectors:
-    .rept 16
-    .balign 0x80
-    b       guest_exception
-    .endr
-
-// Saves every caller-saved register (the handler is a Rust call), records the syndrome and
-// returns to where the handler says (after the faulting instruction, or a guarded block's end).
-guest_exception:
-    sub     sp, sp, #176
-    stp     x0, x1, [sp, #0]
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x29, [sp, #144]
-    str     x30, [sp, #160]
-    mrs     x0, esr_el1
-    mrs     x1, elr_el1
-    bl      guest_record_exception
-    msr     elr_el1, x0
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x29, [sp, #144]
-    ldr     x30, [sp, #160]
-    add     sp, sp, #176
-    eret
     .ltorg
-"#
+"#,
+    "guest_exception:",
+    save_frame!("el1"),
+    "    bl      guest_handle_exception",
+    restore_frame_eret!("el1"),
+    "    .section .text.vectors, \"ax\"",
+    vector_table!("guest_vectors"),
+    vector_entry!(0, "guest_exception"),
+    vector_entry!(1, "guest_exception"),
+    vector_entry!(2, "guest_exception"),
+    vector_entry!(3, "guest_exception"),
+    vector_entry!(4, "guest_exception"),
+    vector_entry!(5, "guest_exception"),
+    vector_entry!(6, "guest_exception"),
+    vector_entry!(7, "guest_exception"),
+    vector_entry!(8, "guest_exception"),
+    vector_entry!(9, "guest_exception"),
+    vector_entry!(10, "guest_exception"),
+    vector_entry!(11, "guest_exception"),
+    vector_entry!(12, "guest_exception"),
+    vector_entry!(13, "guest_exception"),
+    vector_entry!(14, "guest_exception"),
+    vector_entry!(15, "guest_exception");
+    cpacr_fpen = const CPACR_EL1_FPEN,
+    cpacr_zen = const CPACR_EL1_ZEN,
+    cpacr_smen = const CPACR_EL1_SMEN,
 );
 
 #[no_mangle]
-extern "C" fn guest_record_exception(esr: u64, elr: u64) -> u64 {
-    LAST_ESR.store(esr | (1 << 63), Ordering::Relaxed);
-    match RESUME.swap(0, Ordering::Relaxed) {
-        0 => elr.wrapping_add(4),
+extern "C" fn guest_handle_exception(frame: &mut TrapFrame) {
+    let esr: u64;
+    // SAFETY: reading the guest's own syndrome register has no side effects.
+    unsafe { asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack)) };
+    LAST_ESR.store(esr | ESR_TAKEN, Ordering::Relaxed);
+    frame.elr = match RESUME.swap(0, Ordering::Relaxed) {
+        0 => frame.elr.wrapping_add(4),
         resume => resume,
-    }
+    };
 }
 
 /// The slot [`guarded_asm!`] writes its resume address into.
@@ -139,7 +173,7 @@ macro_rules! guarded_asm {
 /// The ESR of an exception taken since the last call (the faulting instruction was skipped).
 pub fn take_exception() -> Option<u64> {
     let v = LAST_ESR.swap(0, Ordering::Relaxed);
-    (v != 0).then_some(v & !(1 << 63))
+    (v != 0).then_some(v & !ESR_TAKEN)
 }
 
 /// Whether an exception was taken since the last [`take_exception`] (without consuming it).
@@ -179,15 +213,33 @@ pub fn write_byte(addr: u64, value: u8) {
     };
 }
 
-/// SMCCC call over `HVC #0`: returns x0..x3.
+/// SMCCC call over `HVC #0` (`x1..x3` = `a1..a3`, the rest zero): returns x0..x3.
 pub fn hvc(func: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
-    let (r0, r1, r2, r3);
-    // SAFETY: HVC traps to the hyp, which writes x0..x3 only.
-    unsafe {
-        asm!("hvc #0", inout("x0") func => r0, inout("x1") a1 => r1, inout("x2") a2 => r2,
-             inout("x3") a3 => r3, options(nostack))
-    };
-    [r0, r1, r2, r3]
+    match u32::try_from(func) {
+        Ok(function) => {
+            let r = smccc::hvc64(function, pad([a1, a2, a3]));
+            [r[0], r[1], r[2], r[3]]
+        }
+        Err(_) => wide_call!("hvc #0", func, [a1, a2, a3]),
+    }
+}
+
+/// SMCCC call over `SMC #0` (trapped by the hyp): returns x0..x3.
+pub fn smc(func: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
+    match u32::try_from(func) {
+        Ok(function) => {
+            let r = smccc::smc64(function, pad([a1, a2, a3]));
+            [r[0], r[1], r[2], r[3]]
+        }
+        Err(_) => wide_call!("smc #0", func, [a1, a2, a3]),
+    }
+}
+
+/// `x1..x3` followed by zeros, as the `x1..x17` of an SMCCC 1.2 call.
+fn pad(a: [u64; 3]) -> [u64; 17] {
+    let mut args = [0; 17];
+    args[..3].copy_from_slice(&a);
+    args
 }
 
 #[panic_handler]

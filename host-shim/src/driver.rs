@@ -191,7 +191,7 @@ impl GuestDriver {
             VmType::Pkvm if !self.flag_shared => (GUEST_FLAG_IPA, GUEST_FLAG_IPA),
             VmType::Pkvm => (0, GUEST_FLAG_IPA),
             // The flag page stays shared: the guest reads it through the shared alias.
-            VmType::Coco => (0, GUEST_FLAG_IPA | crate::runner::COCO_SHARED_BIT),
+            VmType::Coco => (0, GUEST_FLAG_IPA | abi::guest::COCO_SHARED_BIT),
             VmType::Plain => (0, GUEST_FLAG_IPA),
         }
     }
@@ -244,7 +244,7 @@ impl GuestDriver {
             match exit {
                 Exit::Mmio {
                     ipa, write, data, ..
-                } if (CMD_DEVICE_IPA..CMD_DEVICE_IPA + 0x100).contains(&ipa) => {
+                } if (CMD_DEVICE_IPA..CMD_DEVICE_IPA + CMD_DEVICE_SIZE).contains(&ipa) => {
                     match (ipa - CMD_DEVICE_IPA, write) {
                         (REG_CMD, false) => c0 = op,
                         (REG_ARG0, false) => c0 = args[0],

@@ -7,93 +7,48 @@
 
 use core::arch::asm;
 use core::fmt;
-use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-#[repr(C)]
-struct Frame {
-    x: [u64; 31],
-    elr: u64,
-    spsr: u64,
-    kind: u64,
-}
+use trap_frame::{
+    frame_asm, restore_frame_eret, save_frame, vector_entry, vector_table, TrapFrame,
+};
 
-core::arch::global_asm!(
-    r#"
-.macro hslot kind
-    .balign 0x80
-    sub     sp, sp, #{frame}
-    stp     x0, x1, [sp, #0]
-    mov     x1, #\kind
-    b       host_trap_common
-.endm
-    .section .text.vectors, "ax"
-    .balign 0x800
-    .global host_vectors
-host_vectors:
-    hslot 0
-    hslot 0
-    hslot 0
-    hslot 0
-    hslot 1
-    hslot 2
-    hslot 2
-    hslot 2
-    hslot 3
-    hslot 3
-    hslot 3
-    hslot 3
-    hslot 3
-    hslot 3
-    hslot 3
-    hslot 3
-host_trap_common:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    str     x30, [sp, #240]
-    mrs     x2, elr_el1
-    mrs     x3, spsr_el1
-    stp     x2, x3, [sp, #{elr}]
-    str     x1, [sp, #{kind}]
-    mov     x0, sp
-    bl      host_handle_exception
-    ldp     x2, x3, [sp, #{elr}]
-    msr     elr_el1, x2
-    msr     spsr_el1, x3
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
-    ldp     x20, x21, [sp, #160]
-    ldp     x22, x23, [sp, #176]
-    ldp     x24, x25, [sp, #192]
-    ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
-    ldr     x30, [sp, #240]
-    add     sp, sp, #{frame}
-    eret
-"#,
-    frame = const size_of::<Frame>(),
-    elr = const offset_of!(Frame, elr),
-    kind = const offset_of!(Frame, kind),
+/// The kinds the host's vector entries put in [`TrapFrame::kind`].
+const KIND_SP0: u64 = 0;
+const KIND_SYNC: u64 = 1;
+const KIND_ASYNC: u64 = 2;
+const KIND_LOWER: u64 = 3;
+
+// The 16 entries: current EL with SP_EL0 (any), current EL with SP_EL1 (synchronous, then IRQ,
+// FIQ, SError), lower EL in AArch64 and AArch32 (any).
+frame_asm!(
+    "    .section .text.vectors, \"ax\"",
+    "    .global host_vectors",
+    vector_table!("host_vectors"),
+    vector_entry!("{k_sp0}", "host_trap_common"),
+    vector_entry!("{k_sp0}", "host_trap_common"),
+    vector_entry!("{k_sp0}", "host_trap_common"),
+    vector_entry!("{k_sp0}", "host_trap_common"),
+    vector_entry!("{k_sync}", "host_trap_common"),
+    vector_entry!("{k_async}", "host_trap_common"),
+    vector_entry!("{k_async}", "host_trap_common"),
+    vector_entry!("{k_async}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    vector_entry!("{k_lower}", "host_trap_common"),
+    "host_trap_common:",
+    save_frame!("el1"),
+    "    bl      host_handle_exception",
+    restore_frame_eret!("el1");
+    k_sp0 = const KIND_SP0,
+    k_sync = const KIND_SYNC,
+    k_async = const KIND_ASYNC,
+    k_lower = const KIND_LOWER,
 );
 
 /// Installs the vectors in `VBAR_EL1`.
@@ -116,7 +71,7 @@ pub struct HostFault {
 impl HostFault {
     /// The exception class.
     pub fn ec(&self) -> u64 {
-        (self.esr >> 26) & 0x3f
+        trap_frame::esr::ec(self.esr)
     }
 }
 
@@ -207,26 +162,11 @@ pub fn probe<R>(f: impl FnOnce() -> R) -> Result<R, HostFault> {
 /// Issues one SMC from the host (x0 = `func`, x1..x3 = `args`) -> x0..x3 as they came back. An
 /// exception the SMC raised at EL1 (an undefined instruction, say) is returned, not fatal.
 pub fn probe_smc(func: u64, args: [u64; 3]) -> Result<[u64; 4], HostFault> {
-    let (r0, r1, r2, r3);
     arm();
-    // SAFETY: one SMC; whoever answers it (the hyp, which traps it, or the firmware) writes
-    // x0..x3 only; an exception on it is caught by the armed vector, which skips it.
-    unsafe {
-        asm!(
-            "smc #0",
-            inout("x0") func => r0,
-            inout("x1") args[0] => r1,
-            inout("x2") args[1] => r2,
-            inout("x3") args[2] => r3,
-            // SMCCC before 1.1 lets the callee clobber these.
-            lateout("x4") _, lateout("x5") _, lateout("x6") _, lateout("x7") _,
-            lateout("x8") _, lateout("x9") _, lateout("x10") _, lateout("x11") _,
-            lateout("x12") _, lateout("x13") _, lateout("x14") _, lateout("x15") _,
-            lateout("x16") _, lateout("x17") _,
-            options(nostack)
-        )
-    };
-    disarm().map_or(Ok([r0, r1, r2, r3]), Err)
+    // `hvc::smc` is one SMC (SMCCC: x0..x17 may come back changed, all declared); an exception
+    // on it is caught by the armed vector, which skips it (x0..x3 then read as they went in).
+    let r = crate::hvc::smc(func, args);
+    disarm().map_or(Ok(r), Err)
 }
 
 /// A function the EL1 test harness installs to report a crash as the current test's failure.
@@ -249,13 +189,13 @@ pub fn run_crash_hook(reason: fmt::Arguments) {
 }
 
 #[no_mangle]
-extern "C" fn host_handle_exception(frame: &mut Frame) {
+extern "C" fn host_handle_exception(frame: &mut TrapFrame) {
     let (esr, far): (u64, u64);
     // SAFETY: reading the EL1 syndrome registers has no side effects.
     unsafe {
         asm!("mrs {}, esr_el1", "mrs {}, far_el1", out(reg) esr, out(reg) far, options(nomem, nostack));
     }
-    if frame.kind == 1 && PROBE_ARMED.swap(false, Ordering::Relaxed) {
+    if frame.kind == KIND_SYNC && PROBE_ARMED.swap(false, Ordering::Relaxed) {
         PROBE_ESR.store(esr, Ordering::Relaxed);
         PROBE_FAR.store(far, Ordering::Relaxed);
         PROBE_HIT.store(true, Ordering::Relaxed);
@@ -265,19 +205,17 @@ extern "C" fn host_handle_exception(frame: &mut Frame) {
         };
         return;
     }
-    let from = [
-        "EL1 on SP_EL0",
-        "EL1 (synchronous)",
-        "EL1 (interrupt)",
-        "EL0",
-    ]
-    .get(frame.kind as usize)
-    .copied()
-    .unwrap_or("?");
+    let from = match frame.kind {
+        KIND_SP0 => "EL1 on SP_EL0",
+        KIND_SYNC => "EL1 (synchronous)",
+        KIND_ASYNC => "EL1 (interrupt)",
+        KIND_LOWER => "EL0",
+        _ => "?",
+    };
     board::eprintln_emergency!(
         "\n*** host: unexpected exception from {}: EC 0x{:02x} ESR_EL1 0x{:08x} ELR_EL1 0x{:x} FAR_EL1 0x{:x}",
         from,
-        (esr >> 26) & 0x3f,
+        trap_frame::esr::ec(esr),
         esr,
         frame.elr,
         far
@@ -285,7 +223,7 @@ extern "C" fn host_handle_exception(frame: &mut Frame) {
     run_crash_hook(format_args!(
         "exception at {}: EC 0x{:02x} (ESR 0x{:x}, ELR 0x{:x}, FAR 0x{:x})",
         from,
-        (esr >> 26) & 0x3f,
+        trap_frame::esr::ec(esr),
         esr,
         frame.elr,
         far

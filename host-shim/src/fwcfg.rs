@@ -12,19 +12,42 @@
 //! then read 1 byte to `pa` in a second: the device writes byte `value` at `pa`, wherever that
 //! is, past every stage-2.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::mem::offset_of;
+use core::ptr::read_volatile;
 use core::sync::atomic::{fence, Ordering};
 
 use board::layout::FW_CFG_BASE;
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::register_structs;
+use tock_registers::registers::{ReadOnly, WriteOnly};
 
 use crate::exceptions::{probe_read, HostFault};
 
 /// The fw_cfg item whose byte `n` is `n`.
 pub const DMA_ITEM: &str = "opt/dma-bytes";
 
-const DATA: usize = FW_CFG_BASE;
-const SELECTOR: usize = FW_CFG_BASE + 8;
-const DMA_ADDRESS: usize = FW_CFG_BASE + 16;
+register_structs! {
+    /// The device's registers (the selector and the DMA address are big-endian).
+    FwCfg {
+        (0x00 => data: ReadOnly<u8>),
+        (0x01 => _reserved0),
+        (0x08 => selector: WriteOnly<u16>),
+        (0x0a => _reserved1),
+        (0x10 => dma_address: WriteOnly<u64>),
+        (0x18 => @END),
+    }
+}
+
+const DATA: usize = FW_CFG_BASE + offset_of!(FwCfg, data);
+const SELECTOR: usize = FW_CFG_BASE + offset_of!(FwCfg, selector);
+const DMA_ADDRESS: usize = FW_CFG_BASE + offset_of!(FwCfg, dma_address);
+
+/// The registers, once the first (probed) access showed they can be reached.
+fn regs() -> &'static FwCfg {
+    // SAFETY: fw_cfg's register block at its fixed address on QEMU `virt` (MMU off: the physical
+    // address is the address); only used after `probe_read(DATA)` went through, so it is mapped.
+    unsafe { &*(FW_CFG_BASE as *const FwCfg) }
+}
 
 const FW_CFG_SIGNATURE: u16 = 0x0000;
 const FW_CFG_ID: u16 = 0x0001;
@@ -39,7 +62,18 @@ const CTL_SELECT: u32 = 1 << 3;
 
 /// Bytes of one file directory entry (`be32 size, be16 select, be16 reserved, name[56]`).
 const DIR_ENTRY: usize = 64;
+/// Where the entry's selector key and name start, and the name's length.
+const DIR_KEY: usize = 4;
+const DIR_NAME: usize = 8;
 const NAME_LEN: usize = 56;
+/// Most directory entries read (QEMU has a few dozen).
+const MAX_DIR_ENTRIES: u32 = 0x1000;
+/// Polls of a DMA descriptor's control word before giving up.
+const DMA_SPIN_LIMIT: usize = 1_000_000;
+/// What the signature item reads.
+const SIGNATURE: [u8; 4] = *b"QEMU";
+/// Where the selector key sits in a DMA descriptor's control word.
+const CTL_SELECT_SHIFT: u32 = 16;
 
 /// What [`dma_write`] returns when no abort was taken but the device did not behave as fw_cfg
 /// with the item (no DMA interface, no `opt/dma-bytes`, a transfer error): `esr` is `u64::MAX`
@@ -63,13 +97,12 @@ struct DmaAccess {
 }
 
 fn select(key: u16) {
-    // SAFETY: the fw_cfg selector register, reachable (the first access went through).
-    unsafe { write_volatile(SELECTOR as *mut u16, key.to_be()) };
+    regs().selector.set(key.to_be());
 }
 
+/// The next byte of the selected item.
 fn read_u8() -> u8 {
-    // SAFETY: the fw_cfg data register: a byte read returns the next byte of the item.
-    unsafe { read_volatile(DATA as *const u8) }
+    regs().data.get()
 }
 
 fn read_be32() -> u32 {
@@ -84,13 +117,13 @@ fn read_le32() -> u32 {
 fn find_item(name: &str) -> Option<u16> {
     select(FW_CFG_FILE_DIR);
     let count = read_be32();
-    for _ in 0..count.min(0x1000) {
+    for _ in 0..count.min(MAX_DIR_ENTRIES) {
         let mut entry = [0u8; DIR_ENTRY];
         for b in entry.iter_mut() {
             *b = read_u8();
         }
-        let key = u16::from_be_bytes([entry[4], entry[5]]);
-        let raw = &entry[8..8 + NAME_LEN];
+        let key = u16::from_be_bytes([entry[DIR_KEY], entry[DIR_KEY + 1]]);
+        let raw = &entry[DIR_NAME..DIR_NAME + NAME_LEN];
         let len = raw.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
         if &raw[..len] == name.as_bytes() {
             return Some(key);
@@ -108,10 +141,10 @@ fn transfer(control: u32, length: u32, address: u64) -> Result<(), HostFault> {
     };
     let desc = &mut d as *mut DmaAccess;
     fence(Ordering::SeqCst);
-    // SAFETY: the fw_cfg DMA address register; the descriptor lives on this stack frame (host
-    // RAM, physical address == address, the host runs with its MMU off) until the transfer ends.
-    unsafe { write_volatile(DMA_ADDRESS as *mut u64, (desc as u64).to_be()) };
-    for _ in 0..1_000_000 {
+    // The descriptor lives on this stack frame (host RAM, physical address == address, the host
+    // runs with its MMU off) until the transfer ends.
+    regs().dma_address.set((desc as u64).to_be());
+    for _ in 0..DMA_SPIN_LIMIT {
         fence(Ordering::SeqCst);
         // SAFETY: `desc` points at `d`, alive here; the device writes its control field.
         let c = u32::from_be(unsafe { read_volatile(core::ptr::addr_of!((*desc).control)) });
@@ -134,7 +167,7 @@ pub fn dma_write(pa: u64, value: u8) -> Result<(), HostFault> {
     // for the host, so on this system this load takes the stage-2 abort, injected at EL1.
     probe_read(DATA)?;
     select(FW_CFG_SIGNATURE);
-    if read_be32() != u32::from_be_bytes(*b"QEMU") {
+    if read_be32() != u32::from_be_bytes(SIGNATURE) {
         return Err(device_error(DATA));
     }
     select(FW_CFG_ID);
@@ -143,7 +176,7 @@ pub fn dma_write(pa: u64, value: u8) -> Result<(), HostFault> {
     }
     let key = find_item(DMA_ITEM).ok_or_else(|| device_error(SELECTOR))?;
     transfer(
-        (u32::from(key) << 16) | CTL_SELECT | CTL_SKIP,
+        (u32::from(key) << CTL_SELECT_SHIFT) | CTL_SELECT | CTL_SKIP,
         u32::from(value),
         0,
     )?;

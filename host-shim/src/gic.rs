@@ -7,64 +7,124 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-/// Distributor and redistributor region of QEMU `virt`.
-const GICD_BASE: usize = 0x0800_0000;
-const GICR_BASE: usize = 0x080a_0000;
+use board::layout::{GICD_BASE, GICR_BASE, GICR_SIZE_PER_CPU};
+use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::{register_bitfields, register_structs};
+
+/// End of QEMU `virt`'s redistributor region (room for 123 CPUs).
 const GICR_END: usize = 0x0900_0000;
-/// One GICv3 redistributor: RD_base and SGI_base frames, 64 KiB each.
-const GICR_STRIDE: usize = 0x2_0000;
-const SGI_BASE: usize = 0x1_0000;
 
-const GICD_CTLR: usize = 0x0000;
-/// RWP: a register write is still in progress.
-const CTLR_RWP: u32 = 1 << 31;
-/// ARE (single security state) / ARE_NS (the non-secure view): affinity routing.
-const CTLR_ARE: u32 = 1 << 4;
-/// Group 1 enables: EnableGrp1 (bit 1) without security extensions; EnableGrp1NS (bit 0) and
-/// EnableGrp1A (bit 1) in the non-secure view with them. Bit 0 is EnableGrp0 without security
-/// extensions, harmless: no interrupt is in group 0.
-const CTLR_GRP1: u32 = 0b11;
+register_bitfields![u32,
+    /// GICD_CTLR, as the non-secure (or the only) security state sees it.
+    pub GICD_CTLR [
+        /// A register write is still in progress.
+        RWP OFFSET(31) NUMBITS(1) [],
+        /// ARE (single security state) / ARE_NS (the non-secure view): affinity routing.
+        ARE OFFSET(4) NUMBITS(1) [],
+        /// Group 1 enables: EnableGrp1 (bit 1) without security extensions; EnableGrp1NS
+        /// (bit 0) and EnableGrp1A (bit 1) in the non-secure view with them. Bit 0 is EnableGrp0
+        /// without security extensions, harmless: no interrupt is in group 0.
+        ENABLE_GRP1 OFFSET(0) NUMBITS(2) []
+    ],
+    pub GICR_WAKER [
+        CHILDREN_ASLEEP OFFSET(2) NUMBITS(1) [],
+        PROCESSOR_SLEEP OFFSET(1) NUMBITS(1) []
+    ]
+];
 
-const GICR_WAKER: usize = 0x0014;
-const GICR_TYPER: usize = 0x0008;
-const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-const TYPER_LAST: u64 = 1 << 4;
+register_bitfields![u64,
+    pub GICR_TYPER [
+        /// Aff3.Aff2.Aff1.Aff0 of the CPU this redistributor serves.
+        AFFINITY OFFSET(32) NUMBITS(32) [],
+        /// The last redistributor of the region.
+        LAST OFFSET(4) NUMBITS(1) [],
+        /// Physical LPIs are supported.
+        PLPIS OFFSET(0) NUMBITS(1) []
+    ]
+];
 
-const GICR_IGROUPR0: usize = SGI_BASE + 0x0080;
-const GICR_ISENABLER0: usize = SGI_BASE + 0x0100;
-const GICR_IPRIORITYR: usize = SGI_BASE + 0x0400;
-const GICR_IGRPMODR0: usize = SGI_BASE + 0x0d00;
+register_structs! {
+    /// The distributor registers the host uses.
+    pub Distributor {
+        (0x0000 => pub ctlr: ReadWrite<u32, GICD_CTLR::Register>),
+        (0x0004 => @END),
+    }
+}
+
+register_structs! {
+    /// One GICv3 redistributor: its RD_base frame (64 KiB) and its SGI_base frame (the next
+    /// 64 KiB), the registers of them the host and its tests use. One bit per SGI/PPI (0..31)
+    /// in each 32-bit register; `ipriorityr` holds a byte per interrupt, four per word.
+    pub Redistributor {
+        (0x0_0000 => _rd_reserved0),
+        (0x0_0008 => pub typer: ReadOnly<u64, GICR_TYPER::Register>),
+        (0x0_0010 => _rd_reserved1),
+        (0x0_0014 => pub waker: ReadWrite<u32, GICR_WAKER::Register>),
+        (0x0_0018 => _rd_reserved2),
+        (0x1_0080 => pub igroupr0: ReadWrite<u32>),
+        (0x1_0084 => _sgi_reserved0),
+        (0x1_0100 => pub isenabler0: ReadWrite<u32>),
+        (0x1_0104 => _sgi_reserved1),
+        (0x1_0180 => pub icenabler0: ReadWrite<u32>),
+        (0x1_0184 => _sgi_reserved2),
+        (0x1_0200 => pub ispendr0: ReadWrite<u32>),
+        (0x1_0204 => _sgi_reserved3),
+        (0x1_0280 => pub icpendr0: ReadWrite<u32>),
+        (0x1_0284 => _sgi_reserved4),
+        (0x1_0400 => pub ipriorityr: [ReadWrite<u32>; 8]),
+        (0x1_0420 => _sgi_reserved5),
+        (0x1_0d00 => pub igrpmodr0: ReadWrite<u32>),
+        (0x1_0d04 => @END),
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Redistributor>() <= GICR_SIZE_PER_CPU);
+
+fn distributor() -> &'static Distributor {
+    // SAFETY: the distributor's registers, in the device window the host's stage-2 maps as
+    // device memory; the host runs with its MMU off, so the physical address is the address.
+    unsafe { &*(GICD_BASE as *const Distributor) }
+}
+
+/// The redistributor at `index` in QEMU `virt`'s region (0 is the boot CPU's; the region is not
+/// probed: the caller knows the CPU exists).
+pub fn redistributor(index: usize) -> &'static Redistributor {
+    let rd = GICR_BASE + index * GICR_SIZE_PER_CPU;
+    assert!(rd < GICR_END, "no redistributor {index} in the region");
+    // SAFETY: a redistributor's two frames, inside the region the host's stage-2 maps as device
+    // memory (checked against its end above; MMU off, so the physical address is the address).
+    unsafe { &*(rd as *const Redistributor) }
+}
 
 /// The EL1 physical timer's PPI.
 pub const TIMER_PPI: u32 = 30;
 /// Its priority (lower is more urgent; the CPU interface's mask lets everything through).
 const TIMER_PRIORITY: u32 = 0x80;
 
+/// `ICC_SRE_EL1.SRE`: the CPU interface through system registers.
+const ICC_SRE_SRE: u64 = 1 << 0;
+/// `ICC_PMR_EL1`: the lowest priority mask, which lets every priority through.
+const ICC_PMR_ALL: u64 = 0xff;
+/// `ICC_IGRPEN1_EL1.Enable`: group 1 interrupts signalled.
+const ICC_IGRPEN1_ENABLE: u64 = 1 << 0;
+/// `MPIDR_EL1` Aff2.Aff1.Aff0 (bits 23:0) and Aff3 (bits 39:32).
+const MPIDR_AFF0_2: u64 = 0xff_ffff;
+const MPIDR_AFF3_SHIFT: u32 = 32;
+const MPIDR_AFF3: u64 = 0xff;
+/// Where `GICR_TYPER.Affinity_Value` keeps Aff3 (above Aff2..Aff0).
+const TYPER_AFF3_SHIFT: u32 = 24;
+/// One priority byte of `GICR_IPRIORITYR<n>`.
+const PRIORITY_MASK: u32 = 0xff;
+
 /// Bounded waits for the GIC (it answers at once on QEMU).
 const SPIN_LIMIT: usize = 1_000_000;
 
 static READY: AtomicBool = AtomicBool::new(false);
 
-fn read32(addr: usize) -> u32 {
-    // SAFETY: a GIC register in the device window the host's stage-2 maps as device memory;
-    // the host runs with its MMU off, so the physical address is the address.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
-}
-
-fn write32(addr: usize, v: u32) {
-    // SAFETY: as in `read32`.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
-}
-
-fn read64(addr: usize) -> u64 {
-    // SAFETY: as in `read32` (GICR_TYPER is a 64-bit register).
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-
 fn wait_rwp() {
     for _ in 0..SPIN_LIMIT {
-        if read32(GICD_BASE + GICD_CTLR) & CTLR_RWP == 0 {
+        if !distributor().ctlr.is_set(GICD_CTLR::RWP) {
             return;
         }
     }
@@ -76,22 +136,22 @@ fn my_affinity() -> u64 {
     let mpidr: u64;
     // SAFETY: reading MPIDR_EL1 has no side effects.
     unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    (mpidr & 0xff_ffff) | ((mpidr >> 32) & 0xff) << 24
+    (mpidr & MPIDR_AFF0_2) | ((mpidr >> MPIDR_AFF3_SHIFT) & MPIDR_AFF3) << TYPER_AFF3_SHIFT
 }
 
-/// This CPU's redistributor (its RD_base).
-fn my_redistributor() -> Option<usize> {
+/// This CPU's redistributor.
+fn my_redistributor() -> Option<&'static Redistributor> {
     let aff = my_affinity();
-    let mut rd = GICR_BASE;
-    while rd < GICR_END {
-        let typer = read64(rd + GICR_TYPER);
-        if typer >> 32 == aff {
+    let mut index = 0;
+    while GICR_BASE + index * GICR_SIZE_PER_CPU < GICR_END {
+        let rd = redistributor(index);
+        if rd.typer.read(GICR_TYPER::AFFINITY) == aff {
             return Some(rd);
         }
-        if typer & TYPER_LAST != 0 {
+        if rd.typer.is_set(GICR_TYPER::LAST) {
             return None;
         }
-        rd += GICR_STRIDE;
+        index += 1;
     }
     None
 }
@@ -106,49 +166,50 @@ pub fn init() -> bool {
     // SAFETY: masks IRQ and FIQ at EL1 (they are already masked since boot).
     unsafe { core::arch::asm!("msr daifset, #3", options(nomem, nostack)) };
     // Distributor: affinity routing first, then the group enables.
-    let ctlr = read32(GICD_BASE + GICD_CTLR);
-    if ctlr & CTLR_ARE == 0 {
-        write32(GICD_BASE + GICD_CTLR, ctlr | CTLR_ARE);
+    let gicd = distributor();
+    let ctlr = gicd.ctlr.extract();
+    if !ctlr.is_set(GICD_CTLR::ARE) {
+        gicd.ctlr.set(ctlr.get() | GICD_CTLR::ARE::SET.value);
         wait_rwp();
     }
-    write32(GICD_BASE + GICD_CTLR, ctlr | CTLR_ARE | CTLR_GRP1);
+    gicd.ctlr
+        .set(ctlr.get() | (GICD_CTLR::ARE::SET + GICD_CTLR::ENABLE_GRP1::SET).value);
     wait_rwp();
     let Some(rd) = my_redistributor() else {
         log::warn!("GIC: no redistributor for this CPU");
         return false;
     };
     // Wake the redistributor.
-    let waker = read32(rd + GICR_WAKER);
-    write32(rd + GICR_WAKER, waker & !WAKER_PROCESSOR_SLEEP);
+    rd.waker.modify(GICR_WAKER::PROCESSOR_SLEEP::CLEAR);
     for _ in 0..SPIN_LIMIT {
-        if read32(rd + GICR_WAKER) & WAKER_CHILDREN_ASLEEP == 0 {
+        if !rd.waker.is_set(GICR_WAKER::CHILDREN_ASLEEP) {
             break;
         }
     }
     // PPI 30: non-secure group 1, a priority, enabled (level-sensitive, the reset config).
     let bit = 1u32 << TIMER_PPI;
-    write32(rd + GICR_IGROUPR0, read32(rd + GICR_IGROUPR0) | bit);
-    write32(rd + GICR_IGRPMODR0, read32(rd + GICR_IGRPMODR0) & !bit);
-    let prio_reg = rd + GICR_IPRIORITYR + (TIMER_PPI as usize & !3);
+    rd.igroupr0.set(rd.igroupr0.get() | bit);
+    rd.igrpmodr0.set(rd.igrpmodr0.get() & !bit);
+    let prio_reg = &rd.ipriorityr[TIMER_PPI as usize / 4];
     let shift = (TIMER_PPI % 4) * 8;
-    let prio = (read32(prio_reg) & !(0xff << shift)) | (TIMER_PRIORITY << shift);
-    write32(prio_reg, prio);
-    write32(rd + GICR_ISENABLER0, bit);
+    prio_reg.set((prio_reg.get() & !(PRIORITY_MASK << shift)) | (TIMER_PRIORITY << shift));
+    rd.isenabler0.set(bit);
     // CPU interface: system registers, every priority unmasked, group 1 on.
     // SAFETY: the host's own GIC CPU interface at EL1 (ICC_SRE_EL1.Enable is set by the hyp, so
     // these do not trap); `isb` after SRE before the other ICC registers are used.
     unsafe {
         core::arch::asm!(
             "mrs {t}, icc_sre_el1",
-            "orr {t}, {t}, #1",
+            "orr {t}, {t}, #{sre}",
             "msr icc_sre_el1, {t}",
             "isb",
             "msr icc_pmr_el1, {pmr}",
             "msr icc_igrpen1_el1, {one}",
             "isb",
             t = out(reg) _,
-            pmr = in(reg) 0xffu64,
-            one = in(reg) 1u64,
+            sre = const ICC_SRE_SRE,
+            pmr = in(reg) ICC_PMR_ALL,
+            one = in(reg) ICC_IGRPEN1_ENABLE,
             options(nostack)
         )
     };

@@ -85,7 +85,10 @@ pub fn current_el() -> u64 {
     let el: u64;
     // SAFETY: reading CurrentEL has no side effects.
     unsafe { core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack)) };
-    (el >> 2) & 3
+    // CurrentEL.EL, bits 3:2.
+    const EL_SHIFT: u32 = 2;
+    const EL_MASK: u64 = 0b11;
+    (el >> EL_SHIFT) & EL_MASK
 }
 
 #[panic_handler]

@@ -227,7 +227,7 @@ fn dma_probe(fenced: bool) -> i32 {
         let ok = if fenced {
             // Stopped at the first touch of the device's register, by the hyp's abort.
             matches!(r, Err(f) if f.esr != fwcfg::NOT_A_FAULT
-                && f.ec() == 0x25
+                && f.ec() == trap_frame::esr::EC_DABT_CURRENT
                 && f.far == board::layout::FW_CFG_BASE as u64)
                 && seen == FILL
         } else {

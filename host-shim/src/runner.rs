@@ -22,8 +22,9 @@ use abi::cmd::{
 };
 use abi::flags::{MemoryFaultFlags, VmType};
 use abi::guest::{
-    MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP,
-    MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+    COCO_SHARED_BIT, MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_MAP, MMIO_GUARD_MAP_RANGE,
+    MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
+    SMCCC_SUCCESS,
 };
 use abi::host::HostCall;
 use abi::{Errno, PAGE_SIZE};
@@ -31,6 +32,7 @@ use scenario::{
     CallArg, ForwardMode, HostTarget, MmioGuardOp, Outcome, PoolSpec, Scenario, Statement,
     StatementKind, World,
 };
+use trap_frame::esr;
 
 use crate::driver::{GuestDriver, GuestMemory, StepReport, TOP_UP_PAGES};
 use crate::exceptions::{probe_read, probe_smc, probe_write, HostFault};
@@ -40,8 +42,6 @@ use crate::{fwcfg, hvc, regs};
 
 /// Pages donated to a scenario VM's pool when it is created (more on demand while `pool auto`).
 const INITIAL_POOL: u64 = 128;
-/// The coco shared alias bit (IPA bit 39 of the 40-bit IPA space).
-pub const COCO_SHARED_BIT: u64 = 1 << 39;
 /// IPA of the page whose flag stops `guest spin` (outside the scenario window, between the
 /// command device and the guest's image).
 /// Times a host statement that the hyp refused with `ENOMEM` is retried after a donation
@@ -85,8 +85,8 @@ fn errno(e: Errno) -> Done {
 /// hyp injects it), an abort (instruction or data abort, from either level), or neither.
 fn class_outcome(ec: u64) -> Outcome {
     match ec {
-        0x00 => Outcome::Undef,
-        0x20 | 0x21 | 0x24 | 0x25 => Outcome::Abort,
+        esr::EC_UNKNOWN => Outcome::Undef,
+        ec if esr::is_abort(ec) => Outcome::Abort,
         other => Outcome::Exception(other),
     }
 }
@@ -566,7 +566,7 @@ impl<'p> Runner<'p> {
             ),
             Some(STATUS_EXCEPTION) => {
                 // The class only, as an exit would tell it (Trust rule 1).
-                let class = (r.results[0] >> 26) & 0x3f;
+                let class = esr::ec(r.results[0]);
                 done(
                     class_outcome(class),
                     format!(

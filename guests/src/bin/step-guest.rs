@@ -6,7 +6,7 @@
 use abi::cmd::*;
 use abi::guest::CMD_DEVICE_IPA;
 use guests::{
-    exception_pending, guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte,
+    exception_pending, guarded_asm, hvc, mmio_read, mmio_write, pmu_read, read_byte, smc,
     take_exception, write_byte,
 };
 
@@ -152,7 +152,7 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     // SAFETY: the buffer is the guest's own; a single core runs the guest, so no one else
     // touches it.
     let code = unsafe { &mut *core::ptr::addr_of_mut!(ATK_CODE) };
-    code.0[16] = 0xd65f_03c0; // ret (the 33rd word; the 34th is unused)
+    code.0[16] = u64::from(INSN_RET); // the 33rd word; the 34th is unused
     let bytes = core::mem::size_of::<AtkCode>() as u64;
     let mut entry = code.0.as_ptr() as u64;
     if dest != 0 {
@@ -188,26 +188,47 @@ fn atk_run(spsr: u64, dest: u64, a0: u64, a1: u64) -> (u64, u64) {
     (out[0], out[4])
 }
 
+/// `ret` (A64).
+const INSN_RET: u32 = 0xd65f_03c0;
+
 /// `OP_ATK_MMU`: see there.
 fn atk_mmu(table: u64, va: u64, ipa: u64) -> (u64, u64) {
-    const DEVICE_GIB: u64 = CMD_DEVICE_IPA >> 30;
-    let slot = (va >> 30) & 511;
-    for i in 0..512u64 {
+    /// A level-1 block maps 1 GiB; a table has 512 entries.
+    const GIB_SHIFT: u32 = 30;
+    const ENTRIES: u64 = 512;
+    /// Block descriptor fields: valid block (0b01), AttrIndx (bits 4:2), SH = inner shareable
+    /// (bits 9:8), AF (bit 10).
+    const DESC_BLOCK: u64 = 0b01;
+    const DESC_ATTR_DEVICE: u64 = 1 << 2;
+    const DESC_SH_INNER: u64 = 3 << 8;
+    const DESC_AF: u64 = 1 << 10;
+    const DEVICE_GIB: u64 = CMD_DEVICE_IPA >> GIB_SHIFT;
+    let slot = (va >> GIB_SHIFT) & (ENTRIES - 1);
+    for i in 0..ENTRIES {
         // Block descriptor: AF, inner shareable, AttrIndx 0 (normal) or 1 (device).
         let out = if i == slot {
-            ipa & !((1 << 30) - 1)
+            ipa & !((1 << GIB_SHIFT) - 1)
         } else {
-            i << 30
+            i << GIB_SHIFT
         };
-        let attr = if i == DEVICE_GIB { 1 << 2 } else { 0 };
-        let desc = out | (1 << 10) | (3 << 8) | attr | 0b01;
+        let attr = if i == DEVICE_GIB { DESC_ATTR_DEVICE } else { 0 };
+        let desc = out | DESC_AF | DESC_SH_INNER | attr | DESC_BLOCK;
         // SAFETY: the table page is guest memory the host named for it.
         unsafe { core::ptr::write_volatile((table + i * 8) as *mut u64, desc) };
     }
     // MAIR: attr0 normal WB, attr1 device-nGnRE. TCR: T0SZ = 25, IRGN0/ORGN0 WB, SH0 inner,
     // TG0 4 KiB, EPD1, IPS 40 bits.
-    let mair: u64 = 0x04ff;
-    let tcr: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32);
+    const MAIR_NORMAL_WB: u64 = 0xff;
+    const MAIR_DEVICE_NGNRE: u64 = 0x04;
+    const TCR_T0SZ_39BIT: u64 = 25;
+    const TCR_IRGN0_WB: u64 = 1 << 8;
+    const TCR_ORGN0_WB: u64 = 1 << 10;
+    const TCR_SH0_INNER: u64 = 3 << 12;
+    const TCR_EPD1: u64 = 1 << 23;
+    const TCR_IPS_40BIT: u64 = 2 << 32;
+    let mair: u64 = MAIR_NORMAL_WB | (MAIR_DEVICE_NGNRE << 8);
+    let tcr: u64 =
+        TCR_T0SZ_39BIT | TCR_IRGN0_WB | TCR_ORGN0_WB | TCR_SH0_INNER | TCR_EPD1 | TCR_IPS_40BIT;
     let (v, sctlr_on): (u64, u64);
     // SAFETY: the guest's own translation regime, on for one load of an address the host named
     // and off again; the code, stack and command device stay identity-mapped meanwhile.
@@ -250,7 +271,7 @@ fn finish_step() {
     match take_exception() {
         None => mmio_write(reg(REG_STATUS), STATUS_OK),
         // A data or instruction abort, from EL1 or EL0.
-        Some(esr) if matches!((esr >> 26) & 0x3f, 0x20 | 0x21 | 0x24 | 0x25) => {
+        Some(esr) if trap_frame::esr::is_abort(trap_frame::esr::ec(esr)) => {
             mmio_write(reg(REG_STATUS), STATUS_ABORTED)
         }
         Some(esr) => {
@@ -350,90 +371,33 @@ fn mem_range(func: u64, mut ipa: u64, pages: u64) -> (u64, u64) {
 
 /// Writes one of the guest's own registers. An exception (undef) is left for `finish_step`.
 fn reg_write(r: WorldReg, v: u64) {
-    // SAFETY (every block): one register write of the guest's own state, guarded so that an
-    // exception returns to the block's end; the guest is soft-float, so nothing else uses the
-    // FP registers, and nothing in the guest uses the other registers written here.
-    unsafe {
-        match r {
-            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov d0, {v}"; v = in(reg) v),
-            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "msr fpcr, {v}"; v = in(reg) v),
-            WorldReg::TpidrEl0 => guarded_asm!("msr tpidr_el0, {v}"; v = in(reg) v),
-            // APIAKeyLo_EL1.
-            WorldReg::ApiaKeyLoEl1 => guarded_asm!("msr S3_0_C2_C1_0, {v}"; v = in(reg) v),
-            WorldReg::CntvCvalEl0 => guarded_asm!("msr cntv_cval_el0, {v}"; v = in(reg) v),
-            WorldReg::CntpCvalEl0 => guarded_asm!("msr cntp_cval_el0, {v}"; v = in(reg) v),
-            WorldReg::PmccntrEl0 => guarded_asm!("msr pmccntr_el0, {v}"; v = in(reg) v),
-            // ZCR_EL1.
-            WorldReg::ZcrEl1 => guarded_asm!("msr S3_0_C1_C2_0, {v}"; v = in(reg) v),
-            WorldReg::IccPmrEl1 => guarded_asm!("msr icc_pmr_el1, {v}"; v = in(reg) v),
-            // Read-only: the write is an undefined instruction.
-            WorldReg::IdAa64Pfr0El1 => guarded_asm!("msr S3_0_C0_C4_0, {v}"; v = in(reg) v),
-            WorldReg::IdAa64Pfr1El1 => guarded_asm!("msr S3_0_C0_C4_1, {v}"; v = in(reg) v),
-            WorldReg::IdAa64Dfr0El1 => guarded_asm!("msr S3_0_C0_C5_0, {v}"; v = in(reg) v),
-        }
-    }
+    // SAFETY: one register write of the guest's own state, guarded so that an exception returns
+    // to the block's end; the guest is soft-float, so nothing else uses the FP registers, and
+    // nothing in the guest uses the other registers written here.
+    unsafe { abi::world_reg_write!(guarded_asm, r, v) }
 }
 
 /// Reads one of the guest's own registers (0 if the read took an exception).
 fn reg_read(r: WorldReg) -> u64 {
     let mut v: u64 = 0;
     // SAFETY: as in `reg_write`, one guarded register read.
-    unsafe {
-        match r {
-            WorldReg::D0 => guarded_asm!(".arch_extension fp", "fmov {v}, d0"; v = inout(reg) v),
-            WorldReg::Fpcr => guarded_asm!(".arch_extension fp", "mrs {v}, fpcr"; v = inout(reg) v),
-            WorldReg::TpidrEl0 => guarded_asm!("mrs {v}, tpidr_el0"; v = inout(reg) v),
-            WorldReg::ApiaKeyLoEl1 => guarded_asm!("mrs {v}, S3_0_C2_C1_0"; v = inout(reg) v),
-            WorldReg::CntvCvalEl0 => guarded_asm!("mrs {v}, cntv_cval_el0"; v = inout(reg) v),
-            WorldReg::CntpCvalEl0 => guarded_asm!("mrs {v}, cntp_cval_el0"; v = inout(reg) v),
-            WorldReg::PmccntrEl0 => guarded_asm!("mrs {v}, pmccntr_el0"; v = inout(reg) v),
-            WorldReg::ZcrEl1 => guarded_asm!("mrs {v}, S3_0_C1_C2_0"; v = inout(reg) v),
-            WorldReg::IccPmrEl1 => guarded_asm!("mrs {v}, icc_pmr_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Pfr0El1 => guarded_asm!("mrs {v}, id_aa64pfr0_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Pfr1El1 => guarded_asm!("mrs {v}, id_aa64pfr1_el1"; v = inout(reg) v),
-            WorldReg::IdAa64Dfr0El1 => guarded_asm!("mrs {v}, id_aa64dfr0_el1"; v = inout(reg) v),
-        }
-    }
+    unsafe { abi::world_reg_read!(guarded_asm, r, v) };
     v
 }
 
 /// The string the semihosting probe asks the console to print.
 static SEMIHOST_MSG: &[u8] = b"step guest: semihosting SYS_WRITE0\n\0";
 
+/// The UART's address on QEMU `virt` (`board::layout::PL011_BASE`; an IPA outside every memslot
+/// for a guest).
+const BOARD_UART: u64 = 0x0900_0000;
+
 /// Executes one instruction. An exception (undef, abort) is left for `finish_step`.
 fn exec(i: Insn) {
-    // SAFETY (every block): one guarded instruction whose only effects are the registers
-    // declared clobbered; the branch to the UART's address comes back through the injected
-    // instruction abort (or, were it to run, nothing there returns: the hyp never lets it).
-    unsafe {
-        match i {
-            // rdvl x0, #1
-            Insn::Sve => guarded_asm!(".inst 0x04bf5020"; out("x0") _),
-            // rdsvl x0, #1
-            Insn::Sme => guarded_asm!(".inst 0x04bf5820"; out("x0") _),
-            Insn::Pmu => guarded_asm!("mrs x0, pmcr_el0"; out("x0") _),
-            Insn::Dbg => guarded_asm!("mrs x0, mdscr_el1"; out("x0") _),
-            // SYS_WRITE0 (x0 = 4, x1 = the string).
-            Insn::Semihost => guarded_asm!(
-                "mov x0, #4",
-                "mov x1, {msg}",
-                "hlt #0xf000";
-                msg = in(reg) SEMIHOST_MSG.as_ptr(),
-                out("x0") _,
-                out("x1") _
-            ),
-            Insn::FetchDevice => guarded_asm!(
-                "blr {target}";
-                target = in(reg) board_uart(),
-                out("x30") _
-            ),
-        }
-    }
-}
-
-/// The UART's address on QEMU `virt` (an IPA outside every memslot for a guest).
-const fn board_uart() -> u64 {
-    0x0900_0000
+    // SAFETY: one guarded instruction whose only effects are the registers declared clobbered;
+    // the branch to the UART's address comes back through the injected instruction abort (or,
+    // were it to run, nothing there returns: the hyp never lets it).
+    unsafe { abi::world_exec!(guarded_asm, i, SEMIHOST_MSG.as_ptr(), BOARD_UART) }
 }
 
 /// Spins until the byte at `flag` is non-zero, with plain loads that never trap once the page is
@@ -617,13 +581,9 @@ extern "C" fn guest_main(_arg: u64) -> ! {
                 }
             }
             OP_ATK_SMC => {
-                let (mut x0, mut x1) = (mmio_read(reg(REG_ARG0)), mmio_read(reg(REG_ARG1)));
+                let (x0, x1) = (mmio_read(reg(REG_ARG0)), mmio_read(reg(REG_ARG1)));
                 let (x2, x3) = (mmio_read(reg(REG_ARG2)), mmio_read(reg(REG_ARG3)));
-                // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes x0..x3 at most.
-                unsafe {
-                    core::arch::asm!("smc #0", inout("x0") x0, inout("x1") x1,
-                        inout("x2") x2 => _, inout("x3") x3 => _, options(nostack))
-                };
+                let [x0, x1, ..] = smc(x0, x1, x2, x3);
                 mmio_write(reg(REG_RESULT0), x0);
                 mmio_write(reg(REG_RESULT1), x1);
             }

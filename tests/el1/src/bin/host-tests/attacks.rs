@@ -35,9 +35,7 @@ use crate::vms::{e, with_pages};
 
 pub(crate) const GPA: u64 = 0x8000_0000;
 pub(crate) const BLOCK: u64 = 2 << 20;
-pub(crate) const COCO_SHARED: u64 = 1 << 39;
-/// The guest's IPA space ends here (40-bit IPA).
-pub(crate) const IPA_LIMIT: u64 = 1 << 40;
+pub(crate) use abi::guest::{COCO_SHARED_BIT as COCO_SHARED, IPA_LIMIT};
 
 /// Attacker-only guest commands (same numbers as in the step guest).
 pub(crate) const OP_ATK_STORE_LOOP: u64 = 0x41;
@@ -247,24 +245,11 @@ pub(crate) fn raw_until_other_exit(
 // ---- a second CPU for the host --------------------------------------------------------------------
 
 /// PSCI functions the secondary CPU plumbing uses.
-pub(crate) const PSCI_CPU_ON_64: u64 = 0xC400_0003;
-pub(crate) const PSCI_CPU_OFF: u64 = 0x8400_0002;
-pub(crate) const PSCI_AFFINITY_INFO_64: u64 = 0xC400_0004;
+pub(crate) use smccc::psci::{PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_64};
 
-pub(crate) fn smc(function: u64, a1: u64, a2: u64, a3: u64) -> i64 {
-    let r0: u64;
-    // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes at most x0..x3 of the caller.
-    unsafe {
-        core::arch::asm!(
-            "smc #0",
-            inout("x0") function => r0,
-            inout("x1") a1 => _,
-            inout("x2") a2 => _,
-            inout("x3") a3 => _,
-            options(nostack)
-        );
-    }
-    r0 as i64
+/// One PSCI call (an SMC from the host): its `x0`.
+pub(crate) fn smc(function: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    host_shim::hvc::smc(u64::from(function), [a1, a2, a3])[0] as i64
 }
 
 #[repr(C, align(16))]
@@ -1583,9 +1568,7 @@ pub(crate) fn atk_a_pinned_page_keeps_a_2mib_block_from_being_taken() -> TestRes
 /// Its accesses to the physical addresses of the board's devices are MMIO exits to the host,
 /// which sees no device behind them (the guest's stage-2 maps no device).
 pub(crate) fn atk_guest_reaches_neither_firmware_nor_devices() -> TestResult {
-    const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
-    const PSCI_SYSTEM_RESET: u64 = 0x8400_0009;
-    const PSCI_VERSION: u64 = 0x8400_0000;
+    use smccc::psci::{PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION};
     let mut v = pkvm(16, 48)?;
     ensure_eq!(smc(PSCI_AFFINITY_INFO_64, 1, 0, 0), 1);
     for (f, a) in [
@@ -1595,7 +1578,7 @@ pub(crate) fn atk_guest_reaches_neither_firmware_nor_devices() -> TestResult {
         (PSCI_SYSTEM_OFF, [0, 0, 0]),
         (0xC200_0000, [1, 2, 3]),
     ] {
-        let r = step(&mut v, OP_ATK_SMC, [f, a[0], a[1], a[2]])?;
+        let r = step(&mut v, OP_ATK_SMC, [u64::from(f), a[0], a[1], a[2]])?;
         ensure_eq!(r.status, Some(STATUS_OK));
         ensure!(
             r.results[0] == SMCCC_NOT_SUPPORTED,
@@ -1611,7 +1594,7 @@ pub(crate) fn atk_guest_reaches_neither_firmware_nor_devices() -> TestResult {
     ensure_eq!(JOB_STATE.load(Ordering::SeqCst), 2);
     // The same calls over HVC: unknown to the hyp, NOT_SUPPORTED.
     for f in [PSCI_CPU_ON_64, PSCI_SYSTEM_OFF] {
-        let r = hvc_result(&mut v, f, [1, cpu1_entry(), 0])?;
+        let r = hvc_result(&mut v, u64::from(f), [1, cpu1_entry(), 0])?;
         ensure_eq!(r[0], SMCCC_NOT_SUPPORTED);
     }
     // The console, fw_cfg (and its DMA register), the GIC, flash: MMIO exits the host answers.

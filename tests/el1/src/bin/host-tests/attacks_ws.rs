@@ -40,16 +40,18 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::cmd::*;
-use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
+use abi::flags::VmType;
 use abi::guest::CMD_DEVICE_IPA;
 use abi::host::{ExitReason, HostCall};
 use abi::PAGE_SIZE;
 use host_shim::driver::{GuestDriver, StepReport};
 use host_shim::exceptions::HostFault;
 use host_shim::runner::forward_hypercall;
-use host_shim::vm::{self, GmemId, SlotSpec, VmId};
+use host_shim::vm::{self, GmemId, VmId};
 use host_shim::{gic, hvc};
 use ontarget::{ensure, ensure_eq, register, TestResult};
+use tock_registers::interfaces::{Readable, Writeable};
+use trap_frame::spsr;
 
 use crate::attacks::run_raw;
 use crate::vms::{e, with_pages};
@@ -66,12 +68,13 @@ const OP_ATK_OUT: u64 = 0x52;
 const OP_ATK_MMU: u64 = 0x53;
 
 /// SPSRs of the EL0 runs: interrupts masked. AArch64 EL0t; AArch32 User, A32 or T32.
-const SPSR_EL0_A64: u64 = 0x3c0;
-const SPSR_EL0_A32: u64 = 0x1d0;
-const SPSR_EL0_T32: u64 = 0x1f0;
+const SPSR_EL0_A64: u64 = spsr::DAIF | spsr::M_EL0T;
+const SPSR_EL0_A32: u64 = spsr::A | spsr::I | spsr::F | spsr::M_AARCH32 | spsr::M32_USR;
+const SPSR_EL0_T32: u64 = SPSR_EL0_A32 | spsr::T;
 
 /// Exception classes.
 const EC_UNKNOWN: u64 = 0x00;
+const EC_ILLEGAL_STATE: u64 = 0x0e;
 const EC_SVC32: u64 = 0x11;
 const EC_SVC64: u64 = 0x15;
 const EC_SYS64: u64 = 0x18;
@@ -256,32 +259,10 @@ struct Gvm {
     guest: GuestDriver,
 }
 
-/// A VM of type `t` with a 64 KiB gmem at [`GPA`] (pKVM row for `pkvm`, "non-coco via get_pfn"
-/// for `plain`), a pool, and the step guest.
+/// A VM of type `t` as [`crate::worlds::step_guest_vm`] makes it, with a 48-page pool.
 fn gvm(t: VmType) -> Result<Gvm, String> {
-    with_pages(|pages| {
-        let vm = vm::vm_create(t).map_err(e)?;
-        let flags = match t {
-            VmType::Plain => GmemFlags::MMAP | GmemFlags::NO_DIRECT_MAP,
-            _ => GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY,
-        };
-        let gmem = vm::gmem_create(vm, 64 << 10, flags).map_err(e)?;
-        vm::memslot_create(
-            vm,
-            &SlotSpec {
-                gpa: GPA,
-                size: 64 << 10,
-                gmem: Some((gmem, 0)),
-                uaddr: UserspaceAddr::None,
-                flags: MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES,
-            },
-        )
-        .map_err(e)?;
-        let pool = pages.alloc_contiguous(48, PAGE_SIZE).ok_or("no pages")?;
-        vm::donate(vm, pool, 48).map_err(e)?;
-        let guest = GuestDriver::load(vm, t, pages).map_err(e)?;
-        Ok(Gvm { vm, gmem, guest })
-    })
+    let (vm, gmem, guest) = crate::worlds::step_guest_vm(t, 48)?;
+    Ok(Gvm { vm, gmem, guest })
 }
 
 /// An MMIO exit outside the command device: (IPA, write, data).
@@ -941,7 +922,12 @@ fn swept() -> Vec<Swept> {
     // Last: an exception taken by an access above would overwrite these.
     v.extend([
         sys_swept("ELR_EL1", Sys(3, 0, 4, 0, 1), 0x4841_0040, 0x4755_0080),
-        sys_swept("SPSR_EL1", Sys(3, 0, 4, 0, 0), 0x3c5, 0x3c4),
+        sys_swept(
+            "SPSR_EL1",
+            Sys(3, 0, 4, 0, 0),
+            spsr::EL1H_MASKED,
+            spsr::DAIF | spsr::M_EL1T,
+        ),
         sys_swept("ESR_EL1", Sys(3, 0, 5, 2, 0), 0x5600_0001, 0x5600_0002),
         sys_swept("FAR_EL1", Sys(3, 0, 6, 0, 0), 0x4841_0041, 0x4755_0081),
     ]);
@@ -1171,25 +1157,7 @@ fn ws_atk_guest_debug_registers_it_is_told_of_work() -> TestResult {
 
 // ---- 12. The guest's virtual timer ------------------------------------------------------------------
 
-/// CPU 0's redistributor, SGI_base frame (QEMU `virt`: the first one), and CPU 1's.
-const GICR0_SGI: usize = 0x080a_0000 + 0x1_0000;
-const GICR1_SGI: usize = 0x080c_0000 + 0x1_0000;
-const GICR_IGROUPR0: usize = 0x080;
-const GICR_ISENABLER0: usize = 0x100;
-const GICR_ICENABLER0: usize = 0x180;
-const GICR_ISPENDR0: usize = 0x200;
-const GICR_ICPENDR0: usize = 0x280;
 const VTIMER_PPI: u32 = 27;
-
-fn gicr_read(frame: usize, off: usize) -> u32 {
-    // SAFETY: a redistributor register the host stage-2 maps for the host (device memory).
-    unsafe { core::ptr::read_volatile((frame + off) as *const u32) }
-}
-
-fn gicr_write(frame: usize, off: usize, v: u32) {
-    // SAFETY: as in `gicr_read`.
-    unsafe { core::ptr::write_volatile((frame + off) as *mut u32, v) }
-}
 
 /// A guest leaves its virtual timer firing (compare value 0, enabled, unmasked). Its own view:
 /// ISTATUS set. The host's: its own CNTV_CTL_EL0, and PPI 27 not pending at its redistributor (the
@@ -1204,7 +1172,8 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
     );
     hw(CNTV_CTL_EL0, 0).map_err(|f| format!("{f:?}"))?;
     let bit = 1u32 << VTIMER_PPI;
-    gicr_write(GICR0_SGI, GICR_ICPENDR0, bit);
+    let rd0 = gic::redistributor(0);
+    rd0.icpendr0.set(bit);
     let mut v = gvm(VmType::Pkvm)?;
     let r = v.exec(
         &[
@@ -1218,24 +1187,20 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
     ensure_eq!((r.esr, r.x[0]), (0, 0b101));
     let result = (|| -> TestResult {
         ensure_eq!(hr(CNTV_CTL_EL0).ok(), Some(0));
-        let pend = gicr_read(GICR0_SGI, GICR_ISPENDR0);
+        let pend = rd0.ispendr0.get();
         ensure!(
             pend & bit == 0,
             "PPI 27 pending in the host after the guest's timer fired: ISPENDR0 0x{pend:x}"
         );
         // The host enables PPI 27 (group 1): the next run ends at once.
-        gicr_write(
-            GICR0_SGI,
-            GICR_IGROUPR0,
-            gicr_read(GICR0_SGI, GICR_IGROUPR0) | bit,
-        );
-        gicr_write(GICR0_SGI, GICR_ISENABLER0, bit);
+        rd0.igroupr0.set(rd0.igroupr0.get() | bit);
+        rd0.isenabler0.set(bit);
         let saved = host_shim::timer::arm(50 * host_shim::timer::ticks_per_ms());
         let x = run_raw(v.guest.vcpu, 0);
         host_shim::timer::disarm(saved);
-        gicr_write(GICR0_SGI, GICR_ICENABLER0, bit);
+        rd0.icenabler0.set(bit);
         ensure_eq!(x[0], ExitReason::Interrupt as u64);
-        let pend = gicr_read(GICR0_SGI, GICR_ISPENDR0);
+        let pend = rd0.ispendr0.get();
         ensure!(
             pend & bit == 0,
             "PPI 27 pending in the host after the interrupt exit: ISPENDR0 0x{pend:x}"
@@ -1260,19 +1225,17 @@ fn ws_atk_guest_vtimer_left_firing_never_pends_in_the_host() -> TestResult {
 fn ws_atk_guest_sgis_never_reach_a_cpu() -> TestResult {
     ensure!(gic::init(), "no redistributor");
     let bit = 1u32 << 9;
-    let frames = [GICR0_SGI, GICR1_SGI];
-    let groups: Vec<u32> = frames
-        .iter()
-        .map(|&f| gicr_read(f, GICR_IGROUPR0))
-        .collect();
+    // CPU 0's and CPU 1's redistributors (QEMU `virt`: the first two).
+    let frames = [gic::redistributor(0), gic::redistributor(1)];
+    let groups: Vec<u32> = frames.iter().map(|f| f.igroupr0.get()).collect();
     // SGI 9 in group `g` (0 or 1, non-secure: GICD_CTLR.DS) on both CPUs, not pending.
     let config = |g: u32| {
-        for (&f, &old) in frames.iter().zip(&groups) {
-            gicr_write(f, GICR_IGROUPR0, (old & !bit) | (g << 9));
-            gicr_write(f, GICR_ICPENDR0, bit);
+        for (f, &old) in frames.iter().zip(&groups) {
+            f.igroupr0.set((old & !bit) | (g << 9));
+            f.icpendr0.set(bit);
         }
     };
-    let pending = || -> [u32; 2] { frames.map(|f| gicr_read(f, GICR_ISPENDR0) & bit) };
+    let pending = || -> [u32; 2] { frames.map(|f| f.ispendr0.get() & bit) };
     let to_cpu0 = (9u64 << 24) | 1;
     let to_others = (9u64 << 24) | (1 << 40);
     let cases = [
@@ -1312,9 +1275,9 @@ fn ws_atk_guest_sgis_never_reach_a_cpu() -> TestResult {
         );
         Ok(())
     })();
-    for (&f, &old) in frames.iter().zip(&groups) {
-        gicr_write(f, GICR_IGROUPR0, old);
-        gicr_write(f, GICR_ICPENDR0, bit);
+    for (f, &old) in frames.iter().zip(&groups) {
+        f.igroupr0.set(old);
+        f.icpendr0.set(bit);
     }
     result
 }
@@ -1542,7 +1505,8 @@ fn ws_atk_guest_vtimer_interrupt_reaches_the_guest() -> TestResult {
         SVC0,
     ];
     // EL1h with IRQs unmasked (D, A, F masked).
-    let ran = v.exec_el0(&code, 0x345, 0, [host_shim::timer::ticks_per_ms(), 50])?;
+    let el1h_irqs = spsr::D | spsr::A | spsr::F | spsr::M_EL1H;
+    let ran = v.exec_el0(&code, el1h_irqs, 0, [host_shim::timer::ticks_per_ms(), 50])?;
     let vector = v.el0_vector()?;
     let (elr, _) = v.el0_return()?;
     let ctl = v.gr(CNTV_CTL_EL0)?;
@@ -1569,19 +1533,22 @@ fn ws_atk_guest_odd_erets_stay_in_its_el1() -> TestResult {
     let mut v = gvm(VmType::Pkvm)?;
     let before = vm::stats(v.vm).map_err(e)?;
     let code = [0xd503_201f, SVC0]; // nop; svc #0
-    let r = v.exec_el0(&code, 0x3c4, 0, [0, 0])?;
+    let r = v.exec_el0(&code, spsr::DAIF | spsr::M_EL1T, 0, [0, 0])?;
     ensure_eq!(ec(r.esr), EC_SVC64);
-    for (what, spsr) in [
-        ("EL2h", 0x3c9u64),
-        ("EL3h", 0x3cd),
-        ("AArch32 SVC", 0x1d3),
-        ("AArch32 Hyp", 0x1da),
-        ("EL1h with IL", 0x3c5 | (1 << 20)),
+    let a32 = spsr::A | spsr::I | spsr::F | spsr::M_AARCH32;
+    for (what, spsr_eret) in [
+        ("EL2h", spsr::DAIF | spsr::M_EL2H),
+        ("EL3h", spsr::DAIF | spsr::M_EL3H),
+        ("AArch32 SVC", a32 | spsr::M32_SVC),
+        ("AArch32 Hyp", a32 | spsr::M32_HYP),
+        ("EL1h with IL", spsr::EL1H_MASKED | spsr::IL),
     ] {
-        let r = v.exec_el0(&code, spsr, 0, [0, 0])?;
+        let r = v.exec_el0(&code, spsr_eret, 0, [0, 0])?;
         let (elr, spsr_after) = v.el0_return()?;
         ensure!(
-            ec(r.esr) == 0x0e && spsr_after & 0xf != 0 && spsr_after & 0x10 == 0,
+            ec(r.esr) == EC_ILLEGAL_STATE
+                && spsr_after & spsr::M_MASK != 0
+                && spsr_after & spsr::M_AARCH32 == 0,
             "ERET to {what}: ESR 0x{:x}, ELR 0x{elr:x}, SPSR 0x{spsr_after:x}",
             r.esr
         );
@@ -2100,3 +2067,6 @@ register!(
     ws_atk_guest_storms_with_everything_masked_give_the_cpu_back,
     ws_atk_host_access_zoo_on_hyp_memory_all_abort,
 );
+
+// The named SPSRs are the values these tests were written with.
+const _: () = assert!(SPSR_EL0_A64 == 0x3c0 && SPSR_EL0_A32 == 0x1d0 && SPSR_EL0_T32 == 0x1f0);

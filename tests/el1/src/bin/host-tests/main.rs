@@ -46,6 +46,7 @@ fn el1_unknown_host_call_is_enosys_and_host_goes_on() -> TestResult {
 
 fn el1_host_call_preserves_callee_registers() -> TestResult {
     let (x6, x9, x20, x28): (u64, u64, u64, u64);
+    // Raw, not `smccc`: the test needs known values in registers around the HVC itself.
     // SAFETY: a Version hypercall with known values in registers the hyp must not change; all
     // registers touched are declared.
     unsafe {

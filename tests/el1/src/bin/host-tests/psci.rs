@@ -18,19 +18,7 @@ const NS: i64 = NOT_SUPPORTED as i64;
 
 /// One SMC from the host: `x0..x3` after it.
 fn smc(function: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
-    let (r0, r1, r2, r3);
-    // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes at most x0..x3 of the caller.
-    unsafe {
-        core::arch::asm!(
-            "smc #0",
-            inout("x0") function => r0,
-            inout("x1") a1 => r1,
-            inout("x2") a2 => r2,
-            inout("x3") a3 => r3,
-            options(nostack)
-        );
-    }
-    [r0, r1, r2, r3]
+    host_shim::hvc::smc(function, [a1, a2, a3])
 }
 
 fn psci(function: u32, a1: u64, a2: u64, a3: u64) -> i64 {
@@ -91,7 +79,9 @@ fn psci_other_smcs_are_not_supported_and_the_host_goes_on() -> TestResult {
     }
     // An SMC with a non-zero immediate is not a PSCI call at all.
     let r0: u64;
-    // SAFETY: as in `smc`.
+    // Raw: `smccc` (and so `hvc::smc`) issues only `SMC #0`.
+    // SAFETY: an SMC traps to the hyp (HCR_EL2.TSC), which writes at most x0..x3 of the caller;
+    // it answers this one in x0 and leaves the rest.
     unsafe {
         core::arch::asm!("smc #1", inout("x0") u64::from(PSCI_VERSION) => r0, options(nostack));
     }
@@ -356,7 +346,9 @@ fn dev_redistributors_offer_the_host_no_lpi_tables() -> TestResult {
     // frame points them. Either they have none (QEMU's virt-6.1 machine, what the Makefile runs:
     // PLPIS = 0), or the hyp keeps their RD_base frames from the host.
     for cpu in 0..2 {
-        let typer = GICR_BASE + cpu * GICR_SIZE_PER_CPU + 0x8;
+        let typer = GICR_BASE
+            + cpu * GICR_SIZE_PER_CPU
+            + core::mem::offset_of!(host_shim::gic::Redistributor, typer);
         if probe_read(typer).is_err() {
             continue;
         }

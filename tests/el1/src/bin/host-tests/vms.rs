@@ -281,7 +281,7 @@ fn vm_refused_host_calls_change_nothing() -> TestResult {
         Err(Errno::EINVAL)
     );
     ensure_eq!(
-        vm::memslot_create(v.vm, &spec(1 << 40, 4096)),
+        vm::memslot_create(v.vm, &spec(abi::guest::IPA_LIMIT, 4096)),
         Err(Errno::EINVAL)
     );
     ensure_eq!(

@@ -31,8 +31,9 @@ struct TestVm {
 }
 
 /// A VM of type `t` with a 64 KiB gmem at [`GPA`] in the configuration the type needs (pKVM
-/// row for `pkvm`, "non-coco via get_pfn" for `plain`), a pool, and the step guest.
-fn test_vm(t: VmType) -> Result<TestVm, String> {
+/// row for `pkvm`, "non-coco via get_pfn" for `plain`), a pool of `pool` pages, and the step
+/// guest: (VM, gmem, guest).
+pub(crate) fn step_guest_vm(t: VmType, pool: u64) -> Result<(VmId, GmemId, GuestDriver), String> {
     with_pages(|pages| {
         let vm = vm::vm_create(t).map_err(e)?;
         let flags = match t {
@@ -51,11 +52,17 @@ fn test_vm(t: VmType) -> Result<TestVm, String> {
             },
         )
         .map_err(e)?;
-        let pool = pages.alloc_contiguous(32, PAGE_SIZE).ok_or("no pages")?;
-        vm::donate(vm, pool, 32).map_err(e)?;
+        let pa = pages.alloc_contiguous(pool, PAGE_SIZE).ok_or("no pages")?;
+        vm::donate(vm, pa, pool).map_err(e)?;
         let guest = GuestDriver::load(vm, t, pages).map_err(e)?;
-        Ok(TestVm { vm, gmem, guest })
+        Ok((vm, gmem, guest))
     })
+}
+
+/// [`step_guest_vm`] with a 32-page pool.
+fn test_vm(t: VmType) -> Result<TestVm, String> {
+    let (vm, gmem, guest) = step_guest_vm(t, 32)?;
+    Ok(TestVm { vm, gmem, guest })
 }
 
 /// What a guest's probe step ended with.
