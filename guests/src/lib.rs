@@ -98,10 +98,23 @@ guest_exception:
 "#
 );
 
+// The guest runs with its MMU off, so its own memory is Device-nGnRnE: whether the exclusive
+// monitors work there is IMPLEMENTATION DEFINED, so the guest uses no read-modify-write atomics
+// (`swap` would be an exclusive pair). One CPU, and the guest takes exceptions only in the
+// instructions it runs guarded (or the host's code it runs), never inside these helpers with
+// interrupts unmasked: a load and a store suffice.
+
+/// `slot`'s value, leaving 0 in it.
+fn take(slot: &AtomicU64) -> u64 {
+    let v = slot.load(Ordering::Relaxed);
+    slot.store(0, Ordering::Relaxed);
+    v
+}
+
 #[no_mangle]
 extern "C" fn guest_record_exception(esr: u64, elr: u64) -> u64 {
     LAST_ESR.store(esr | (1 << 63), Ordering::Relaxed);
-    match RESUME.swap(0, Ordering::Relaxed) {
+    match take(&RESUME) {
         0 => elr.wrapping_add(4),
         resume => resume,
     }
@@ -138,7 +151,7 @@ macro_rules! guarded_asm {
 
 /// The ESR of an exception taken since the last call (the faulting instruction was skipped).
 pub fn take_exception() -> Option<u64> {
-    let v = LAST_ESR.swap(0, Ordering::Relaxed);
+    let v = take(&LAST_ESR);
     (v != 0).then_some(v & !(1 << 63))
 }
 

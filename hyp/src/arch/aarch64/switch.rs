@@ -374,8 +374,10 @@ sysregs!(
     csselr => "csselr_el1",
 );
 
-/// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's stage-1-off
-/// accesses are Normal cacheable (DC), pointer-auth does not trap (the keys are switched),
+/// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's own stage-1
+/// is its own (no DC: with its MMU off its data accesses are Device-nGnRnE, as on hardware, and
+/// once it turns its MMU on its tables translate), pointer-auth does not trap (the keys are
+/// switched),
 /// physical IRQs and FIQs go to EL2 and the guest's GIC accesses to the virtual CPU interface
 /// (IMO/FMO), IMPLEMENTATION DEFINED registers and `ACTLR_EL1` trap (TIDCP/TACR), as do
 /// LORegions and RAS error records where they exist (TLOR/TERR), the ID registers are emulated
@@ -386,7 +388,6 @@ pub fn guest_hcr() -> u64 {
     let mut hcr = (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::TSC::SET
-        + HCR_EL2::DC::SET
         + HCR_EL2::API::SET
         + HCR_EL2::APK::SET
         + HCR_EL2::IMO::SET
