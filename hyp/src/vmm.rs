@@ -838,7 +838,7 @@ fn complete(world: &World, vm: VmHandle, ctx: &mut GuestContext, pending: Pendin
                 }
                 ctx.set_reg(usize::from(m.reg), v);
             }
-            ctx.pc += 4;
+            ctx.skip_instruction(m.wide);
         }
         Pending::MemoryFault { ipa } | Pending::NeedPages { ipa } => {
             if c0 == COMPLETE_INJECT_ABORT {
@@ -1232,7 +1232,7 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
         }
         GuestExit::Smc => {
             ctx.x[0] = SMCCC_NOT_SUPPORTED;
-            ctx.pc += 4;
+            ctx.skip_trapped();
             Step::Resume
         }
         // Trust rule 6: the host gets the CPU back; the guest resumes where it was on the next

@@ -16,6 +16,9 @@ pub struct MmioAccess {
     pub sign_extend: bool,
     /// 64-bit register (else the result is 32-bit).
     pub sixty_four: bool,
+    /// A 32-bit instruction (`ESR_EL2.IL`; else a 16-bit T32 one): how far its completion moves
+    /// the PC.
+    pub wide: bool,
 }
 
 /// The access kind of a stage-2 abort.
@@ -96,6 +99,7 @@ pub fn decode(ctx: &GuestContext) -> GuestExit {
                 reg: ((e >> 16) & 0x1f) as u8,
                 sign_extend: e & (1 << 21) != 0,
                 sixty_four: e & (1 << 15) != 0,
+                wide: e & super::pc::ESR_IL != 0,
             });
             GuestExit::Stage2Abort {
                 ipa,

@@ -10,6 +10,7 @@ pub mod firmware;
 pub mod fpsimd;
 pub mod inject;
 pub mod mmu;
+pub mod pc;
 pub mod pmu;
 pub mod probe;
 pub mod switch;

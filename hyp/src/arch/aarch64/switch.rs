@@ -134,6 +134,17 @@ impl GuestContext {
         }
     }
 
+    /// Moves the vCPU past the instruction of its last exit, which the hyp completed for it (an
+    /// MMIO access, an emulated register): `wide` is that exit's `ESR_EL2.IL`.
+    pub fn skip_instruction(&mut self, wide: bool) {
+        super::pc::skip(&mut self.pc, &mut self.pstate, wide);
+    }
+
+    /// [`GuestContext::skip_instruction`] for the instruction of the last exit's syndrome.
+    pub fn skip_trapped(&mut self) {
+        self.skip_instruction(self.exit_esr & super::pc::ESR_IL != 0);
+    }
+
     /// Reads general register `n` (31 = xzr).
     pub fn reg(&self, n: usize) -> u64 {
         self.x.get(n).copied().unwrap_or(0)

@@ -32,6 +32,58 @@ impl SysRegAccess {
     }
 }
 
+/// A trapped AArch32 `MCR`/`MRC` (EC 0x03) or `MCRR`/`MRRC` (EC 0x04) to CP15, decoded from its
+/// ISS. The AArch32 world is a guest's EL0 (its EL1 is AArch64), in User mode: `R0..R14` are
+/// `X0..X14`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cp15Access {
+    /// `MCRR`/`MRRC` (64-bit, two registers).
+    pub wide: bool,
+    pub opc1: u8,
+    /// 0 for the 64-bit form (no CRn, no opc2).
+    pub crn: u8,
+    pub crm: u8,
+    pub opc2: u8,
+    pub rt: usize,
+    /// The second register of the 64-bit form.
+    pub rt2: usize,
+    /// `MRC`/`MRRC` (a read).
+    pub read: bool,
+}
+
+impl Cp15Access {
+    pub fn decode(esr: u64) -> Self {
+        let f = |shift: u32, bits: u32| ((esr >> shift) & ((1 << bits) - 1)) as u8;
+        let wide = esr::ec(esr) == esr::EC_CP15_64;
+        Cp15Access {
+            wide,
+            opc1: if wide { f(16, 4) } else { f(14, 3) },
+            crn: if wide { 0 } else { f(10, 4) },
+            crm: f(1, 4),
+            opc2: if wide { 0 } else { f(17, 3) },
+            rt: usize::from(f(5, 5)),
+            rt2: usize::from(f(10, 5)),
+            read: esr & 1 != 0,
+        }
+    }
+
+    /// The physical-timer register it names, if any: `CNTP_TVAL` (`p15, 0, c14, c2, 0`),
+    /// `CNTP_CTL` (`p15, 0, c14, c2, 1`), `CNTP_CVAL` (`p15, 2, c14`, 64-bit).
+    fn ptimer(&self) -> Option<PtimerReg> {
+        match (self.wide, self.opc1, self.crn, self.crm, self.opc2) {
+            (false, 0, 14, 2, 0) => Some(PtimerReg::Tval),
+            (false, 0, 14, 2, 1) => Some(PtimerReg::Ctl),
+            (true, 2, _, 14, _) => Some(PtimerReg::Cval),
+            _ => None,
+        }
+    }
+}
+
+/// The AArch64 register that holds AArch32 User-mode register `n` (`R15`, the PC, is none).
+fn aarch32_reg(n: usize) -> Option<usize> {
+    (n < 15).then_some(n)
+}
+
 /// How the hyp answers an emulated register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Emulated {
@@ -144,15 +196,7 @@ fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> b
         // ID registers are read-only.
         Emulated::Id { .. } if !a.read => return false,
         Emulated::Id { crm, op2 } => sanitized_id(crm, op2, read_id_register(crm, op2), view),
-        Emulated::Ptimer(r) => {
-            let now = timer::counter();
-            if a.read {
-                ctx.ptimer.read(r, now)
-            } else {
-                ctx.ptimer.write(r, value, now);
-                0
-            }
-        }
+        Emulated::Ptimer(r) => ptimer_access(ctx, r, (!a.read).then_some(value)),
         Emulated::Mdscr => {
             if !a.read {
                 ctx.debug.mdscr = value;
@@ -174,14 +218,61 @@ fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> b
     true
 }
 
+/// A read (`write` = `None`) or write of the vCPU's emulated physical timer: one copy per vCPU,
+/// whichever execution state names it. -> the value read (0 for a write).
+fn ptimer_access(ctx: &mut GuestContext, r: PtimerReg, write: Option<u64>) -> u64 {
+    let now = timer::counter();
+    match write {
+        None => ctx.ptimer.read(r, now),
+        Some(v) => {
+            ctx.ptimer.write(r, v, now);
+            0
+        }
+    }
+}
+
+/// Emulates a guest's trapped AArch32 CP15 access (its EL0): the physical timer, as for AArch64
+/// (KVM emulates `CNTP_*` from both states the same way). `false`: not emulated.
+fn emulate_cp15(ctx: &mut GuestContext, a: Cp15Access) -> bool {
+    let Some(r) = a.ptimer() else {
+        return false;
+    };
+    let reg = |ctx: &GuestContext, n: usize| aarch32_reg(n).map_or(0, |x| ctx.reg(x) & 0xffff_ffff);
+    let write = (!a.read).then(|| {
+        if a.wide {
+            reg(ctx, a.rt) | (reg(ctx, a.rt2) << 32)
+        } else {
+            reg(ctx, a.rt)
+        }
+    });
+    let v = ptimer_access(ctx, r, write);
+    if a.read {
+        let (lo, hi) = (v & 0xffff_ffff, v >> 32);
+        if let Some(x) = aarch32_reg(a.rt) {
+            ctx.set_reg(x, lo);
+        }
+        if let (true, Some(x)) = (a.wide, aarch32_reg(a.rt2)) {
+            ctx.set_reg(x, hi);
+        }
+    }
+    true
+}
+
 /// A guest's trap that is neither a stage-2 abort nor a call: emulated where the hyp emulates it,
-/// else answered with an undefined-instruction exception at the guest's own EL1. The guest's EL1
-/// state must be live (inside the run loop).
+/// else answered with an undefined-instruction exception at the guest's own EL1. A trapped
+/// AArch32 instruction whose condition fails did not execute: the guest just moves past it. The
+/// guest's EL1 state must be live (inside the run loop).
 pub fn guest_trap(ctx: &mut GuestContext, view: GuestView) {
     let esr_el2 = ctx.exit_esr;
-    if esr::ec(esr_el2) == esr::EC_SYS64 && emulate_sysreg(ctx, SysRegAccess::decode(esr_el2), view)
-    {
-        ctx.pc = ctx.pc.wrapping_add(4);
+    let ec = esr::ec(esr_el2);
+    let done = match ec {
+        esr::EC_SYS64 => emulate_sysreg(ctx, SysRegAccess::decode(esr_el2), view),
+        0x01..=esr::EC_AARCH32_LAST if !super::pc::condition_holds(esr_el2, ctx.pstate) => true,
+        esr::EC_CP15_32 | esr::EC_CP15_64 => emulate_cp15(ctx, Cp15Access::decode(esr_el2)),
+        _ => false,
+    };
+    if done {
+        ctx.skip_trapped();
         return;
     }
     inject_live(Injected::Undef, &mut ctx.pc, &mut ctx.pstate, esr_el2, 0);

@@ -1962,8 +1962,10 @@ fn ws_atk_guest_cache_tlb_and_at_instructions_stay_the_guests() -> TestResult {
 /// What the hyp answers with an undefined instruction must look, at the guest's EL1, like an
 /// undefined instruction taken from where it ran: from AArch64 EL0 (an SVE instruction, trapped
 /// by CPTR_EL2.TZ) the lower-EL AArch64 vector (offset 0x400), from AArch32 EL0, A32 or T32 (a
-/// physical-timer MRC, trapped by CNTHCTL_EL2.EL1PCEN) the lower-EL AArch32 one (0x600), with
-/// ELR_EL1 at the instruction, SPSR_EL1 the EL0 state and ESR_EL1 EC 0 with the instruction's IL.
+/// DBGDIDR read, `mrc p14, 0, r0, c0, c0, 0`, trapped by MDCR_EL2.TDA while the guest has not
+/// taken the debug registers: the hyp emulates no AArch32 debug register; the physical timer's
+/// MRCs, once the probe here, are emulated) the lower-EL AArch32 one (0x600), with ELR_EL1 at
+/// the instruction, SPSR_EL1 the EL0 state and ESR_EL1 EC 0 with the instruction's IL.
 fn ws_atk_undef_injected_from_a_guests_el0_takes_the_lower_el_vector() -> TestResult {
     let mut v = gvm(VmType::Pkvm)?;
     ensure_eq!(v.gw(CNTKCTL_EL1, (1 << 9) | 1)?, Ok(()));
@@ -1978,15 +1980,15 @@ fn ws_atk_undef_injected_from_a_guests_el0_takes_the_lower_el_vector() -> TestRe
             8,
         ),
         (
-            "A32 mrc cntp_ctl",
-            alloc::vec![0xee1e_0f32, 0xef00_0000],
+            "A32 mrc dbgdidr",
+            alloc::vec![0xee10_0e10, 0xef00_0000],
             SPSR_EL0_A32,
             code,
             12,
         ),
         (
-            "T32 mrc cntp_ctl",
-            alloc::vec![0x0f32_ee1e, 0x0000_df00],
+            "T32 mrc dbgdidr",
+            alloc::vec![0x0e10_ee10, 0x0000_df00],
             SPSR_EL0_T32,
             code,
             12,
