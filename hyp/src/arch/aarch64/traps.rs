@@ -143,11 +143,17 @@ fn clear_fields(v: u64, fields: &[u32]) -> u64 {
     fields.iter().fold(v, |v, &lo| v & !(0xf << lo))
 }
 
+/// Caps the unsigned 4-bit ID field at bit `lo` at `max`.
+fn cap_field(v: u64, lo: u32, max: u64) -> u64 {
+    let f = ((v >> lo) & 0xf).min(max);
+    (v & !(0xf << lo)) | (f << lo)
+}
+
 /// The value a guest reads from the ID register (CRm, op2) whose real value is `real` (Trust
 /// rule 5: what a guest is told it has, it has). Hidden: EL2 (the guest has none), SVE and SME
 /// (trapped: UNDEF), the PMU of a VM without one, trace, statistical profiling, AMU, MPAM, MTE,
-/// LORegions (trapped), nested virtualisation, LS64; the physical address range is capped at
-/// the VM's 40-bit IPA space. ID registers the hyp does not know in the AArch64 space read as
+/// LORegions (trapped), nested virtualisation, LS64, SCXTNUM (CSV2 capped at 1); the physical
+/// address range is capped at the VM's 40-bit IPA space. ID registers the hyp does not know in the AArch64 space read as
 /// zero: a feature the hyp has never heard of may bring registers it does not switch.
 pub fn sanitized_id(crm: u8, op2: u8, real: u64, view: GuestView) -> u64 {
     let pmu: &[u32] = if view.pmu { &[] } else { &[8, 48] };
@@ -165,10 +171,16 @@ pub fn sanitized_id(crm: u8, op2: u8, real: u64, view: GuestView) -> u64 {
         }
         // The rest of the AArch32 ID registers and MVFR0..2.
         (1..=3, _) => real,
-        // ID_AA64PFR0_EL1: EL2, SVE, MPAM, AMU.
-        (4, 0) => clear_fields(real, &[8, 32, 40, 44]),
-        // ID_AA64PFR1_EL1: MTE, MPAM_frac, SME, RNDR_trap, NMI, MTE_frac, GCS, THE, MTEX.
-        (4, 1) => clear_fields(real, &[8, 16, 24, 28, 36, 40, 44, 48, 52]),
+        // ID_AA64PFR0_EL1: EL2, SVE, MPAM, AMU; CSV2 at most 1 (FEAT_CSV2_2 brings SCXTNUM_EL0/EL1,
+        // which guests do not get: HCR_EL2.EnSCXT is clear while they run, as in KVM).
+        (4, 0) => cap_field(clear_fields(real, &[8, 32, 40, 44]), 56, 1),
+        // ID_AA64PFR1_EL1: MTE, MPAM_frac, SME, RNDR_trap, NMI, MTE_frac, GCS, THE, MTEX; CSV2_frac
+        // at most 1 (FEAT_CSV2_1p2 brings SCXTNUM too).
+        (4, 1) => cap_field(
+            clear_fields(real, &[8, 16, 24, 28, 36, 40, 44, 48, 52]),
+            32,
+            1,
+        ),
         // ID_AA64DFR0_EL1: TraceVer, PMSVer, TraceFilt, TraceBuffer, BRBE, HPMN0, and PMUVer,
         // MTPMU without a PMU.
         (5, 0) => clear_fields(clear_fields(real, &[4, 32, 40, 44, 52, 60]), pmu),

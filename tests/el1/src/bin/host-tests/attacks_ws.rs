@@ -413,7 +413,32 @@ fn ws_atk_guest_scxtnum_it_is_told_of_is_usable_and_its_own() -> TestResult {
         .map_err(|x| format!("id_aa64pfr1: ESR {x:#x}"))?;
     let (csv2, frac) = (field(pfr0, 56), field(pfr1, 32));
     if !(csv2 >= 2 || (csv2 == 1 && frac >= 2)) {
-        // Hidden: the guest is not told of them (the defence KVM uses: CSV2 capped at 1).
+        // Hidden: the guest is not told of them (the defence KVM uses: CSV2 capped at 1), and
+        // it does not have them: its accesses are undefined. The host, told by its own ID
+        // registers that it has them, does (HCR_EL2.EnSCXT while it runs), and keeps its values
+        // across a guest's run and its attempts.
+        let host_can = hw(SCXTNUM_EL1, 0x5c71_1111).is_ok() && hw(SCXTNUM_EL0, 0x5c70_2222).is_ok();
+        for (name, r) in [("SCXTNUM_EL1", SCXTNUM_EL1), ("SCXTNUM_EL0", SCXTNUM_EL0)] {
+            let w = v.gw(r, 0x47)?;
+            let rd = v.gr(r)?;
+            ensure!(
+                matches!(w, Err(x) if ec(x) == EC_UNKNOWN) && matches!(rd, Err(x) if ec(x) == EC_UNKNOWN),
+                "the guest is not told of {name} (CSV2 {csv2}, CSV2_frac {frac}) but its write gave                  {w:x?}, its read {rd:x?}"
+            );
+        }
+        let host_pfr0 = hr(ID_AA64PFR0).map_err(|f| format!("{f:?}"))?;
+        if field(host_pfr0, 56) >= 2 {
+            ensure!(
+                host_can,
+                "the host is told CSV2 = 2 but cannot use SCXTNUM_EL0/EL1"
+            );
+        }
+        if host_can {
+            ensure_eq!(hr(SCXTNUM_EL1).ok(), Some(0x5c71_1111));
+            ensure_eq!(hr(SCXTNUM_EL0).ok(), Some(0x5c70_2222));
+            let _ = hw(SCXTNUM_EL1, 0);
+            let _ = hw(SCXTNUM_EL0, 0);
+        }
         return v.destroy();
     }
     let mut problems = Vec::new();
