@@ -628,11 +628,13 @@ pub mod calls {
             }
             let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;
             hyp.next_vcpu = id;
+            // Its index in the VM (its MPIDR_EL1): vCPUs leave only with their VM.
+            let index = hyp.vcpus.values().filter(|c| c.vm == h).count() as u32;
             hyp.vcpus.insert(
                 id,
                 Vcpu {
                     vm: h,
-                    ctx: Some(Box::new(GuestContext::new(entry, arg))),
+                    ctx: Some(Box::new(GuestContext::new(entry, arg, index))),
                     pending: Pending::None,
                 },
             );

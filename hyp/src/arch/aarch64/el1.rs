@@ -64,6 +64,8 @@ pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u
     timer::host_cnthctl();
     CNTVOFF_EL2.set(0);
     vgic::init_el2();
+    // The host reads the CPU's own identity (VMPIDR_EL2/VPIDR_EL2 reset to UNKNOWN values).
+    super::switch::VcpuIdRegs::physical().load();
     // MMU, caches and alignment checks off at EL1, little-endian; RES1 bits set.
     SCTLR_EL1.set(0x30d0_0800);
     let spsr: u64 = 0x3c5; // EL1h, DAIF masked

@@ -83,6 +83,49 @@ pub struct GuestContext {
     pub debug: DebugState,
     /// The vCPU's GIC virtual CPU interface.
     pub vgic: VgicState,
+    /// What the vCPU reads as `MPIDR_EL1` and `MIDR_EL1` (`VMPIDR_EL2`, `VPIDR_EL2`): fixed at
+    /// its creation, whichever physical CPU runs it.
+    pub id: VcpuIdRegs,
+}
+
+/// A vCPU's identity registers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuIdRegs {
+    pub vmpidr: u64,
+    pub vpidr: u64,
+}
+
+impl VcpuIdRegs {
+    /// The identity of the vCPU with index `index` in its VM, as KVM gives it (`reset_mpidr`):
+    /// the index in Aff0 (16 per cluster, what a GICv3 SGI can name), Aff1 and Aff2; bit 31
+    /// (RES1) set, U and MT clear. `MIDR_EL1` is the CPU's (every CPU here is the same).
+    pub fn for_index(index: u32) -> Self {
+        use aarch64_cpu::registers::{Readable, MIDR_EL1};
+        let i = u64::from(index);
+        Self {
+            vmpidr: (1 << 31) | (i & 0xf) | (((i >> 4) & 0xff) << 8) | (((i >> 12) & 0xff) << 16),
+            vpidr: MIDR_EL1.get(),
+        }
+    }
+
+    /// The host's: the CPU's own `MPIDR_EL1` and `MIDR_EL1`.
+    pub fn physical() -> Self {
+        use aarch64_cpu::registers::{Readable, MIDR_EL1, MPIDR_EL1};
+        Self {
+            vmpidr: MPIDR_EL1.get(),
+            vpidr: MIDR_EL1.get(),
+        }
+    }
+
+    /// Makes EL1 read these as `MPIDR_EL1` and `MIDR_EL1`.
+    pub fn load(&self) {
+        use aarch64_cpu::registers::{Writeable, VMPIDR_EL2};
+        VMPIDR_EL2.set(self.vmpidr);
+        // SAFETY: VPIDR_EL2 (S3_4_C0_C0_0; aarch64-cpu does not name it) only changes what EL1
+        // reads as MIDR_EL1.
+        unsafe { asm!("msr S3_4_C0_C0_0, {}", in(reg) self.vpidr, options(nomem, nostack)) };
+    }
 }
 
 /// Registers of a world that the switch moves besides [`El1Sys`]: the ones whose existence
@@ -112,8 +155,9 @@ pub struct DebugState {
 const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
 
 impl GuestContext {
-    /// A vCPU about to start at `pc` in EL1h with interrupts masked and `x0 = arg`.
-    pub fn new(pc: u64, arg: u64) -> Self {
+    /// A vCPU about to start at `pc` in EL1h with interrupts masked and `x0 = arg`; `index` is
+    /// its index in its VM (its `MPIDR_EL1`).
+    pub fn new(pc: u64, arg: u64, index: u32) -> Self {
         let mut x = [0; 31];
         x[0] = arg;
         Self {
@@ -131,6 +175,7 @@ impl GuestContext {
             ptimer: PtimerRegs::default(),
             debug: DebugState::default(),
             vgic: VgicState::default(),
+            id: VcpuIdRegs::for_index(index),
         }
     }
 
@@ -570,6 +615,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
         host.pmcnten = super::pmu::pause_counters();
     }
     vgic::restore(&ctx.vgic);
+    ctx.id.load();
     load_stage2(guest_hcr(), cfg.vttbr, cfg.vtcr);
     host
 }
@@ -578,6 +624,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
 /// The caller then loads the host's stage-2.
 pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
+    VcpuIdRegs::physical().load();
     vgic::save(&mut ctx.vgic);
     super::pmu::resume_counters(host.pmcnten);
     MDCR_EL2.set(host.mdcr);

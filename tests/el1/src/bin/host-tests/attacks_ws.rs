@@ -1884,6 +1884,23 @@ fn ws_atk_vcpu_moving_between_cpus_keeps_its_registers_and_identity() -> TestRes
             on1[0]
         ));
     }
+    // Its identity is its index in its VM (KVM's reset_mpidr: Aff0 = 0, bit 31 RES1, U and MT
+    // clear), and MIDR_EL1 (VPIDR_EL2) does not move either.
+    if on0 != 1 << 31 {
+        problems.push(format!("vCPU 0's MPIDR_EL1 is 0x{on0:x}, not 0x80000000"));
+    }
+    let midr = Sys(3, 0, 0, 0, 0);
+    let m0 = v.gr(midr)?.map_err(|x| format!("ESR 0x{x:x}"))?;
+    v.load(&[mrs(midr, 0), RET])?;
+    let m1 = on_cpu1(v.guest.vcpu, OP_ATK_RUN, [0, 0, 0, 0])?;
+    if m1[0] != m0 || hr(midr).ok() != Some(m0) {
+        problems.push(format!(
+            "MIDR_EL1 reads 0x{m0:x} on CPU 0, 0x{:x} on CPU 1",
+            m1[0]
+        ));
+    }
+    // The host still reads its own CPU's identity after the guest ran.
+    ensure_eq!(hr(mpidr).ok(), Some(host0));
     v.destroy()?;
     ensure!(problems.is_empty(), "{}", problems.join("; "));
     Ok(())
