@@ -1,8 +1,20 @@
 //! The PMU, set up so instruction counts are exact under `qemu -icount shift=0`: counter 0 counts
 //! INST_RETIRED at EL2 only, counter 1 at every level. Both are readable from EL1 (the host and
-//! guests measure around their own operations), never reset by anyone but boot.
+//! guests measure around their own operations), never reset by the hyp but at boot.
+//!
+//! A VM that opened the PMU (`VmOpenPmu`: benchmarks, introspection builds only) reaches it
+//! without traps but for `PMCR_EL0` (`MDCR_EL2.TPMCR`, emulated: [`pmcr_read`], [`pmcr_write`]).
+//! Everything of the PMU but the hyp's two counters is per world and switched ([`PmuState`],
+//! [`switch_open`]): `PMCR_EL0`'s writable bits, `PMSELR_EL0`, `PMUSERENR_EL0`, `PMCCFILTR_EL0`,
+//! `PMCCNTR_EL0`, `PMEVTYPER<n>_EL0`/`PMEVCNTR<n>_EL0` for n = 2..N, and those counters' (and
+//! the cycle counter's) bits of `PMCNTENSET`, `PMINTENSET` and `PMOVSSET`. Shared by design, so
+//! that the guest can measure itself with them: counters 0 and 1 (their values, types and
+//! bits of the enable, interrupt-enable and overflow registers), which a benchmark guest reads
+//! and could also write; and `PMCR_EL0.E` gates them too while its world runs. A VM that did
+//! not open the PMU gets none of it (`TPM`: UNDEF) and the host's counters pause meanwhile.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// INST_RETIRED.
 const EVENT_INST_RETIRED: u64 = 0x08;
@@ -19,6 +31,7 @@ pub fn init() {
     // SAFETY: reading PMCR_EL0 has no side effects.
     unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
     let counters = (pmcr >> 11) & 0x1f;
+    COUNTERS.store(counters as u32, Ordering::Relaxed);
     if counters < 2 {
         log::warn!("PMU has {counters} event counters: instruction counting disabled");
         return;
@@ -115,4 +128,248 @@ pub fn resume_counters(enabled: u64) {
     }
     // SAFETY: PMU counter enables only.
     unsafe { asm!("msr pmcntenset_el0, {}", in(reg) enabled, options(nomem, nostack)) };
+}
+
+// ---- the per-world PMU of a VM that opened it -------------------------------------------------
+
+/// PMCR_EL0 bits a world may write and read back: E, D, X, DP, LC, LP (P and C are write-only
+/// actions, the rest read-only).
+const PMCR_RW: u64 = 0b1111_1001;
+const PMCR_E: u64 = 1 << 0;
+const PMCR_P: u64 = 1 << 1;
+const PMCR_C: u64 = 1 << 2;
+/// The cycle counter's bit in PMCNTEN/PMINTEN/PMOVS.
+const CYCLE: u64 = 1 << 31;
+
+/// Event counters (PMCR_EL0.N), read at boot.
+static COUNTERS: AtomicU32 = AtomicU32::new(0);
+
+fn counters() -> usize {
+    COUNTERS.load(Ordering::Relaxed).min(31) as usize
+}
+
+/// The bits of PMCNTEN/PMINTEN/PMOVS that are switched: event counters 2..N and the cycle
+/// counter (0 and 1 are the hyp's).
+fn switched_mask() -> u64 {
+    (((1u64 << counters()) - 1) & !0b11) | CYCLE
+}
+
+/// One world's PMU, beyond the hyp's counters 0 and 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmuState {
+    /// `PMCR_EL0 & PMCR_RW`.
+    pub pmcr: u64,
+    pub selr: u64,
+    pub userenr: u64,
+    pub ccfiltr: u64,
+    pub ccntr: u64,
+    /// Bits of the switched counters only ([`switched_mask`]).
+    pub cnten: u64,
+    pub inten: u64,
+    pub ovs: u64,
+    /// Indexed by counter; 0 and 1 unused.
+    pub evtyper: [u64; 31],
+    pub evcntr: [u64; 31],
+}
+
+impl Default for PmuState {
+    /// A guest's PMU when its VM opens it: enabled (PMCR_EL0.E, so the hyp's counters go on
+    /// counting while it runs), everything else zero.
+    fn default() -> Self {
+        Self {
+            pmcr: PMCR_E,
+            selr: 0,
+            userenr: 0,
+            ccfiltr: 0,
+            ccntr: 0,
+            cnten: 0,
+            inten: 0,
+            ovs: 0,
+            evtyper: [0; 31],
+            evcntr: [0; 31],
+        }
+    }
+}
+
+macro_rules! pmu_sysregs {
+    ($($field:ident => $reg:literal),* $(,)?) => {
+        fn save_plain(s: &mut PmuState) {
+            $(
+                // SAFETY: a PMU register read at EL2, no side effects (the caller checked the
+                // CPU has a PMU).
+                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) s.$field, options(nomem, nostack)) };
+            )*
+        }
+        fn restore_plain(s: &PmuState) {
+            $(
+                // SAFETY: PMU state of the world about to run.
+                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) s.$field, options(nomem, nostack)) };
+            )*
+        }
+    };
+}
+
+pmu_sysregs!(
+    selr => "pmselr_el0",
+    userenr => "pmuserenr_el0",
+    ccfiltr => "pmccfiltr_el0",
+    ccntr => "pmccntr_el0",
+);
+
+macro_rules! pmu_indexed {
+    ($($n:literal),* $(,)?) => {
+        /// Reads (PMEVTYPER<n>_EL0, PMEVCNTR<n>_EL0).
+        fn read_counter(n: usize) -> (u64, u64) {
+            let (t, c): (u64, u64);
+            match n {
+                $(
+                    // SAFETY: the caller passes n < PMCR_EL0.N: the registers exist.
+                    $n => unsafe {
+                        asm!(
+                            concat!("mrs {t}, pmevtyper", stringify!($n), "_el0"),
+                            concat!("mrs {c}, pmevcntr", stringify!($n), "_el0"),
+                            t = out(reg) t, c = out(reg) c, options(nomem, nostack)
+                        )
+                    },
+                )*
+                _ => return (0, 0),
+            }
+            (t, c)
+        }
+
+        /// Writes (PMEVTYPER<n>_EL0, PMEVCNTR<n>_EL0).
+        fn write_counter(n: usize, t: u64, c: u64) {
+            match n {
+                $(
+                    // SAFETY: as in `read_counter`; PMU state of the world about to run.
+                    $n => unsafe {
+                        asm!(
+                            concat!("msr pmevtyper", stringify!($n), "_el0, {t}"),
+                            concat!("msr pmevcntr", stringify!($n), "_el0, {c}"),
+                            t = in(reg) t, c = in(reg) c, options(nomem, nostack)
+                        )
+                    },
+                )*
+                _ => {}
+            }
+        }
+
+        /// Zeroes PMEVCNTR<n>_EL0.
+        fn zero_counter(n: usize) {
+            match n {
+                $(
+                    // SAFETY: as in `write_counter`.
+                    $n => unsafe {
+                        asm!(concat!("msr pmevcntr", stringify!($n), "_el0, xzr"), options(nomem, nostack))
+                    },
+                )*
+                _ => {}
+            }
+        }
+    };
+}
+
+pmu_indexed!(
+    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
+    28, 29, 30
+);
+
+/// The set/clear pairs' live bits, `mask` of them (PMCNTENSET, PMINTENSET, PMOVSSET).
+fn read_sets(mask: u64) -> (u64, u64, u64) {
+    let (e, i, o): (u64, u64, u64);
+    // SAFETY: PMU register reads.
+    unsafe {
+        asm!(
+            "mrs {e}, pmcntenset_el0",
+            "mrs {i}, pmintenset_el1",
+            "mrs {o}, pmovsset_el0",
+            e = out(reg) e, i = out(reg) i, o = out(reg) o,
+            options(nomem, nostack)
+        )
+    };
+    (e & mask, i & mask, o & mask)
+}
+
+/// Clears `mask` in the three pairs, then sets the given bits (within `mask`).
+fn write_sets(mask: u64, (e, i, o): (u64, u64, u64)) {
+    // SAFETY: PMU state of the world about to run; the hyp's counters (outside `mask`) are not
+    // touched.
+    unsafe {
+        asm!(
+            "msr pmcntenclr_el0, {m}",
+            "msr pmintenclr_el1, {m}",
+            "msr pmovsclr_el0, {m}",
+            "msr pmovsset_el0, {o}",
+            "msr pmintenset_el1, {i}",
+            "msr pmcntenset_el0, {e}",
+            m = in(reg) mask, e = in(reg) e & mask, i = in(reg) i & mask, o = in(reg) o & mask,
+            options(nomem, nostack)
+        )
+    };
+}
+
+fn read_pmcr() -> u64 {
+    let v: u64;
+    // SAFETY: reading PMCR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, pmcr_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn write_pmcr(v: u64) {
+    // SAFETY: only the read-write bits (never P or C: the hyp's counters are not reset).
+    unsafe { asm!("msr pmcr_el0, {}", in(reg) v & PMCR_RW, options(nomem, nostack)) };
+}
+
+/// For a VM that opened the PMU: saves the live (outgoing world's) PMU into `out` and loads
+/// `next`, leaving the hyp's counters 0 and 1 as they are. The outgoing world's counters stop
+/// before anything is read, so none counts the switch or the other world.
+pub fn switch_open(out: &mut PmuState, next: &PmuState) {
+    if !super::features::has(super::features::PMU) {
+        return;
+    }
+    let mask = switched_mask();
+    (out.cnten, out.inten, out.ovs) = read_sets(mask);
+    // SAFETY: stops the outgoing world's counters (not the hyp's).
+    unsafe { asm!("msr pmcntenclr_el0, {}", in(reg) mask, options(nomem, nostack)) };
+    out.pmcr = read_pmcr() & PMCR_RW;
+    save_plain(out);
+    let n = counters();
+    for i in 2..n {
+        let (t, c) = read_counter(i);
+        if let (Some(ts), Some(cs)) = (out.evtyper.get_mut(i), out.evcntr.get_mut(i)) {
+            (*ts, *cs) = (t, c);
+        }
+    }
+    for i in 2..n {
+        let (t, c) = (
+            next.evtyper.get(i).copied().unwrap_or(0),
+            next.evcntr.get(i).copied().unwrap_or(0),
+        );
+        write_counter(i, t, c);
+    }
+    restore_plain(next);
+    write_pmcr(next.pmcr);
+    write_sets(mask, (next.cnten, next.inten, next.ovs));
+}
+
+/// A guest's read of its (emulated) PMCR_EL0: its own writable bits, the CPU's read-only ones.
+pub fn pmcr_read(s: &PmuState) -> u64 {
+    (read_pmcr() & !PMCR_RW & !(PMCR_P | PMCR_C)) | (s.pmcr & PMCR_RW)
+}
+
+/// A guest's write of its (emulated) PMCR_EL0, its PMU live on this CPU: the writable bits are
+/// its own; P resets its event counters (2..N, not the hyp's), C its cycle counter.
+pub fn pmcr_write(s: &mut PmuState, v: u64) {
+    s.pmcr = v & PMCR_RW;
+    write_pmcr(s.pmcr);
+    if v & PMCR_P != 0 {
+        for i in 2..counters() {
+            zero_counter(i);
+        }
+    }
+    if v & PMCR_C != 0 {
+        // SAFETY: the guest's own cycle counter (switched).
+        unsafe { asm!("msr pmccntr_el0, xzr", options(nomem, nostack)) };
+    }
 }

@@ -12,6 +12,7 @@ use core::mem::offset_of;
 use super::features;
 use super::fpsimd::{self, FpState};
 use super::inject::{self, Injected};
+use super::pmu::{self, PmuState};
 use super::timer::{self, PtimerRegs, VtimerRegs};
 use super::vgic::{self, VgicState};
 use crate::percpu::PerCpu;
@@ -83,6 +84,8 @@ pub struct GuestContext {
     pub debug: DebugState,
     /// The vCPU's GIC virtual CPU interface.
     pub vgic: VgicState,
+    /// The vCPU's PMU, if its VM opened it (`pmu.rs`).
+    pub pmu: PmuState,
     /// What the vCPU reads as `MPIDR_EL1` and `MIDR_EL1` (`VMPIDR_EL2`, `VPIDR_EL2`): fixed at
     /// its creation, whichever physical CPU runs it.
     pub id: VcpuIdRegs,
@@ -175,6 +178,7 @@ impl GuestContext {
             ptimer: PtimerRegs::default(),
             debug: DebugState::default(),
             vgic: VgicState::default(),
+            pmu: PmuState::default(),
             id: VcpuIdRegs::for_index(index),
         }
     }
@@ -570,6 +574,9 @@ pub struct HostSave {
     mdcr: u64,
     /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
     pmcnten: u64,
+    /// The guest's VM opened the PMU: `pmu` holds the host's, switched.
+    pmu_open: bool,
+    pmu: PmuState,
 }
 
 /// How the hyp runs one vCPU.
@@ -584,12 +591,16 @@ pub struct GuestConfig {
 }
 
 /// `MDCR_EL2` while a guest runs: the host's (HPMN: the counters EL1 may reach) plus the debug
-/// traps (TDA, TDOSA, TDRA: emulated) and, for a VM without a PMU, the PMU traps (TPM, TPMCR).
+/// traps (TDA, TDOSA, TDRA: emulated) and the PMU's: for a VM without a PMU every access (TPM,
+/// TPMCR: UNDEF), for one that opened it `PMCR_EL0` only (TPMCR: emulated, so that neither its
+/// P bit nor anything else of it resets the hyp's counters).
 fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
     use aarch64_cpu::registers::MDCR_EL2;
-    let mut m = host_mdcr | (MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET).value;
+    let mut m = host_mdcr
+        | (MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET + MDCR_EL2::TPMCR::SET)
+            .value;
     if !pmu_open {
-        m |= (MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET).value;
+        m |= MDCR_EL2::TPM::SET.value;
     }
     m
 }
@@ -611,8 +622,11 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     MDSCR_EL1.set(0);
     host.mdcr = MDCR_EL2.get();
     MDCR_EL2.set(guest_mdcr(host.mdcr, cfg.pmu_open));
-    if !cfg.pmu_open {
-        host.pmcnten = super::pmu::pause_counters();
+    host.pmu_open = cfg.pmu_open;
+    if cfg.pmu_open {
+        pmu::switch_open(&mut host.pmu, &ctx.pmu);
+    } else {
+        host.pmcnten = pmu::pause_counters();
     }
     vgic::restore(&ctx.vgic);
     ctx.id.load();
@@ -626,7 +640,11 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
     VcpuIdRegs::physical().load();
     vgic::save(&mut ctx.vgic);
-    super::pmu::resume_counters(host.pmcnten);
+    if host.pmu_open {
+        pmu::switch_open(&mut ctx.pmu, &host.pmu);
+    } else {
+        pmu::resume_counters(host.pmcnten);
+    }
     MDCR_EL2.set(host.mdcr);
     MDSCR_EL1.set(host.mdscr);
     timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);

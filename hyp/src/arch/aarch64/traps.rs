@@ -88,6 +88,8 @@ fn aarch32_reg(n: usize) -> Option<usize> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Emulated {
     Ptimer(PtimerReg),
+    /// `PMCR_EL0` of a VM that opened the PMU (`MDCR_EL2.TPMCR`); UNDEF for one that did not.
+    Pmcr,
     Mdscr,
     OsLar,
     OsLsr,
@@ -111,6 +113,7 @@ fn classify(enc: (u8, u8, u8, u8, u8)) -> Emulated {
         (3, 3, 14, 2, 0) => Emulated::Ptimer(PtimerReg::Tval),
         (3, 3, 14, 2, 1) => Emulated::Ptimer(PtimerReg::Ctl),
         (3, 3, 14, 2, 2) => Emulated::Ptimer(PtimerReg::Cval),
+        (3, 3, 9, 12, 0) => Emulated::Pmcr,
         (2, 0, 0, 2, 2) => Emulated::Mdscr,
         (2, 0, 1, 0, 4) => Emulated::OsLar,
         (2, 0, 1, 1, 4) => Emulated::OsLsr,
@@ -209,6 +212,8 @@ fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> b
         Emulated::Id { .. } if !a.read => return false,
         Emulated::Id { crm, op2 } => sanitized_id(crm, op2, read_id_register(crm, op2), view),
         Emulated::Ptimer(r) => ptimer_access(ctx, r, (!a.read).then_some(value)),
+        Emulated::Pmcr if !view.pmu => return false,
+        Emulated::Pmcr => pmcr_access(ctx, (!a.read).then_some(value)),
         Emulated::Mdscr => {
             if !a.read {
                 ctx.debug.mdscr = value;
@@ -243,12 +248,23 @@ fn ptimer_access(ctx: &mut GuestContext, r: PtimerReg, write: Option<u64>) -> u6
     }
 }
 
+/// A read (`write` = `None`) or write of the emulated `PMCR_EL0` of a vCPU whose VM opened the
+/// PMU (its PMU is live on this CPU). -> the value read (0 for a write).
+fn pmcr_access(ctx: &mut GuestContext, write: Option<u64>) -> u64 {
+    match write {
+        None => super::pmu::pmcr_read(&ctx.pmu),
+        Some(v) => {
+            super::pmu::pmcr_write(&mut ctx.pmu, v);
+            0
+        }
+    }
+}
+
 /// Emulates a guest's trapped AArch32 CP15 access (its EL0): the physical timer, as for AArch64
-/// (KVM emulates `CNTP_*` from both states the same way). `false`: not emulated.
-fn emulate_cp15(ctx: &mut GuestContext, a: Cp15Access) -> bool {
-    let Some(r) = a.ptimer() else {
-        return false;
-    };
+/// (KVM emulates `CNTP_*` from both states the same way), and `PMCR` of a VM that opened the
+/// PMU. `false`: not emulated.
+fn emulate_cp15(ctx: &mut GuestContext, a: Cp15Access, view: GuestView) -> bool {
+    let pmcr = (a.wide, a.opc1, a.crn, a.crm, a.opc2) == (false, 0, 9, 12, 0);
     let reg = |ctx: &GuestContext, n: usize| aarch32_reg(n).map_or(0, |x| ctx.reg(x) & 0xffff_ffff);
     let write = (!a.read).then(|| {
         if a.wide {
@@ -257,7 +273,11 @@ fn emulate_cp15(ctx: &mut GuestContext, a: Cp15Access) -> bool {
             reg(ctx, a.rt)
         }
     });
-    let v = ptimer_access(ctx, r, write);
+    let v = match a.ptimer() {
+        Some(r) => ptimer_access(ctx, r, write),
+        None if pmcr && view.pmu => pmcr_access(ctx, write) & 0xffff_ffff,
+        None => return false,
+    };
     if a.read {
         let (lo, hi) = (v & 0xffff_ffff, v >> 32);
         if let Some(x) = aarch32_reg(a.rt) {
@@ -280,7 +300,7 @@ pub fn guest_trap(ctx: &mut GuestContext, view: GuestView) {
     let done = match ec {
         esr::EC_SYS64 => emulate_sysreg(ctx, SysRegAccess::decode(esr_el2), view),
         0x01..=esr::EC_AARCH32_LAST if !super::pc::condition_holds(esr_el2, ctx.pstate) => true,
-        esr::EC_CP15_32 | esr::EC_CP15_64 => emulate_cp15(ctx, Cp15Access::decode(esr_el2)),
+        esr::EC_CP15_32 | esr::EC_CP15_64 => emulate_cp15(ctx, Cp15Access::decode(esr_el2), view),
         _ => false,
     };
     if done {
