@@ -30,6 +30,8 @@ pub struct PerCpu {
     /// Where a probed instruction's exception returns to (written by the probe's asm just before
     /// the instruction; 0 = the instruction after the faulting one).
     probe_resume: AtomicU64,
+    /// The host's breakpoint and watchpoint registers while a guest's are loaded on this CPU.
+    pub(crate) host_debug: arch::debug::HostDebugSave,
 }
 
 impl PerCpu {
@@ -49,6 +51,7 @@ impl PerCpu {
             host_context: AtomicU64::new(0),
             boot: SecondaryBoot::new(),
             probe_resume: AtomicU64::new(0),
+            host_debug: arch::debug::HostDebugSave::new(),
         }
     }
 

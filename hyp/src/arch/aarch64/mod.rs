@@ -2,6 +2,7 @@
 //! entering EL1, cache maintenance, the firmware conduit (PSCI over SMC).
 pub mod boot;
 pub mod cache;
+pub mod debug;
 pub mod el1;
 pub mod esr;
 pub mod exit;

@@ -9,6 +9,7 @@
 use core::arch::{asm, naked_asm};
 use core::mem::offset_of;
 
+use super::debug::{self, DebugState, HostDebug};
 use super::features;
 use super::fpsimd::{self, FpState};
 use super::inject::{self, Injected};
@@ -80,7 +81,7 @@ pub struct GuestContext {
     pub vtimer: VtimerRegs,
     /// The vCPU's emulated physical timer.
     pub ptimer: PtimerRegs,
-    /// The vCPU's emulated debug state.
+    /// The vCPU's debug registers (`debug.rs`).
     pub debug: DebugState,
     /// The vCPU's GIC virtual CPU interface.
     pub vgic: VgicState,
@@ -143,14 +144,6 @@ pub struct WorldRegs {
     pub tpidr2: u64,
     /// `DISR_EL1` (RAS).
     pub disr: u64,
-}
-
-/// A guest's emulated debug registers (`MDCR_EL2.TDA/TDOSA/TDRA` trap them).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DebugState {
-    pub mdscr: u64,
-    pub oslk: bool,
 }
 
 /// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
@@ -570,7 +563,7 @@ pub struct HostSave {
     sys: El1Sys,
     regs: WorldRegs,
     vtimer: VtimerRegs,
-    mdscr: u64,
+    debug: HostDebug,
     mdcr: u64,
     /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
     pmcnten: u64,
@@ -591,14 +584,17 @@ pub struct GuestConfig {
 }
 
 /// `MDCR_EL2` while a guest runs: the host's (HPMN: the counters EL1 may reach) plus the debug
-/// traps (TDA, TDOSA, TDRA: emulated) and the PMU's: for a VM without a PMU every access (TPM,
-/// TPMCR: UNDEF), for one that opened it `PMCR_EL0` only (TPMCR: emulated, so that neither its
-/// P bit nor anything else of it resets the hyp's counters).
-fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
+/// traps (TDOSA, TDRA: emulated; TDA until the guest's breakpoint and watchpoint registers are
+/// loaded, `debug.rs`) and the PMU's: for a VM without a PMU every access (TPM, TPMCR: UNDEF),
+/// for one that opened it `PMCR_EL0` only (TPMCR: emulated, so that neither its P bit nor
+/// anything else of it resets the hyp's counters).
+fn guest_mdcr(host_mdcr: u64, pmu_open: bool, tda: bool) -> u64 {
     use aarch64_cpu::registers::MDCR_EL2;
-    let mut m = host_mdcr
-        | (MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET + MDCR_EL2::TPMCR::SET)
-            .value;
+    let mut m =
+        host_mdcr | (MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET + MDCR_EL2::TPMCR::SET).value;
+    if tda {
+        m |= MDCR_EL2::TDA::SET.value;
+    }
     if !pmu_open {
         m |= MDCR_EL2::TPM::SET.value;
     }
@@ -608,20 +604,22 @@ fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
 /// From the host to a guest: saves every register the host owns and loads the vCPU's, then the
 /// guest's traps and stage-2. Returns what [`switch_to_host`] needs to undo it.
 pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
-    use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2, MDSCR_EL1};
+    use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2};
     let mut host = HostSave::default();
     save_el1(&mut host.sys);
     restore_el1(&ctx.sys);
     switch_world_regs(&mut host.regs, &ctx.regs);
     timer::switch_vtimer(&mut host.vtimer, &ctx.vtimer, cfg.cntvoff);
     timer::guest_cnthctl();
-    // The host's own debug configuration stays out of the guest's way: with MDSCR_EL1 zero no
-    // breakpoint, watchpoint or step the host armed fires in the guest, whose MDSCR_EL1 is
-    // emulated.
-    host.mdscr = MDSCR_EL1.get();
-    MDSCR_EL1.set(0);
+    // The guest's MDSCR_EL1 and OS lock, and its breakpoint and watchpoint registers if it has
+    // debug exceptions on: none the host armed fires in the guest (`debug.rs`).
+    host.debug = debug::switch_to_guest(&ctx.debug);
     host.mdcr = MDCR_EL2.get();
-    MDCR_EL2.set(guest_mdcr(host.mdcr, cfg.pmu_open));
+    MDCR_EL2.set(guest_mdcr(
+        host.mdcr,
+        cfg.pmu_open,
+        debug::guest_tda(&ctx.debug),
+    ));
     host.pmu_open = cfg.pmu_open;
     if cfg.pmu_open {
         pmu::switch_open(&mut host.pmu, &ctx.pmu);
@@ -637,7 +635,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
 /// From a guest back to the host: saves the vCPU's registers, reloads the host's and its traps.
 /// The caller then loads the host's stage-2.
 pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
-    use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
+    use aarch64_cpu::registers::{Writeable, MDCR_EL2};
     VcpuIdRegs::physical().load();
     vgic::save(&mut ctx.vgic);
     if host.pmu_open {
@@ -645,8 +643,8 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     } else {
         pmu::resume_counters(host.pmcnten);
     }
+    debug::switch_to_host(&mut ctx.debug, &host.debug);
     MDCR_EL2.set(host.mdcr);
-    MDSCR_EL1.set(host.mdscr);
     timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
     timer::host_cnthctl();
     switch_world_regs(&mut ctx.regs, &host.regs);

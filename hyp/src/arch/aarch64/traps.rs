@@ -4,6 +4,7 @@
 //! undefined-instruction exception injected into the world that ran the instruction, never a hyp
 //! crash.
 
+use super::debug::DebugReg;
 use super::esr;
 use super::inject::{inject_live, Injected};
 use super::switch::GuestContext;
@@ -90,9 +91,14 @@ enum Emulated {
     Ptimer(PtimerReg),
     /// `PMCR_EL0` of a VM that opened the PMU (`MDCR_EL2.TPMCR`); UNDEF for one that did not.
     Pmcr,
-    Mdscr,
+    /// A switched debug register (`debug.rs`): taken by the guest at its first access.
+    Debug(DebugReg),
     OsLar,
     OsLsr,
+    /// The debug communication channel (`MDCCSR_EL0`, `DBGDTR*_EL0`): RAZ/WI, or, from the
+    /// guest's EL0 with its `MDSCR_EL1.TDCC` set, the trap to its EL1 that TDCC asks for (which
+    /// QEMU 7.2 does not implement: the access reaches EL2 through `MDCR_EL2.TDA` instead).
+    Dcc,
     /// An ID register (op0 3, op1 0, CRn 0, CRm 1..7): read-only, sanitised.
     Id {
         crm: u8,
@@ -105,21 +111,29 @@ enum Emulated {
 }
 
 /// Which registers a guest's trapped access is emulated as (KVM makes the same choices: the
-/// physical timer is emulated, debug registers read back what the vCPU wrote or RAZ/WI, as do
-/// `ACTLR_EL1` and the RAS error records; the PMU of a VM without one, trace, LORegions,
-/// IMPLEMENTATION DEFINED registers and everything unknown are UNDEF).
+/// physical timer is emulated, the breakpoint/watchpoint registers, `MDSCR_EL1` and `MDCCINT_EL1`
+/// are taken by the guest at its first access (`debug.rs`), the OS lock is emulated, the rest of
+/// the debug space is RAZ/WI, as are `ACTLR_EL1` and the RAS error records; the PMU of a VM
+/// without one, trace, LORegions, IMPLEMENTATION DEFINED registers and everything unknown are
+/// UNDEF).
 fn classify(enc: (u8, u8, u8, u8, u8)) -> Emulated {
     match enc {
         (3, 3, 14, 2, 0) => Emulated::Ptimer(PtimerReg::Tval),
         (3, 3, 14, 2, 1) => Emulated::Ptimer(PtimerReg::Ctl),
         (3, 3, 14, 2, 2) => Emulated::Ptimer(PtimerReg::Cval),
         (3, 3, 9, 12, 0) => Emulated::Pmcr,
-        (2, 0, 0, 2, 2) => Emulated::Mdscr,
+        (2, 0, 0, 2, 2) => Emulated::Debug(DebugReg::Mdscr),
+        (2, 0, 0, 2, 0) => Emulated::Debug(DebugReg::Mdccint),
+        (2, 0, 0, n, 4) => Emulated::Debug(DebugReg::Bvr(n)),
+        (2, 0, 0, n, 5) => Emulated::Debug(DebugReg::Bcr(n)),
+        (2, 0, 0, n, 6) => Emulated::Debug(DebugReg::Wvr(n)),
+        (2, 0, 0, n, 7) => Emulated::Debug(DebugReg::Wcr(n)),
         (2, 0, 1, 0, 4) => Emulated::OsLar,
         (2, 0, 1, 1, 4) => Emulated::OsLsr,
+        (2, 3, 0, 1, 0) | (2, 3, 0, 4, 0) | (2, 3, 0, 5, 0) => Emulated::Dcc,
         (3, 0, 0, crm @ 1..=7, op2) => Emulated::Id { crm, op2 },
-        // The rest of the debug space (breakpoints, watchpoints, DCC, OS double lock, claim
-        // tags, ...): op0 = 2 with op1 = 0 or 3. op1 = 1 is trace: UNDEF.
+        // The rest of the debug space (DCC, OS double lock, claim tags, ...): op0 = 2 with
+        // op1 = 0 or 3. op1 = 1 is trace: UNDEF.
         (2, 0 | 3, _, _, _) => Emulated::RazWi,
         // ACTLR_EL1 (HCR_EL2.TACR).
         (3, 0, 1, 0, 1) => Emulated::RazWi,
@@ -203,26 +217,42 @@ pub fn sanitized_id(crm: u8, op2: u8, real: u64, view: GuestView) -> u64 {
     }
 }
 
-/// Emulates a guest's trapped system-register access. `false`: the hyp does not emulate it.
-fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> bool {
+/// What became of a trapped instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Emulated: the guest goes on after it.
+    Done,
+    /// Not emulated: an undefined instruction at the guest's EL1.
+    Undef,
+    /// A trap the guest's own EL1 asked for (and the CPU did not take): taken there with the
+    /// same syndrome.
+    Reflect,
+}
+
+/// Emulates a guest's trapped system-register access.
+fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> Outcome {
     let value = ctx.reg(a.rt);
     let result = match classify(a.enc) {
-        Emulated::Undef => return false,
+        Emulated::Undef => return Outcome::Undef,
         // ID registers are read-only.
-        Emulated::Id { .. } if !a.read => return false,
+        Emulated::Id { .. } if !a.read => return Outcome::Undef,
         Emulated::Id { crm, op2 } => sanitized_id(crm, op2, read_id_register(crm, op2), view),
         Emulated::Ptimer(r) => ptimer_access(ctx, r, (!a.read).then_some(value)),
-        Emulated::Pmcr if !view.pmu => return false,
+        Emulated::Pmcr if !view.pmu => return Outcome::Undef,
         Emulated::Pmcr => pmcr_access(ctx, (!a.read).then_some(value)),
-        Emulated::Mdscr => {
-            if !a.read {
-                ctx.debug.mdscr = value;
+        Emulated::Debug(r) => {
+            match super::debug::guest_access(&mut ctx.debug, r, (!a.read).then_some(value)) {
+                Some(v) => v,
+                None => return Outcome::Undef,
             }
-            ctx.debug.mdscr
         }
+        Emulated::Dcc if super::debug::dcc_trapped_at_el1(&ctx.debug, ctx.pstate) => {
+            return Outcome::Reflect
+        }
+        Emulated::Dcc => 0,
         Emulated::OsLar => {
             if !a.read {
-                ctx.debug.oslk = value & 1 != 0;
+                super::debug::guest_os_lock(&mut ctx.debug, value & 1 != 0);
             }
             0
         }
@@ -232,7 +262,7 @@ fn emulate_sysreg(ctx: &mut GuestContext, a: SysRegAccess, view: GuestView) -> b
     if a.read {
         ctx.set_reg(a.rt, result);
     }
-    true
+    Outcome::Done
 }
 
 /// A read (`write` = `None`) or write of the vCPU's emulated physical timer: one copy per vCPU,
@@ -297,17 +327,25 @@ fn emulate_cp15(ctx: &mut GuestContext, a: Cp15Access, view: GuestView) -> bool 
 pub fn guest_trap(ctx: &mut GuestContext, view: GuestView) {
     let esr_el2 = ctx.exit_esr;
     let ec = esr::ec(esr_el2);
-    let done = match ec {
+    let outcome = match ec {
         esr::EC_SYS64 => emulate_sysreg(ctx, SysRegAccess::decode(esr_el2), view),
-        0x01..=esr::EC_AARCH32_LAST if !super::pc::condition_holds(esr_el2, ctx.pstate) => true,
-        esr::EC_CP15_32 | esr::EC_CP15_64 => emulate_cp15(ctx, Cp15Access::decode(esr_el2), view),
-        _ => false,
+        0x01..=esr::EC_AARCH32_LAST if !super::pc::condition_holds(esr_el2, ctx.pstate) => {
+            Outcome::Done
+        }
+        esr::EC_CP15_32 | esr::EC_CP15_64 => {
+            if emulate_cp15(ctx, Cp15Access::decode(esr_el2), view) {
+                Outcome::Done
+            } else {
+                Outcome::Undef
+            }
+        }
+        _ => Outcome::Undef,
     };
-    if done {
-        ctx.skip_trapped();
-        return;
+    match outcome {
+        Outcome::Done => ctx.skip_trapped(),
+        Outcome::Undef => inject_live(Injected::Undef, &mut ctx.pc, &mut ctx.pstate, esr_el2, 0),
+        Outcome::Reflect => inject_live(Injected::Trap, &mut ctx.pc, &mut ctx.pstate, esr_el2, 0),
     }
-    inject_live(Injected::Undef, &mut ctx.pc, &mut ctx.pstate, esr_el2, 0);
 }
 
 /// A trap from the host the hyp does not handle: an undefined-instruction exception at the host's
