@@ -32,6 +32,10 @@ pub struct PerCpu {
     probe_resume: AtomicU64,
     /// The host's breakpoint and watchpoint registers while a guest's are loaded on this CPU.
     pub(crate) host_debug: arch::debug::HostDebugSave,
+    /// This CPU's GIC redistributor (RD_base; 0 = not found), for the guests' virtual timer.
+    pub(crate) gicr: AtomicU64,
+    /// The hyp made PPI 27 active for the guest running here (`arch::vtimer`).
+    pub(crate) vtimer_active: AtomicBool,
 }
 
 impl PerCpu {
@@ -52,6 +56,8 @@ impl PerCpu {
             boot: SecondaryBoot::new(),
             probe_resume: AtomicU64::new(0),
             host_debug: arch::debug::HostDebugSave::new(),
+            gicr: AtomicU64::new(0),
+            vtimer_active: AtomicBool::new(false),
         }
     }
 

@@ -1239,6 +1239,8 @@ fn handle_exit(hyp: &mut Hyp, h: VmHandle, ctx: &mut GuestContext) -> Step {
         }
         // Trust rule 6: the host gets the CPU back; the guest resumes where it was on the next
         // run.
+        // The guest's own virtual timer is delivered to it at EL2 (arch::vtimer).
+        GuestExit::Interrupt if crate::arch::vtimer::guest_irq() => Step::Resume,
         GuestExit::Interrupt => Step::Exit((ExitReason::Interrupt, [0; 5]), Pending::None),
         GuestExit::Abort { .. } => {
             inject_guest_abort(ctx);

@@ -64,6 +64,7 @@ pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u
     timer::host_cnthctl();
     CNTVOFF_EL2.set(0);
     vgic::init_el2();
+    super::vtimer::init_cpu();
     // The host reads the CPU's own identity (VMPIDR_EL2/VPIDR_EL2 reset to UNKNOWN values).
     super::switch::VcpuIdRegs::physical().load();
     // MMU, caches and alignment checks off at EL1, little-endian; RES1 bits set.

@@ -20,6 +20,7 @@ pub mod tlb;
 pub mod traps;
 pub mod vectors;
 pub mod vgic;
+pub mod vtimer;
 
 use aarch64_cpu::registers::{CurrentEL, Readable};
 

@@ -16,6 +16,7 @@ use super::inject::{self, Injected};
 use super::pmu::{self, PmuState};
 use super::timer::{self, PtimerRegs, VtimerRegs};
 use super::vgic::{self, VgicState};
+use super::vtimer;
 use crate::percpu::PerCpu;
 
 /// The EL1 system registers a world owns (host or guest).
@@ -564,6 +565,8 @@ pub struct HostSave {
     regs: WorldRegs,
     vtimer: VtimerRegs,
     debug: HostDebug,
+    /// PPI 27 as the host had it, if the hyp changed it for the run (`vtimer.rs`).
+    ppi: vtimer::HostPpi,
     mdcr: u64,
     /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
     pmcnten: u64,
@@ -606,6 +609,14 @@ fn guest_mdcr(host_mdcr: u64, pmu_open: bool, tda: bool) -> u64 {
 pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2};
     let mut host = HostSave::default();
+    // The PMU first (and back last): the host's counters count none of the switch, a closed
+    // guest's run or the hyp's work for it.
+    host.pmu_open = cfg.pmu_open;
+    if cfg.pmu_open {
+        pmu::switch_open(&mut host.pmu, &ctx.pmu);
+    } else {
+        host.pmcnten = pmu::pause_counters();
+    }
     save_el1(&mut host.sys);
     restore_el1(&ctx.sys);
     switch_world_regs(&mut host.regs, &ctx.regs);
@@ -620,13 +631,9 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
         cfg.pmu_open,
         debug::guest_tda(&ctx.debug),
     ));
-    host.pmu_open = cfg.pmu_open;
-    if cfg.pmu_open {
-        pmu::switch_open(&mut host.pmu, &ctx.pmu);
-    } else {
-        host.pmcnten = pmu::pause_counters();
-    }
     vgic::restore(&ctx.vgic);
+    // With the guest's virtual timer and virtual interface in place: its timer interrupt.
+    host.ppi = vtimer::enter(&ctx.vgic);
     ctx.id.load();
     load_stage2(guest_hcr(), cfg.vttbr, cfg.vtcr);
     host
@@ -638,16 +645,18 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     use aarch64_cpu::registers::{Writeable, MDCR_EL2};
     VcpuIdRegs::physical().load();
     vgic::save(&mut ctx.vgic);
+    debug::switch_to_host(&mut ctx.debug, &host.debug);
+    MDCR_EL2.set(host.mdcr);
+    timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
+    // With the host's virtual timer back: PPI 27 as the host had it.
+    vtimer::exit(&host.ppi);
+    timer::host_cnthctl();
+    switch_world_regs(&mut ctx.regs, &host.regs);
+    save_el1(&mut ctx.sys);
+    restore_el1(&host.sys);
     if host.pmu_open {
         pmu::switch_open(&mut ctx.pmu, &host.pmu);
     } else {
         pmu::resume_counters(host.pmcnten);
     }
-    debug::switch_to_host(&mut ctx.debug, &host.debug);
-    MDCR_EL2.set(host.mdcr);
-    timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
-    timer::host_cnthctl();
-    switch_world_regs(&mut ctx.regs, &host.regs);
-    save_el1(&mut ctx.sys);
-    restore_el1(&host.sys);
 }
