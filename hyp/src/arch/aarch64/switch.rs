@@ -608,10 +608,12 @@ fn guest_mdcr(host_mdcr: u64, pmu_open: bool, tda: bool) -> u64 {
 /// guest's traps and stage-2. Returns what [`switch_to_host`] needs to undo it.
 pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2};
-    let mut host = HostSave::default();
+    let mut host = HostSave {
+        pmu_open: cfg.pmu_open,
+        ..HostSave::default()
+    };
     // The PMU first (and back last): the host's counters count none of the switch, a closed
     // guest's run or the hyp's work for it.
-    host.pmu_open = cfg.pmu_open;
     if cfg.pmu_open {
         pmu::switch_open(&mut host.pmu, &ctx.pmu);
     } else {

@@ -561,6 +561,9 @@ fn ws_atk_impdef_registers_are_undef_or_the_same_constants_in_both_worlds() -> T
 
 // ---- 3. An opened PMU is not switched ------------------------------------------------------------
 
+/// (name, read/SET encoding, CLR encoding of a set/clear pair, host value, guest value, mask).
+type PmuReg = (&'static str, Sys, Option<Sys>, u64, u64, u64);
+
 /// `VmOpenPmu` (benchmarks; hyp builds with `introspection`) lets a guest use the PMU. Rule 5:
 /// each world sees only its own values of whatever the architecture lets EL1/EL0 read. What the
 /// hyp switches for such a VM (`pmu.rs`), each checked here: PMCR_EL0's writable bits
@@ -573,7 +576,7 @@ fn ws_atk_open_pmu_registers_stay_per_world() -> TestResult {
     // (name, read/SET encoding, CLR encoding for set/clear pairs, host value, guest value,
     // compare mask: bits 0 and 1 of the set/clear pairs are the hyp's counters, shared).
     const NOT_HYP: u64 = !0b11;
-    let regs: [(&str, Sys, Option<Sys>, u64, u64, u64); 9] = [
+    let regs: [PmuReg; 9] = [
         ("PMSELR_EL0", PMSELR_EL0, None, 2, 5, 0x1f),
         (
             "PMEVTYPER3_EL0",
