@@ -36,6 +36,8 @@ pub struct PerCpu {
     pub(crate) gicr: AtomicU64,
     /// The hyp made PPI 27 active for the guest running here (`arch::vtimer`).
     pub(crate) vtimer_active: AtomicBool,
+    /// The host's PMU while a guest of a VM that opened it runs here (`arch::pmu`).
+    pub(crate) host_pmu: arch::pmu::HostPmuSave,
 }
 
 impl PerCpu {
@@ -58,6 +60,7 @@ impl PerCpu {
             host_debug: arch::debug::HostDebugSave::new(),
             gicr: AtomicU64::new(0),
             vtimer_active: AtomicBool::new(false),
+            host_pmu: arch::pmu::HostPmuSave::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! A VM that opened the PMU (`VmOpenPmu`: benchmarks, introspection builds only) reaches it
 //! without traps but for `PMCR_EL0` (`MDCR_EL2.TPMCR`, emulated: [`pmcr_read`], [`pmcr_write`]).
 //! Everything of the PMU but the hyp's two counters is per world and switched ([`PmuState`],
-//! [`switch_open`]): `PMCR_EL0`'s writable bits, `PMSELR_EL0`, `PMUSERENR_EL0`, `PMCCFILTR_EL0`,
+//! [`enter_open`], [`exit_open`]): `PMCR_EL0`'s writable bits, `PMSELR_EL0`, `PMUSERENR_EL0`, `PMCCFILTR_EL0`,
 //! `PMCCNTR_EL0`, `PMEVTYPER<n>_EL0`/`PMEVCNTR<n>_EL0` for n = 2..N, and those counters' (and
 //! the cycle counter's) bits of `PMCNTENSET`, `PMINTENSET` and `PMOVSSET`. Shared by design, so
 //! that the guest can measure itself with them: counters 0 and 1 (their values, types and
@@ -14,7 +14,7 @@
 //! not open the PMU gets none of it (`TPM`: UNDEF) and the host's counters pause meanwhile.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// INST_RETIRED.
 const EVENT_INST_RETIRED: u64 = 0x08;
@@ -154,160 +154,167 @@ fn switched_mask() -> u64 {
     (((1u64 << counters()) - 1) & !0b11) | CYCLE
 }
 
-/// One world's PMU, beyond the hyp's counters 0 and 1.
+// Where each register of a world's PMU is kept ([`PmuState`], [`HostPmuSave`]).
+/// `PMCR_EL0 & PMCR_RW`.
+const PMCR: usize = 0;
+const SELR: usize = 1;
+const USERENR: usize = 2;
+const CCFILTR: usize = 3;
+const CCNTR: usize = 4;
+/// The switched counters' bits (`switched_mask`) of PMCNTENSET, PMINTENSET, PMOVSSET.
+const CNTEN: usize = 5;
+const INTEN: usize = 6;
+const OVS: usize = 7;
+/// PMEVTYPER<n>_EL0 at `EVTYPER + n`, PMEVCNTR<n>_EL0 at `EVCNTR + n` (n < 31; 0 and 1 unused).
+const EVTYPER: usize = 8;
+const EVCNTR: usize = EVTYPER + 31;
+const SLOTS: usize = EVCNTR + 31;
+
+/// A guest's PMU (in its context), beyond the hyp's counters 0 and 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PmuState {
-    /// `PMCR_EL0 & PMCR_RW`.
-    pub pmcr: u64,
-    pub selr: u64,
-    pub userenr: u64,
-    pub ccfiltr: u64,
-    pub ccntr: u64,
-    /// Bits of the switched counters only ([`switched_mask`]).
-    pub cnten: u64,
-    pub inten: u64,
-    pub ovs: u64,
-    /// Indexed by counter; 0 and 1 unused.
-    pub evtyper: [u64; 31],
-    pub evcntr: [u64; 31],
+    r: [u64; SLOTS],
 }
 
 impl Default for PmuState {
     /// A guest's PMU when its VM opens it: enabled (PMCR_EL0.E, so the hyp's counters go on
     /// counting while it runs), everything else zero.
     fn default() -> Self {
-        Self {
-            pmcr: PMCR_E,
-            selr: 0,
-            userenr: 0,
-            ccfiltr: 0,
-            ccntr: 0,
-            cnten: 0,
-            inten: 0,
-            ovs: 0,
-            evtyper: [0; 31],
-            evcntr: [0; 31],
+        let mut r = [0; SLOTS];
+        r[PMCR] = PMCR_E;
+        Self { r }
+    }
+}
+
+impl PmuState {
+    fn get(&self, i: usize) -> u64 {
+        self.r.get(i).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, i: usize, v: u64) {
+        if let Some(slot) = self.r.get_mut(i) {
+            *slot = v;
         }
     }
 }
 
-macro_rules! pmu_sysregs {
-    ($($field:ident => $reg:literal),* $(,)?) => {
-        fn save_plain(s: &mut PmuState) {
+/// The host's PMU while a guest of a VM that opened the PMU runs on this CPU (in its `PerCpu`):
+/// kept out of the per-run `HostSave`, which the hyp builds on every `VcpuRun`.
+pub struct HostPmuSave {
+    r: [AtomicU64; SLOTS],
+}
+
+impl HostPmuSave {
+    pub const fn new() -> Self {
+        Self {
+            r: [const { AtomicU64::new(0) }; SLOTS],
+        }
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.r.get(i).map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, i: usize, v: u64) {
+        if let Some(a) = self.r.get(i) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for HostPmuSave {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+macro_rules! pmu_plain {
+    ($($slot:ident => $reg:literal),* $(,)?) => {
+        fn save_plain(mut store: impl FnMut(usize, u64)) {
             $(
+                let v: u64;
                 // SAFETY: a PMU register read at EL2, no side effects (the caller checked the
                 // CPU has a PMU).
-                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) s.$field, options(nomem, nostack)) };
+                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) v, options(nomem, nostack)) };
+                store($slot, v);
             )*
         }
-        fn restore_plain(s: &PmuState) {
+        fn load_plain(load: impl Fn(usize) -> u64) {
             $(
                 // SAFETY: PMU state of the world about to run.
-                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) s.$field, options(nomem, nostack)) };
+                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) load($slot), options(nomem, nostack)) };
             )*
         }
     };
 }
 
-pmu_sysregs!(
-    selr => "pmselr_el0",
-    userenr => "pmuserenr_el0",
-    ccfiltr => "pmccfiltr_el0",
-    ccntr => "pmccntr_el0",
+pmu_plain!(
+    SELR => "pmselr_el0",
+    USERENR => "pmuserenr_el0",
+    CCFILTR => "pmccfiltr_el0",
+    CCNTR => "pmccntr_el0",
 );
 
-macro_rules! pmu_indexed {
+macro_rules! pmu_counters {
     ($($n:literal),* $(,)?) => {
-        /// Reads (PMEVTYPER<n>_EL0, PMEVCNTR<n>_EL0).
-        fn read_counter(n: usize) -> (u64, u64) {
-            let (t, c): (u64, u64);
-            match n {
-                $(
-                    // SAFETY: the caller passes n < PMCR_EL0.N: the registers exist.
-                    $n => unsafe {
-                        asm!(
-                            concat!("mrs {t}, pmevtyper", stringify!($n), "_el0"),
-                            concat!("mrs {c}, pmevcntr", stringify!($n), "_el0"),
-                            t = out(reg) t, c = out(reg) c, options(nomem, nostack)
-                        )
-                    },
-                )*
-                _ => return (0, 0),
-            }
-            (t, c)
+        /// Saves PMEVTYPER<n>/PMEVCNTR<n> for 2 <= n < `count`.
+        fn save_counters(count: usize, mut store: impl FnMut(usize, u64)) {
+            $(
+                if $n >= count {
+                    return;
+                }
+                let (t, c): (u64, u64);
+                // SAFETY: n < PMCR_EL0.N: the registers exist; reads have no side effects.
+                unsafe {
+                    asm!(
+                        concat!("mrs {t}, pmevtyper", stringify!($n), "_el0"),
+                        concat!("mrs {c}, pmevcntr", stringify!($n), "_el0"),
+                        t = out(reg) t, c = out(reg) c, options(nomem, nostack)
+                    )
+                };
+                store(EVTYPER + $n, t);
+                store(EVCNTR + $n, c);
+            )*
         }
 
-        /// Writes (PMEVTYPER<n>_EL0, PMEVCNTR<n>_EL0).
-        fn write_counter(n: usize, t: u64, c: u64) {
-            match n {
-                $(
-                    // SAFETY: as in `read_counter`; PMU state of the world about to run.
-                    $n => unsafe {
-                        asm!(
-                            concat!("msr pmevtyper", stringify!($n), "_el0, {t}"),
-                            concat!("msr pmevcntr", stringify!($n), "_el0, {c}"),
-                            t = in(reg) t, c = in(reg) c, options(nomem, nostack)
-                        )
-                    },
-                )*
-                _ => {}
-            }
+        /// Loads PMEVTYPER<n>/PMEVCNTR<n> for 2 <= n < `count`.
+        fn load_counters(count: usize, load: impl Fn(usize) -> u64) {
+            $(
+                if $n >= count {
+                    return;
+                }
+                // SAFETY: as in `save_counters`; PMU state of the world about to run.
+                unsafe {
+                    asm!(
+                        concat!("msr pmevtyper", stringify!($n), "_el0, {t}"),
+                        concat!("msr pmevcntr", stringify!($n), "_el0, {c}"),
+                        t = in(reg) load(EVTYPER + $n), c = in(reg) load(EVCNTR + $n),
+                        options(nomem, nostack)
+                    )
+                };
+            )*
         }
 
-        /// Zeroes PMEVCNTR<n>_EL0.
-        fn zero_counter(n: usize) {
-            match n {
-                $(
-                    // SAFETY: as in `write_counter`.
-                    $n => unsafe {
-                        asm!(concat!("msr pmevcntr", stringify!($n), "_el0, xzr"), options(nomem, nostack))
-                    },
-                )*
-                _ => {}
-            }
+        /// Zeroes PMEVCNTR<n> for 2 <= n < `count`.
+        fn zero_counters(count: usize) {
+            $(
+                if $n >= count {
+                    return;
+                }
+                // SAFETY: as in `load_counters`.
+                unsafe {
+                    asm!(concat!("msr pmevcntr", stringify!($n), "_el0, xzr"), options(nomem, nostack))
+                };
+            )*
         }
     };
 }
 
-pmu_indexed!(
+pmu_counters!(
     2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
     28, 29, 30
 );
-
-/// The set/clear pairs' live bits, `mask` of them (PMCNTENSET, PMINTENSET, PMOVSSET).
-fn read_sets(mask: u64) -> (u64, u64, u64) {
-    let (e, i, o): (u64, u64, u64);
-    // SAFETY: PMU register reads.
-    unsafe {
-        asm!(
-            "mrs {e}, pmcntenset_el0",
-            "mrs {i}, pmintenset_el1",
-            "mrs {o}, pmovsset_el0",
-            e = out(reg) e, i = out(reg) i, o = out(reg) o,
-            options(nomem, nostack)
-        )
-    };
-    (e & mask, i & mask, o & mask)
-}
-
-/// Clears `mask` in the three pairs, then sets the given bits (within `mask`).
-fn write_sets(mask: u64, (e, i, o): (u64, u64, u64)) {
-    // SAFETY: PMU state of the world about to run; the hyp's counters (outside `mask`) are not
-    // touched.
-    unsafe {
-        asm!(
-            "msr pmcntenclr_el0, {m}",
-            "msr pmintenclr_el1, {m}",
-            "msr pmovsclr_el0, {m}",
-            "msr pmovsset_el0, {o}",
-            "msr pmintenset_el1, {i}",
-            "msr pmcntenset_el0, {e}",
-            m = in(reg) mask, e = in(reg) e & mask, i = in(reg) i & mask, o = in(reg) o & mask,
-            options(nomem, nostack)
-        )
-    };
-}
 
 fn read_pmcr() -> u64 {
     let v: u64;
@@ -321,52 +328,86 @@ fn write_pmcr(v: u64) {
     unsafe { asm!("msr pmcr_el0, {}", in(reg) v & PMCR_RW, options(nomem, nostack)) };
 }
 
-/// For a VM that opened the PMU: saves the live (outgoing world's) PMU into `out` and loads
-/// `next`, leaving the hyp's counters 0 and 1 as they are. The outgoing world's counters stop
-/// before anything is read, so none counts the switch or the other world.
-pub fn switch_open(out: &mut PmuState, next: &PmuState) {
+/// Saves the live (outgoing world's) PMU through `store`, leaving the hyp's counters 0 and 1
+/// as they are. The outgoing world's counters stop before anything is read, so none counts the
+/// switch or the other world.
+fn save_live(mask: u64, mut store: impl FnMut(usize, u64)) {
+    let (e, i, o): (u64, u64, u64);
+    // SAFETY: PMU register reads, then the outgoing world's counters stop (not the hyp's).
+    unsafe {
+        asm!(
+            "mrs {e}, pmcntenset_el0",
+            "msr pmcntenclr_el0, {m}",
+            "mrs {i}, pmintenset_el1",
+            "mrs {o}, pmovsset_el0",
+            e = out(reg) e, i = out(reg) i, o = out(reg) o, m = in(reg) mask,
+            options(nomem, nostack)
+        )
+    };
+    store(CNTEN, e & mask);
+    store(INTEN, i & mask);
+    store(OVS, o & mask);
+    store(PMCR, read_pmcr() & PMCR_RW);
+    save_plain(&mut store);
+    save_counters(counters(), &mut store);
+}
+
+/// Loads the incoming world's PMU from `load` (its counters start last).
+fn load_live(mask: u64, load: impl Fn(usize) -> u64) {
+    load_counters(counters(), &load);
+    load_plain(&load);
+    write_pmcr(load(PMCR));
+    // SAFETY: PMU state of the world about to run; the hyp's counters (outside `mask`) are not
+    // touched.
+    unsafe {
+        asm!(
+            "msr pmintenclr_el1, {m}",
+            "msr pmovsclr_el0, {m}",
+            "msr pmovsset_el0, {o}",
+            "msr pmintenset_el1, {i}",
+            "msr pmcntenset_el0, {e}",
+            m = in(reg) mask,
+            e = in(reg) load(CNTEN) & mask,
+            i = in(reg) load(INTEN) & mask,
+            o = in(reg) load(OVS) & mask,
+            options(nomem, nostack)
+        )
+    };
+}
+
+/// From the host to a guest of a VM that opened the PMU: the host's PMU (but the hyp's counters)
+/// into this CPU's `host`, the guest's loaded.
+pub fn enter_open(host: &HostPmuSave, guest: &PmuState) {
     if !super::features::has(super::features::PMU) {
         return;
     }
     let mask = switched_mask();
-    (out.cnten, out.inten, out.ovs) = read_sets(mask);
-    // SAFETY: stops the outgoing world's counters (not the hyp's).
-    unsafe { asm!("msr pmcntenclr_el0, {}", in(reg) mask, options(nomem, nostack)) };
-    out.pmcr = read_pmcr() & PMCR_RW;
-    save_plain(out);
-    let n = counters();
-    for i in 2..n {
-        let (t, c) = read_counter(i);
-        if let (Some(ts), Some(cs)) = (out.evtyper.get_mut(i), out.evcntr.get_mut(i)) {
-            (*ts, *cs) = (t, c);
-        }
+    save_live(mask, |i, v| host.set(i, v));
+    load_live(mask, |i| guest.get(i));
+}
+
+/// Back from such a guest: its PMU saved in its context, the host's put back.
+pub fn exit_open(host: &HostPmuSave, guest: &mut PmuState) {
+    if !super::features::has(super::features::PMU) {
+        return;
     }
-    for i in 2..n {
-        let (t, c) = (
-            next.evtyper.get(i).copied().unwrap_or(0),
-            next.evcntr.get(i).copied().unwrap_or(0),
-        );
-        write_counter(i, t, c);
-    }
-    restore_plain(next);
-    write_pmcr(next.pmcr);
-    write_sets(mask, (next.cnten, next.inten, next.ovs));
+    let mask = switched_mask();
+    save_live(mask, |i, v| guest.set(i, v));
+    load_live(mask, |i| host.get(i));
 }
 
 /// A guest's read of its (emulated) PMCR_EL0: its own writable bits, the CPU's read-only ones.
 pub fn pmcr_read(s: &PmuState) -> u64 {
-    (read_pmcr() & !PMCR_RW & !(PMCR_P | PMCR_C)) | (s.pmcr & PMCR_RW)
+    (read_pmcr() & !PMCR_RW & !(PMCR_P | PMCR_C)) | (s.get(PMCR) & PMCR_RW)
 }
 
 /// A guest's write of its (emulated) PMCR_EL0, its PMU live on this CPU: the writable bits are
 /// its own; P resets its event counters (2..N, not the hyp's), C its cycle counter.
 pub fn pmcr_write(s: &mut PmuState, v: u64) {
-    s.pmcr = v & PMCR_RW;
-    write_pmcr(s.pmcr);
+    s.set(PMCR, v & PMCR_RW);
+    write_pmcr(v);
     if v & PMCR_P != 0 {
-        for i in 2..counters() {
-            zero_counter(i);
-        }
+        zero_counters(counters());
     }
     if v & PMCR_C != 0 {
         // SAFETY: the guest's own cycle counter (switched).

@@ -570,9 +570,8 @@ pub struct HostSave {
     mdcr: u64,
     /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
     pmcnten: u64,
-    /// The guest's VM opened the PMU: `pmu` holds the host's, switched.
+    /// The guest's VM opened the PMU: the host's is switched (saved in its CPU's data).
     pmu_open: bool,
-    pmu: PmuState,
 }
 
 /// How the hyp runs one vCPU.
@@ -615,7 +614,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     // The PMU first (and back last): the host's counters count none of the switch, a closed
     // guest's run or the hyp's work for it.
     if cfg.pmu_open {
-        pmu::switch_open(&mut host.pmu, &ctx.pmu);
+        pmu::enter_open(&crate::percpu::this_cpu().host_pmu, &ctx.pmu);
     } else {
         host.pmcnten = pmu::pause_counters();
     }
@@ -657,7 +656,7 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     save_el1(&mut ctx.sys);
     restore_el1(&host.sys);
     if host.pmu_open {
-        pmu::switch_open(&mut ctx.pmu, &host.pmu);
+        pmu::exit_open(&crate::percpu::this_cpu().host_pmu, &mut ctx.pmu);
     } else {
         pmu::resume_counters(host.pmcnten);
     }
