@@ -129,13 +129,26 @@ _start:
     cpacr_smen = const CPACR_EL1_SMEN,
 );
 
+// The guest runs with its MMU off, so its own memory is Device-nGnRnE: whether the exclusive
+// monitors work there is IMPLEMENTATION DEFINED, so the guest uses no read-modify-write atomics
+// (`swap` would be an exclusive pair). One CPU, and the guest takes exceptions only in the
+// instructions it runs guarded (or the host's code it runs), never inside these helpers with
+// interrupts unmasked: a load and a store suffice.
+
+/// `slot`'s value, leaving 0 in it.
+fn take(slot: &AtomicU64) -> u64 {
+    let v = slot.load(Ordering::Relaxed);
+    slot.store(0, Ordering::Relaxed);
+    v
+}
+
 #[no_mangle]
 extern "C" fn guest_handle_exception(frame: &mut TrapFrame) {
     let esr: u64;
     // SAFETY: reading the guest's own syndrome register has no side effects.
     unsafe { asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack)) };
     LAST_ESR.store(esr | ESR_TAKEN, Ordering::Relaxed);
-    frame.elr = match RESUME.swap(0, Ordering::Relaxed) {
+    frame.elr = match take(&RESUME) {
         0 => frame.elr.wrapping_add(4),
         resume => resume,
     };
@@ -172,7 +185,7 @@ macro_rules! guarded_asm {
 
 /// The ESR of an exception taken since the last call (the faulting instruction was skipped).
 pub fn take_exception() -> Option<u64> {
-    let v = LAST_ESR.swap(0, Ordering::Relaxed);
+    let v = take(&LAST_ESR);
     (v != 0).then_some(v & !ESR_TAKEN)
 }
 

@@ -72,6 +72,8 @@ register_structs! {
         (0x1_0204 => _sgi_reserved3),
         (0x1_0280 => pub icpendr0: ReadWrite<u32>),
         (0x1_0284 => _sgi_reserved4),
+        (0x1_0300 => pub isactiver0: ReadWrite<u32>),
+        (0x1_0304 => _sgi_reserved6),
         (0x1_0400 => pub ipriorityr: [ReadWrite<u32>; 8]),
         (0x1_0420 => _sgi_reserved5),
         (0x1_0d00 => pub igrpmodr0: ReadWrite<u32>),

@@ -15,6 +15,9 @@ pub struct MmioAccess {
     pub sign_extend: bool,
     /// 64-bit register (else the result is 32-bit).
     pub sixty_four: bool,
+    /// A 32-bit instruction (`ESR_EL2.IL`; else a 16-bit T32 one): how far its completion moves
+    /// the PC.
+    pub wide: bool,
 }
 
 impl MmioAccess {
@@ -82,4 +85,7 @@ pub enum Injected {
     DataAbort,
     /// A synchronous external abort on an instruction fetch.
     InstructionAbort,
+    /// The trap the world's own EL1 configured for the instruction (its syndrome is the one the
+    /// instruction trapped to EL2 with: a system-register trap, EC 0x18).
+    Trap,
 }

@@ -35,8 +35,11 @@ pub trait VcpuContext {
     fn reg(&self, n: usize) -> u64;
     /// Writes general register `n` (31 = xzr: ignored).
     fn set_reg(&mut self, n: usize, v: u64);
-    /// Steps over the instruction the last exit trapped (an emulated MMIO access, a trapped
-    /// SMC), as the architecture's own return would: by its length, with the T32 IT state.
+    /// Steps over an instruction the hyp completed for the guest (an emulated MMIO access), as
+    /// the architecture's own return would: by its length (`wide`: 32-bit, `ESR_EL2.IL`), with
+    /// the T32 IT state.
+    fn skip_instruction(&mut self, wide: bool);
+    /// [`VcpuContext::skip_instruction`] for the instruction of the last exit (a trapped SMC).
     fn skip_trapped_instruction(&mut self);
     /// Makes the guest take `what` at its own EL1 when it next runs, reporting `far`, while its
     /// EL1 state is live on this CPU (inside the run loop).

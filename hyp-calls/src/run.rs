@@ -58,7 +58,7 @@ fn complete<C: VcpuContext>(world: &World, vm: VmHandle, ctx: &mut C, pending: P
             if !m.write {
                 ctx.set_reg(usize::from(m.reg), m.loaded(c0));
             }
-            ctx.skip_trapped_instruction();
+            ctx.skip_instruction(m.wide);
         }
         Pending::MemoryFault { .. } | Pending::NeedPages { .. } => {
             if c0 == COMPLETE_INJECT_ABORT {

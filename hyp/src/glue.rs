@@ -15,7 +15,7 @@ use hyp_calls::{GuestExit, HostAnswer, Hyp, HypConfig, Platform, Step};
 use crate::arch::switch::{self, GuestConfig, GuestContext};
 use crate::arch::tlb::HwTlb;
 use crate::arch::vectors::TrapFrame;
-use crate::arch::{el1, exit, pmu, timer, tlb};
+use crate::arch::{el1, exit, pmu, timer, tlb, vtimer};
 use crate::pool::HypRam;
 
 /// The hardware under the portable calls.
@@ -35,8 +35,8 @@ impl Platform for HypPlatform {
         HwTlb
     }
 
-    fn new_vcpu(&self, entry: u64, arg: u64, _index: u32) -> GuestContext {
-        GuestContext::new(entry, arg)
+    fn new_vcpu(&self, entry: u64, arg: u64, index: u32) -> GuestContext {
+        GuestContext::new(entry, arg, index)
     }
 
     fn counter(&self) -> u64 {
@@ -134,6 +134,11 @@ fn vcpu_run(vcpu: u64, c0: u64) -> Result<[u64; 6], Errno> {
         let e = exit::decode(&t.ctx);
         if matches!(e, GuestExit::Stage2Abort { .. }) {
             pmu::fault_pad();
+        }
+        // The guest's own virtual timer is delivered to it at EL2 (`arch::vtimer`): not the
+        // host's business, no lock needed.
+        if e == GuestExit::Interrupt && vtimer::guest_irq() {
+            continue;
         }
         let mut guard = HYP.lock();
         let Some(hyp) = guard.as_mut() else {

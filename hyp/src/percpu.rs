@@ -30,6 +30,14 @@ pub struct PerCpu {
     /// Where a probed instruction's exception returns to (written by the probe's asm just before
     /// the instruction; 0 = the instruction after the faulting one).
     probe_resume: AtomicU64,
+    /// The host's breakpoint and watchpoint registers while a guest's are loaded on this CPU.
+    pub(crate) host_debug: arch::debug::HostDebugSave,
+    /// This CPU's GIC redistributor (RD_base; 0 = not found), for the guests' virtual timer.
+    pub(crate) gicr: AtomicU64,
+    /// The hyp made PPI 27 active for the guest running here (`arch::vtimer`).
+    pub(crate) vtimer_active: AtomicBool,
+    /// The host's PMU while a guest of a VM that opened it runs here (`arch::pmu`).
+    pub(crate) host_pmu: arch::pmu::HostPmuSave,
 }
 
 impl PerCpu {
@@ -49,6 +57,10 @@ impl PerCpu {
             host_context: AtomicU64::new(0),
             boot: SecondaryBoot::new(),
             probe_resume: AtomicU64::new(0),
+            host_debug: arch::debug::HostDebugSave::new(),
+            gicr: AtomicU64::new(0),
+            vtimer_active: AtomicBool::new(false),
+            host_pmu: arch::pmu::HostPmuSave::new(),
         }
     }
 

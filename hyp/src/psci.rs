@@ -72,7 +72,7 @@ pub fn handle_host_smc(frame: &mut TrapFrame, esr: u64) {
     };
     frame.x[0] = ret as u64;
     // A trapped SMC leaves ELR_EL2 at the SMC itself (unlike HVC).
-    frame.elr = frame.elr.wrapping_add(4);
+    crate::arch::pc::skip(&mut frame.elr, &mut frame.spsr, true);
 }
 
 /// Answers one host PSCI call; `x0` is the function ID (its upper 32 bits are ignored, as SMCCC

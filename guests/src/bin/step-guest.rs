@@ -52,7 +52,7 @@ const OP_ATK_OUT: u64 = 0x52;
 const OP_ATK_MMU: u64 = 0x53;
 
 /// The attacker's code buffer (`OP_ATK_LOAD`, `OP_ATK_RUN`): 32 instructions and a `ret`. (The
-/// image, bss included, must end below 0x4000 so that its 16 KiB stack stays inside the guest's
+/// image, bss included, must end below 0x5000 so that its 12 KiB stack stays inside the guest's
 /// eight image pages, `host_shim::driver::GUEST_IMAGE_PAGES`.)
 #[repr(C, align(64))]
 struct AtkCode([u64; 17]);

@@ -30,6 +30,7 @@ fn mmio(write: bool, size: u8, reg: u8) -> Option<MmioAccess> {
         reg,
         sign_extend: false,
         sixty_four: true,
+        wide: true,
     })
 }
 
@@ -96,13 +97,15 @@ fn mmio_exits_carry_the_access_and_only_the_bytes_stored() {
         (ExitReason::Interrupt, [0; 5]),
         crate::state::Pending::None,
     );
-    // A load: the host's value lands in the register, truncated (and sign-extended if asked).
+    // A load: the host's value lands in the register, truncated (and sign-extended if asked);
+    // a 16-bit T32 instruction is stepped over by its own length.
     let access = Some(MmioAccess {
         size: 1,
         write: false,
         reg: 5,
         sign_extend: true,
         sixty_four: false,
+        wide: false,
     });
     let (step, _) = r.exit(
         vcpu,
@@ -121,6 +124,7 @@ fn mmio_exits_carry_the_access_and_only_the_bytes_stored() {
     let t = r.hyp.begin_run(vcpu, 0xffff_ff80).unwrap();
     assert_eq!(t.ctx.x[5], 0xffff_ff80);
     assert_eq!(t.ctx.skipped, 2);
+    assert_eq!(t.ctx.narrow_skips, 1);
     r.hyp.end_run(
         t,
         (ExitReason::Interrupt, [0; 5]),

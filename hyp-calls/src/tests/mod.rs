@@ -41,6 +41,8 @@ pub(crate) struct FakeVcpu {
     pub entry: u64,
     pub index: u32,
     pub skipped: u32,
+    /// Skips over a 16-bit (T32) instruction.
+    pub narrow_skips: u32,
     pub injected: Vec<(Injected, u64)>,
     pub saved_aborts: u32,
     pub live_aborts: u32,
@@ -59,6 +61,10 @@ impl VcpuContext for FakeVcpu {
         if n < 31 {
             self.x[n] = v;
         }
+    }
+    fn skip_instruction(&mut self, wide: bool) {
+        self.skipped += 1;
+        self.narrow_skips += u32::from(!wide);
     }
     fn skip_trapped_instruction(&mut self) {
         self.skipped += 1;

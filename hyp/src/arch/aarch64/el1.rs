@@ -12,18 +12,25 @@ use super::{timer, vgic};
 /// `HCR_EL2` for the host: its own stage-2 on (VM), EL1 is AArch64, HVC reaches EL2 (HCD
 /// clear), every SMC traps to EL2 (TSC: only the hyp talks to the firmware, `crate::psci`),
 /// pointer-auth instructions do not trap (the keys are switched), set/way invalidation
-/// cleans too (SWIO: a host cannot discard the hyp's or a guest's dirty lines), and
+/// cleans too (SWIO: a host cannot discard the hyp's or a guest's dirty lines),
 /// IMPLEMENTATION DEFINED registers trap (TIDCP: they may control the CPU the hyp relies on; the
-/// hyp answers them with an undefined instruction).
+/// hyp answers them with an undefined instruction), and `SCXTNUM_EL0/EL1` are the host's to use
+/// where the CPU has them (EnSCXT; the host is told it has them). They are not switched: a
+/// guest runs with EnSCXT clear, so its accesses trap and are UNDEF (its ID registers say it
+/// has none), and the host's values never reach it.
 pub fn host_hcr() -> u64 {
-    (HCR_EL2::VM::Enable
+    let mut hcr = (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::TSC::SET
         + HCR_EL2::API::SET
         + HCR_EL2::APK::SET
         + HCR_EL2::SWIO::SET
         + HCR_EL2::TIDCP::SET)
-        .value
+        .value;
+    if super::features::has(super::features::SCXTNUM) {
+        hcr |= HCR_EL2::EnSCXT::SET.value;
+    }
+    hcr
 }
 
 /// `CPTR_EL2` for every world (non-VHE layout): RES1 bits 13, 9, 7:0; FP/SIMD not trapped (TFP,
@@ -57,6 +64,9 @@ pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u
     timer::host_cnthctl();
     CNTVOFF_EL2.set(0);
     vgic::init_el2();
+    super::vtimer::init_cpu();
+    // The host reads the CPU's own identity (VMPIDR_EL2/VPIDR_EL2 reset to UNKNOWN values).
+    super::switch::VcpuIdRegs::physical().load();
     // MMU, caches and alignment checks off at EL1, little-endian; RES1 bits set.
     SCTLR_EL1.set(0x30d0_0800);
     let spsr: u64 = 0x3c5; // EL1h, DAIF masked

@@ -6,6 +6,12 @@ pub fn ec(esr: u64) -> u64 {
 }
 
 pub const EC_UNKNOWN: u64 = 0x00;
+/// Trapped `MCR`/`MRC` to CP15 (AArch32).
+pub const EC_CP15_32: u64 = 0x03;
+/// Trapped `MCRR`/`MRRC` to CP15 (AArch32).
+pub const EC_CP15_64: u64 = 0x04;
+/// The last exception class from AArch32 state that can name a condition (`ESR.CV/COND`).
+pub const EC_AARCH32_LAST: u64 = 0x0c;
 pub const EC_HVC64: u64 = 0x16;
 pub const EC_SMC64: u64 = 0x17;
 pub const EC_SYS64: u64 = 0x18;
@@ -19,6 +25,9 @@ pub fn ec_name(ec: u64) -> &'static str {
     match ec {
         EC_UNKNOWN => "unknown reason (undefined instruction)",
         0x01 => "trapped WFI/WFE",
+        EC_CP15_32 => "trapped MCR/MRC (CP15, AArch32)",
+        EC_CP15_64 => "trapped MCRR/MRRC (CP15, AArch32)",
+        0x05 | 0x06 | 0x0c => "trapped CP14 access (AArch32)",
         0x07 => "access to SIMD/FP trapped",
         0x0e => "illegal execution state",
         0x11 | 0x15 => "SVC",

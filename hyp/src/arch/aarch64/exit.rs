@@ -48,6 +48,7 @@ pub fn decode(ctx: &GuestContext) -> GuestExit {
                 reg: ((e >> 16) & 0x1f) as u8,
                 sign_extend: e & (1 << 21) != 0,
                 sixty_four: e & (1 << 15) != 0,
+                wide: e & super::pc::ESR_IL != 0,
             });
             GuestExit::Stage2Abort {
                 ipa,

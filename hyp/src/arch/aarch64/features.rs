@@ -23,6 +23,8 @@ pub const RAS: u32 = 1 << 4;
 pub const LOR: u32 = 1 << 5;
 /// A PMUv3.
 pub const PMU: u32 = 1 << 6;
+/// `SCXTNUM_EL0/EL1` (FEAT_CSV2_2 or FEAT_CSV2_1p2): `HCR_EL2.EnSCXT` exists.
+pub const SCXTNUM: u32 = 1 << 7;
 /// Bit set once the features were read.
 const KNOWN: u32 = 1 << 31;
 
@@ -67,6 +69,11 @@ fn detect() -> u32 {
     }
     if field(mmfr1, 16) != 0 {
         f |= LOR;
+    }
+    // CSV2 (PFR0 59:56) 2 or more, or CSV2 1 with CSV2_frac (PFR1 35:32) 2 or more.
+    let (csv2, frac) = (field(pfr0, 56), field(pfr1, 32));
+    if csv2 >= 2 || (csv2 == 1 && frac >= 2) {
+        f |= SCXTNUM;
     }
     // PMUVer: 0 = none, 0xf = IMPLEMENTATION DEFINED (not PMUv3).
     if !matches!(field(dfr0, 8), 0 | 0xf) {

@@ -40,6 +40,7 @@ pub fn esr_for(what: Injected, spsr: u64, trapped_esr: u64) -> u64 {
         Injected::Undef => (EC_UNKNOWN << 26) | il,
         Injected::DataAbort => ((if lower { 0x24 } else { 0x25 }) << 26) | il | FSC_SEA,
         Injected::InstructionAbort => ((if lower { 0x20 } else { 0x21 }) << 26) | il | FSC_SEA,
+        Injected::Trap => trapped_esr & 0xffff_ffff,
     }
 }
 
@@ -72,8 +73,8 @@ pub fn inject_live(what: Injected, pc: &mut u64, pstate: &mut u64, trapped_esr: 
     let esr = esr_for(what, *pstate, trapped_esr);
     let (vbar, sctlr): (u64, u64);
     // SAFETY: EL1 state only, of the world whose exception this is; nothing runs at EL1
-    // meanwhile. FAR_EL1 is UNKNOWN after an undefined-instruction exception, so it is only
-    // written for aborts.
+    // meanwhile. FAR_EL1 is UNKNOWN after an undefined-instruction exception or a trap, so it is
+    // only written for aborts.
     unsafe {
         asm!(
             "msr esr_el1, {esr}",
@@ -88,7 +89,7 @@ pub fn inject_live(what: Injected, pc: &mut u64, pstate: &mut u64, trapped_esr: 
             sctlr = out(reg) sctlr,
             options(nostack)
         );
-        if what != Injected::Undef {
+        if matches!(what, Injected::DataAbort | Injected::InstructionAbort) {
             asm!("msr far_el1, {}", in(reg) far, options(nostack));
         }
     }

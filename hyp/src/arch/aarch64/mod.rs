@@ -2,6 +2,7 @@
 //! entering EL1, cache maintenance, the firmware conduit (PSCI over SMC).
 pub mod boot;
 pub mod cache;
+pub mod debug;
 pub mod el1;
 pub mod esr;
 pub mod exit;
@@ -10,6 +11,7 @@ pub mod firmware;
 pub mod fpsimd;
 pub mod inject;
 pub mod mmu;
+pub mod pc;
 pub mod pmu;
 pub mod probe;
 pub mod switch;
@@ -18,6 +20,7 @@ pub mod tlb;
 pub mod traps;
 pub mod vectors;
 pub mod vgic;
+pub mod vtimer;
 
 use aarch64_cpu::registers::{CurrentEL, Readable};
 

@@ -9,11 +9,14 @@
 use core::arch::{asm, naked_asm};
 use core::mem::offset_of;
 
+use super::debug::{self, DebugState, HostDebug};
 use super::features;
 use super::fpsimd::{self, FpState};
 use super::inject::{self, Injected};
+use super::pmu::{self, PmuState};
 use super::timer::{self, PtimerRegs, VtimerRegs};
 use super::vgic::{self, VgicState};
+use super::vtimer;
 use crate::percpu::PerCpu;
 
 /// The EL1 system registers a world owns (host or guest).
@@ -79,10 +82,55 @@ pub struct GuestContext {
     pub vtimer: VtimerRegs,
     /// The vCPU's emulated physical timer.
     pub ptimer: PtimerRegs,
-    /// The vCPU's emulated debug state.
+    /// The vCPU's debug registers (`debug.rs`).
     pub debug: DebugState,
     /// The vCPU's GIC virtual CPU interface.
     pub vgic: VgicState,
+    /// The vCPU's PMU, if its VM opened it (`pmu.rs`).
+    pub pmu: PmuState,
+    /// What the vCPU reads as `MPIDR_EL1` and `MIDR_EL1` (`VMPIDR_EL2`, `VPIDR_EL2`): fixed at
+    /// its creation, whichever physical CPU runs it.
+    pub id: VcpuIdRegs,
+}
+
+/// A vCPU's identity registers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuIdRegs {
+    pub vmpidr: u64,
+    pub vpidr: u64,
+}
+
+impl VcpuIdRegs {
+    /// The identity of the vCPU with index `index` in its VM, as KVM gives it (`reset_mpidr`):
+    /// the index in Aff0 (16 per cluster, what a GICv3 SGI can name), Aff1 and Aff2; bit 31
+    /// (RES1) set, U and MT clear. `MIDR_EL1` is the CPU's (every CPU here is the same).
+    pub fn for_index(index: u32) -> Self {
+        use aarch64_cpu::registers::{Readable, MIDR_EL1};
+        let i = u64::from(index);
+        Self {
+            vmpidr: (1 << 31) | (i & 0xf) | (((i >> 4) & 0xff) << 8) | (((i >> 12) & 0xff) << 16),
+            vpidr: MIDR_EL1.get(),
+        }
+    }
+
+    /// The host's: the CPU's own `MPIDR_EL1` and `MIDR_EL1`.
+    pub fn physical() -> Self {
+        use aarch64_cpu::registers::{Readable, MIDR_EL1, MPIDR_EL1};
+        Self {
+            vmpidr: MPIDR_EL1.get(),
+            vpidr: MIDR_EL1.get(),
+        }
+    }
+
+    /// Makes EL1 read these as `MPIDR_EL1` and `MIDR_EL1`.
+    pub fn load(&self) {
+        use aarch64_cpu::registers::{Writeable, VMPIDR_EL2};
+        VMPIDR_EL2.set(self.vmpidr);
+        // SAFETY: VPIDR_EL2 (S3_4_C0_C0_0; aarch64-cpu does not name it) only changes what EL1
+        // reads as MIDR_EL1.
+        unsafe { asm!("msr S3_4_C0_C0_0, {}", in(reg) self.vpidr, options(nomem, nostack)) };
+    }
 }
 
 /// Registers of a world that the switch moves besides [`El1Sys`]: the ones whose existence
@@ -99,21 +147,14 @@ pub struct WorldRegs {
     pub disr: u64,
 }
 
-/// A guest's emulated debug registers (`MDCR_EL2.TDA/TDOSA/TDRA` trap them).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DebugState {
-    pub mdscr: u64,
-    pub oslk: bool,
-}
-
 /// ESR_EL1 of an injected abort: data abort at the same EL, 32-bit instruction, synchronous
 /// external abort.
 const INJECTED_DABT_ESR: u64 = (0x25 << 26) | (1 << 25) | 0x10;
 
 impl GuestContext {
-    /// A vCPU about to start at `pc` in EL1h with interrupts masked and `x0 = arg`.
-    pub fn new(pc: u64, arg: u64) -> Self {
+    /// A vCPU about to start at `pc` in EL1h with interrupts masked and `x0 = arg`; `index` is
+    /// its index in its VM (its `MPIDR_EL1`).
+    pub fn new(pc: u64, arg: u64, index: u32) -> Self {
         let mut x = [0; 31];
         x[0] = arg;
         Self {
@@ -131,7 +172,20 @@ impl GuestContext {
             ptimer: PtimerRegs::default(),
             debug: DebugState::default(),
             vgic: VgicState::default(),
+            pmu: PmuState::default(),
+            id: VcpuIdRegs::for_index(index),
         }
+    }
+
+    /// Moves the vCPU past the instruction of its last exit, which the hyp completed for it (an
+    /// MMIO access, an emulated register): `wide` is that exit's `ESR_EL2.IL`.
+    pub fn skip_instruction(&mut self, wide: bool) {
+        super::pc::skip(&mut self.pc, &mut self.pstate, wide);
+    }
+
+    /// [`GuestContext::skip_instruction`] for the instruction of the last exit's syndrome.
+    pub fn skip_trapped(&mut self) {
+        self.skip_instruction(self.exit_esr & super::pc::ESR_IL != 0);
     }
 
     /// Reads general register `n` (31 = xzr).
@@ -199,8 +253,12 @@ impl hyp_calls::VcpuContext for GuestContext {
         GuestContext::set_reg(self, n, v);
     }
 
+    fn skip_instruction(&mut self, wide: bool) {
+        GuestContext::skip_instruction(self, wide);
+    }
+
     fn skip_trapped_instruction(&mut self) {
-        self.pc = self.pc.wrapping_add(4);
+        self.skip_trapped();
     }
 
     fn inject_live(&mut self, what: Injected, far: u64) {
@@ -410,8 +468,10 @@ sysregs!(
     csselr => "csselr_el1",
 );
 
-/// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's stage-1-off
-/// accesses are Normal cacheable (DC), pointer-auth does not trap (the keys are switched),
+/// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's own stage-1
+/// is its own (no DC: with its MMU off its data accesses are Device-nGnRnE, as on hardware, and
+/// once it turns its MMU on its tables translate), pointer-auth does not trap (the keys are
+/// switched),
 /// physical IRQs and FIQs go to EL2 and the guest's GIC accesses to the virtual CPU interface
 /// (IMO/FMO), IMPLEMENTATION DEFINED registers and `ACTLR_EL1` trap (TIDCP/TACR), as do
 /// LORegions and RAS error records where they exist (TLOR/TERR), the ID registers are emulated
@@ -422,7 +482,6 @@ pub fn guest_hcr() -> u64 {
     let mut hcr = (HCR_EL2::VM::Enable
         + HCR_EL2::RW::EL1IsAarch64
         + HCR_EL2::TSC::SET
-        + HCR_EL2::DC::SET
         + HCR_EL2::API::SET
         + HCR_EL2::APK::SET
         + HCR_EL2::IMO::SET
@@ -545,10 +604,14 @@ pub struct HostSave {
     sys: El1Sys,
     regs: WorldRegs,
     vtimer: VtimerRegs,
-    mdscr: u64,
+    debug: HostDebug,
+    /// PPI 27 as the host had it, if the hyp changed it for the run (`vtimer.rs`).
+    ppi: vtimer::HostPpi,
     mdcr: u64,
     /// The host's PMU counters paused for a guest without a PMU (`PMCNTENSET_EL0`).
     pmcnten: u64,
+    /// The guest's VM opened the PMU: the host's is switched (saved in its CPU's data).
+    pmu_open: bool,
 }
 
 /// How the hyp runs one vCPU.
@@ -563,12 +626,19 @@ pub struct GuestConfig {
 }
 
 /// `MDCR_EL2` while a guest runs: the host's (HPMN: the counters EL1 may reach) plus the debug
-/// traps (TDA, TDOSA, TDRA: emulated) and, for a VM without a PMU, the PMU traps (TPM, TPMCR).
-fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
+/// traps (TDOSA, TDRA: emulated; TDA until the guest's breakpoint and watchpoint registers are
+/// loaded, `debug.rs`) and the PMU's: for a VM without a PMU every access (TPM, TPMCR: UNDEF),
+/// for one that opened it `PMCR_EL0` only (TPMCR: emulated, so that neither its P bit nor
+/// anything else of it resets the hyp's counters).
+fn guest_mdcr(host_mdcr: u64, pmu_open: bool, tda: bool) -> u64 {
     use aarch64_cpu::registers::MDCR_EL2;
-    let mut m = host_mdcr | (MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET).value;
+    let mut m =
+        host_mdcr | (MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET + MDCR_EL2::TPMCR::SET).value;
+    if tda {
+        m |= MDCR_EL2::TDA::SET.value;
+    }
     if !pmu_open {
-        m |= (MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET).value;
+        m |= MDCR_EL2::TPM::SET.value;
     }
     m
 }
@@ -576,24 +646,36 @@ fn guest_mdcr(host_mdcr: u64, pmu_open: bool) -> u64 {
 /// From the host to a guest: saves every register the host owns and loads the vCPU's, then the
 /// guest's traps and stage-2. Returns what [`switch_to_host`] needs to undo it.
 pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
-    use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2, MDSCR_EL1};
-    let mut host = HostSave::default();
+    use aarch64_cpu::registers::{Readable, Writeable, MDCR_EL2};
+    let mut host = HostSave {
+        pmu_open: cfg.pmu_open,
+        ..HostSave::default()
+    };
+    // The PMU first (and back last): the host's counters count none of the switch, a closed
+    // guest's run or the hyp's work for it.
+    if cfg.pmu_open {
+        pmu::enter_open(&crate::percpu::this_cpu().host_pmu, &ctx.pmu);
+    } else {
+        host.pmcnten = pmu::pause_counters();
+    }
     save_el1(&mut host.sys);
     restore_el1(&ctx.sys);
     switch_world_regs(&mut host.regs, &ctx.regs);
     timer::switch_vtimer(&mut host.vtimer, &ctx.vtimer, cfg.cntvoff);
     timer::guest_cnthctl();
-    // The host's own debug configuration stays out of the guest's way: with MDSCR_EL1 zero no
-    // breakpoint, watchpoint or step the host armed fires in the guest, whose MDSCR_EL1 is
-    // emulated.
-    host.mdscr = MDSCR_EL1.get();
-    MDSCR_EL1.set(0);
+    // The guest's MDSCR_EL1 and OS lock, and its breakpoint and watchpoint registers if it has
+    // debug exceptions on: none the host armed fires in the guest (`debug.rs`).
+    host.debug = debug::switch_to_guest(&ctx.debug);
     host.mdcr = MDCR_EL2.get();
-    MDCR_EL2.set(guest_mdcr(host.mdcr, cfg.pmu_open));
-    if !cfg.pmu_open {
-        host.pmcnten = super::pmu::pause_counters();
-    }
+    MDCR_EL2.set(guest_mdcr(
+        host.mdcr,
+        cfg.pmu_open,
+        debug::guest_tda(&ctx.debug),
+    ));
     vgic::restore(&ctx.vgic);
+    // With the guest's virtual timer and virtual interface in place: its timer interrupt.
+    host.ppi = vtimer::enter(&ctx.vgic);
+    ctx.id.load();
     load_stage2(guest_hcr(), cfg.vttbr, cfg.vtcr);
     host
 }
@@ -601,14 +683,21 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
 /// From a guest back to the host: saves the vCPU's registers, reloads the host's and its traps.
 /// The caller then loads the host's stage-2.
 pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
-    use aarch64_cpu::registers::{Writeable, MDCR_EL2, MDSCR_EL1};
+    use aarch64_cpu::registers::{Writeable, MDCR_EL2};
+    VcpuIdRegs::physical().load();
     vgic::save(&mut ctx.vgic);
-    super::pmu::resume_counters(host.pmcnten);
+    debug::switch_to_host(&mut ctx.debug, &host.debug);
     MDCR_EL2.set(host.mdcr);
-    MDSCR_EL1.set(host.mdscr);
     timer::switch_vtimer(&mut ctx.vtimer, &host.vtimer, 0);
+    // With the host's virtual timer back: PPI 27 as the host had it.
+    vtimer::exit(&host.ppi);
     timer::host_cnthctl();
     switch_world_regs(&mut ctx.regs, &host.regs);
     save_el1(&mut ctx.sys);
     restore_el1(&host.sys);
+    if host.pmu_open {
+        pmu::exit_open(&crate::percpu::this_cpu().host_pmu, &mut ctx.pmu);
+    } else {
+        pmu::resume_counters(host.pmcnten);
+    }
 }

@@ -54,13 +54,20 @@ fn shape() -> (usize, usize) {
 
 macro_rules! lr_access {
     ($($n:literal => $reg:ident),* $(,)?) => {
-        fn read_lr(n: usize) -> u64 {
+        /// List register `n` of the live virtual interface (0 beyond the sixteenth).
+        pub(super) fn read_lr(n: usize) -> u64 {
             match n { $($n => $reg.get(),)* _ => 0 }
         }
-        fn write_lr(n: usize, v: u64) {
+        /// Writes list register `n` of the live virtual interface.
+        pub(super) fn write_lr(n: usize, v: u64) {
             match n { $($n => $reg.set(v),)* _ => {} }
         }
     };
+}
+
+/// The list registers this CPU's virtual interface has.
+pub(super) fn list_registers() -> usize {
+    shape().0
 }
 
 lr_access!(
