@@ -12,6 +12,7 @@ use abi::guest::*;
 use abi::host::{ExitReason, CONVERT_MODE_DEFAULT};
 use hyp_core::{GmemHandle, Shareability, VmHandle};
 use hyp_mem::ownership::{Component, PageInfo, PageState};
+#[cfg(feature = "introspection")]
 use hyp_mem::stage2::S2Attrs;
 
 const P: u64 = PAGE_SIZE;
