@@ -29,13 +29,12 @@ fn config(cases: u32, miri_cases: u32) -> Config {
 
 const ATTRS: [S2Attrs; 3] = [
     S2Attrs::NORMAL_RWX,
-    S2Attrs::NORMAL_RW.with_sw(1),
+    S2Attrs::NORMAL_RW,
     S2Attrs {
         read: true,
         write: false,
         exec: false,
         mem: MemType::NormalWriteBack,
-        sw: 2,
     },
 ];
 const PA_OFFSET: u64 = 0x1_0000_0000;
@@ -176,7 +175,7 @@ proptest! {
         }
         let mut model = IntervalModel::default();
         for (op, fail) in ops {
-            let before: Vec<Leaf> = s2.leaves().collect();
+            let before: Vec<Mapping> = s2.mappings().collect();
             let live = arena.live_pages();
             arena.set_alloc_budget(if fail { Some(0) } else { None });
             let result: Result<(), Errno> = match op {
@@ -253,7 +252,7 @@ proptest! {
             };
             arena.set_alloc_budget(None);
             if result.is_err() {
-                let after: Vec<Leaf> = s2.leaves().collect();
+                let after: Vec<Mapping> = s2.mappings().collect();
                 prop_assert_eq!(after, before);
                 prop_assert_eq!(arena.live_pages(), live);
             }

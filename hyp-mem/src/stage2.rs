@@ -25,10 +25,8 @@
 //! | 10 | AF (always set, no access-flag faults) |
 //! | 47:12 | output address / next-level table address |
 //! | 54:53 | XN\[1:0\]: 0b00 executable, 0b10 execute-never |
-//! | 58:55 | software bits (owner state annotation) |
 //!
-//! An invalid descriptor (bit 0 clear) that is not zero carries an *annotation* in bits
-//! \[63:1\] (see [`Stage2::set_annotation`], [`OwnerAnnotation`]).
+//! The tables write 0 for an invalid entry and treat every invalid entry as empty.
 
 use abi::Errno;
 
@@ -47,6 +45,7 @@ pub const ENTRIES: usize = 512;
 
 const DESC_VALID: u64 = 1 << 0;
 const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+/// Output-address bits 47:12 of a descriptor.
 const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 const MEMATTR_SHIFT: u32 = 2;
 const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
@@ -58,8 +57,6 @@ const SH_INNER: u64 = 0b11 << 8;
 const AF: u64 = 1 << 10;
 const XN_NEVER: u64 = 0b10 << 53;
 const XN_MASK: u64 = 0b11 << 53;
-const SW_SHIFT: u32 = 55;
-const SW_MASK: u64 = 0b1111 << SW_SHIFT;
 
 /// Physical memory that holds the translation tables.
 ///
@@ -120,9 +117,9 @@ pub trait TlbMaintenance {
 /// Memory type of a stage-2 leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemType {
-    /// Normal, inner and outer write-back cacheable (MemAttr 0b1111).
+    /// Normal, inner and outer write-back cacheable.
     NormalWriteBack,
-    /// Device-nGnRE (MemAttr 0b0001).
+    /// Device-nGnRE.
     DeviceNGnRE,
 }
 
@@ -137,18 +134,15 @@ pub struct S2Attrs {
     pub exec: bool,
     /// Memory type.
     pub mem: MemType,
-    /// Software bits 55-58 of the descriptor (4 bits; values above 15 are refused with EINVAL).
-    pub sw: u8,
 }
 
 impl S2Attrs {
-    /// Normal write-back memory, read/write/exec, software bits 0.
+    /// Normal write-back memory, read/write/exec.
     pub const NORMAL_RWX: S2Attrs = S2Attrs {
         read: true,
         write: true,
         exec: true,
         mem: MemType::NormalWriteBack,
-        sw: 0,
     };
     /// Normal write-back memory, read/write, not executable.
     pub const NORMAL_RW: S2Attrs = S2Attrs {
@@ -156,7 +150,6 @@ impl S2Attrs {
         write: true,
         exec: false,
         mem: MemType::NormalWriteBack,
-        sw: 0,
     };
     /// Device-nGnRE, read/write, not executable.
     pub const DEVICE_RW: S2Attrs = S2Attrs {
@@ -164,21 +157,12 @@ impl S2Attrs {
         write: true,
         exec: false,
         mem: MemType::DeviceNGnRE,
-        sw: 0,
     };
 
-    /// The same attributes with other software bits.
-    pub const fn with_sw(self, sw: u8) -> S2Attrs {
-        S2Attrs { sw, ..self }
-    }
-
     /// Descriptor bits of these attributes (without valid/table bits and address).
-    /// Includes AF and SH. `None` if `sw` does not fit in 4 bits.
-    pub const fn to_bits(self) -> Option<u64> {
-        if self.sw > 0xf {
-            return None;
-        }
-        let mut bits = AF | SH_INNER | ((self.sw as u64) << SW_SHIFT);
+    /// Includes AF and SH.
+    pub const fn to_bits(self) -> u64 {
+        let mut bits = AF | SH_INNER;
         bits |= match self.mem {
             MemType::NormalWriteBack => MEMATTR_NORMAL_WB << MEMATTR_SHIFT,
             MemType::DeviceNGnRE => MEMATTR_DEVICE_NGNRE << MEMATTR_SHIFT,
@@ -192,7 +176,7 @@ impl S2Attrs {
         if !self.exec {
             bits |= XN_NEVER;
         }
-        Some(bits)
+        bits
     }
 
     /// Decodes the attributes of a leaf descriptor. MemAttr values other than 0b0001 decode
@@ -208,7 +192,6 @@ impl S2Attrs {
             } else {
                 MemType::DeviceNGnRE
             },
-            sw: ((desc & SW_MASK) >> SW_SHIFT) as u8,
         }
     }
 }
@@ -287,78 +270,17 @@ impl Mapping {
     }
 }
 
-/// A non-empty entry that ends a walk: a valid leaf or an annotated invalid entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Leaf {
-    /// A valid block or page.
-    Mapped(Mapping),
-    /// An invalid entry carrying an annotation (bits \[63:1\] of the descriptor).
-    Annotated {
-        /// First IPA the entry covers.
-        ipa: u64,
-        /// Level of the entry (always 3 for entries written by [`Stage2::set_annotation`]).
-        level: u8,
-        /// The annotation, `desc >> 1`, never 0.
-        annotation: u64,
-    },
-}
-
-/// The owner annotation pKVM writes into the host stage-2 for a page it gave away:
-/// owner id (4 bits, non-zero), VM handle (16 bits) and guest frame number (up to 42 bits).
-///
-/// Encoded as `owner | vm << 4 | gfn << 20` in the annotation (descriptor bits \[63:1\]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OwnerAnnotation {
-    /// Who owns the page, 1..=15 (0 would be an empty entry). See [`crate::ownership::owner_id`].
-    pub owner: u8,
-    /// VM handle, when the owner is a guest.
-    pub vm: u16,
-    /// Guest frame number (IPA >> 12) where the guest maps the page.
-    pub gfn: u64,
-}
-
-impl OwnerAnnotation {
-    /// Largest gfn that fits.
-    pub const MAX_GFN: u64 = (1 << 42) - 1;
-
-    /// The annotation value, or `None` if `owner` is 0 or above 15, or `gfn` does not fit.
-    pub const fn encode(self) -> Option<u64> {
-        if self.owner == 0 || self.owner > 0xf || self.gfn > Self::MAX_GFN {
-            return None;
-        }
-        Some(self.owner as u64 | (self.vm as u64) << 4 | self.gfn << 20)
-    }
-
-    /// Decodes an annotation; `None` if its owner field is 0.
-    pub const fn decode(annotation: u64) -> Option<OwnerAnnotation> {
-        let owner = (annotation & 0xf) as u8;
-        if owner == 0 {
-            return None;
-        }
-        Some(OwnerAnnotation {
-            owner,
-            vm: ((annotation >> 4) & 0xffff) as u16,
-            gfn: (annotation >> 20) & Self::MAX_GFN,
-        })
-    }
-}
-
 /// What a descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Empty,
-    Annotated(u64),
     Table(u64),
     Leaf,
 }
 
 const fn kind(desc: u64, level: u8) -> Kind {
     if desc & DESC_VALID == 0 {
-        if desc == 0 {
-            Kind::Empty
-        } else {
-            Kind::Annotated(desc >> 1)
-        }
+        Kind::Empty
     } else if level < 3 && desc & DESC_TABLE_OR_PAGE != 0 {
         Kind::Table(desc & OA_MASK)
     } else {
@@ -465,8 +387,9 @@ impl<M: PhysMem, T: TlbMaintenance> core::fmt::Debug for Stage2<M, T> {
 
 impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// Allocates the root (one page for 39 bits, two 8 KiB-aligned pages for 40 bits).
-    /// On failure (`ENOMEM`, or `EINVAL` if the allocator returned a misaligned or too high
-    /// address, which is handed back) the memory and TLB objects come back to the caller.
+    /// On failure (`ENOMEM`, or `EINVAL` if the allocator returned
+    /// a misaligned or too high address, which is handed back) the memory and TLB objects come
+    /// back to the caller.
     #[allow(clippy::result_large_err)]
     pub fn new(mut mm: M, tlb: T, vmid: u16, ipa: IpaSize) -> Result<Self, (Errno, M, T)> {
         let count = ipa.root_pages();
@@ -499,14 +422,6 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     pub const fn root_pa(&self) -> u64 {
         self.root
     }
-    /// VTTBR_EL2: root PA | VMID << 48 (CnP = 0).
-    pub const fn vttbr(&self) -> u64 {
-        self.root | (self.vmid as u64) << 48
-    }
-    /// VTCR_EL2 for this stage-2 ([`vtcr_value`]; VS set iff the VMID is above 255).
-    pub const fn vtcr(&self) -> u64 {
-        vtcr_value(self.ipa, self.vmid > 0xff)
-    }
     /// The table memory.
     pub fn mm(&self) -> &M {
         &self.mm
@@ -522,6 +437,15 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// The TLB maintenance object.
     pub fn tlb_mut(&mut self) -> &mut T {
         &mut self.tlb
+    }
+
+    /// VTTBR_EL2: root PA | VMID << 48 (CnP = 0).
+    pub const fn vttbr(&self) -> u64 {
+        self.root_pa() | (self.vmid() as u64) << 48
+    }
+    /// VTCR_EL2 for this stage-2 ([`vtcr_value`]; VS set iff the VMID is above 255).
+    pub const fn vtcr(&self) -> u64 {
+        vtcr_value(self.ipa_size(), self.vmid() > 0xff)
     }
 
     // ---- raw descriptor access -------------------------------------------------------------
@@ -599,8 +523,8 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         }
     }
 
-    /// Descends from the root to the entry that ends the walk for `ipa` (leaf, empty or
-    /// annotated), or to `stop_level`, whichever comes first.
+    /// Descends from the root to the entry that ends the walk for `ipa` (leaf or empty), or to
+    /// `stop_level`, whichever comes first.
     /// Returns (level, table, index, descriptor). `ipa` must be below the limit.
     fn descend(&self, ipa: u64, stop_level: u8) -> (u8, u64, usize, u64) {
         let mut table = self.root;
@@ -630,26 +554,13 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
 
     // ---- queries ---------------------------------------------------------------------------
 
-    /// The leaf that translates `ipa`, if any. `None` for unmapped, annotated or out-of-range
-    /// IPAs.
+    /// The leaf that translates `ipa`, if any. `None` for unmapped or out-of-range addresses.
     pub fn walk(&self, ipa: u64) -> Option<Mapping> {
         if ipa >= self.ipa.limit() {
             return None;
         }
         let (level, _, _, desc) = self.descend(ipa, 3);
         (kind(desc, level) == Kind::Leaf).then(|| mapping_of(desc, level, ipa))
-    }
-
-    /// The annotation of the invalid entry that ends the walk for `ipa`, if it has one.
-    pub fn annotation(&self, ipa: u64) -> Option<u64> {
-        if ipa >= self.ipa.limit() {
-            return None;
-        }
-        let (level, _, _, desc) = self.descend(ipa, 3);
-        match kind(desc, level) {
-            Kind::Annotated(a) => Some(a),
-            _ => None,
-        }
     }
 
     /// The descriptor at `level` on the walk for `ipa`, and the physical address of its slot:
@@ -662,33 +573,25 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         (l == level).then_some((table + idx as u64 * 8, desc))
     }
 
-    /// Iterates every valid leaf and every annotated invalid entry, in IPA order.
-    pub fn leaves(&self) -> Leaves<'_, M, T> {
-        Leaves {
+    /// Iterates every valid leaf, in IPA order.
+    pub fn mappings(&self) -> Mappings<'_, M, T> {
+        Mappings {
             s2: self,
             stack: [(self.root, 0, 0); 3],
             depth: 0,
         }
     }
 
-    /// Iterates every valid leaf, in IPA order.
-    pub fn mappings(&self) -> impl Iterator<Item = Mapping> + '_ {
-        self.leaves().filter_map(|l| match l {
-            Leaf::Mapped(m) => Some(m),
-            Leaf::Annotated { .. } => None,
-        })
-    }
-
     /// Number of table pages (the root counts as its page count).
     pub fn table_pages(&self) -> usize {
-        self.root_pages_below(self.root, 1) + self.ipa.root_pages()
+        self.table_pages_below(self.root, 1) + self.ipa.root_pages()
     }
 
-    fn root_pages_below(&self, table: u64, level: u8) -> usize {
+    fn table_pages_below(&self, table: u64, level: u8) -> usize {
         let mut n = 0;
         for idx in 0..self.entries_at(level) {
             if let Kind::Table(next) = kind(self.read(table, idx), level) {
-                n += 1 + self.root_pages_below(next, level + 1);
+                n += 1 + self.table_pages_below(next, level + 1);
             }
         }
         n
@@ -700,18 +603,17 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// 2 MiB (level-2 block) or 1 GiB (level-1 block).
     ///
     /// Errors (nothing changed on any error):
-    /// - `EINVAL`: other size, `ipa`/`pa` not aligned to `size`, range beyond the IPA space or
-    ///   beyond the 40-bit PA space, `attrs.sw > 15`.
-    /// - `EEXIST`: something other than exactly this mapping is in the range (a different
-    ///   valid leaf, a smaller valid leaf, or an annotation). Mapping exactly what is already
-    ///   there (including a page inside an identical block) succeeds without a change.
+    /// - `EINVAL`: other size, `ipa`/`pa` not aligned to `size`, range beyond the
+    ///   IPA space or beyond the 40-bit PA space.
+    /// - `EEXIST`: something other than exactly this mapping is in the range (a
+    ///   different valid leaf, or a smaller valid leaf). Mapping exactly what is already there
+    ///   (including a page inside an identical block) succeeds without a change.
     /// - `ENOMEM`: the table pages needed could not be allocated.
     ///
-    /// An existing table under the range with no valid or annotated entry in it is replaced by
-    /// the block (break-before-make) and its pages freed.
+    /// An existing table under the range with no valid entry in it is replaced by the block
+    /// (break-before-make) and its pages freed.
     pub fn map(&mut self, ipa: u64, pa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
         let level = level_for_size(size).ok_or(Errno::EINVAL)?;
-        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
         if !ipa.is_multiple_of(size) || !pa.is_multiple_of(size) {
             return Err(Errno::EINVAL);
         }
@@ -719,24 +621,21 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         if pa.checked_add(size).is_none_or(|end| end > 1 << PA_BITS) {
             return Err(Errno::EINVAL);
         }
-        self.install(ipa, level, leaf_desc(pa, level, bits))
+        self.install(ipa, level, leaf_desc(pa, level, attrs.to_bits()))
     }
 
-    /// Writes `new` (a leaf or an annotation) at `level` for `ipa`; see [`Stage2::map`].
+    /// Writes the leaf `new` at `level` for `ipa`; see [`Stage2::map`].
     fn install(&mut self, ipa: u64, level: u8, new: u64) -> Result<(), Errno> {
-        let new_valid = new & DESC_VALID != 0;
         let (l, table, idx, desc) = self.descend(ipa, level);
         if l == level {
             return match kind(desc, l) {
                 Kind::Empty => {
                     self.write(table, idx, new);
-                    if new_valid {
-                        self.tlb.publish();
-                    }
+                    self.tlb.publish();
                     Ok(())
                 }
                 _ if desc == new => Ok(()),
-                Kind::Table(sub) if new_valid && self.subtree_empty(sub, l + 1) => {
+                Kind::Table(sub) if self.subtree_empty(sub, l + 1) => {
                     let base = ipa & !(level_size(l) - 1);
                     self.unlink_table(table, idx, l, base);
                     self.write(table, idx, new);
@@ -749,10 +648,10 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         }
         // The walk stopped above `level`.
         match kind(desc, l) {
-            Kind::Leaf if new_valid => {
+            Kind::Leaf => {
                 // A bigger leaf covers the range: fine only if it says the same.
-                let m = mapping_of(desc, l, ipa);
-                let same_pa = m.pa_of(ipa) == Some(new & OA_MASK);
+                let block = level_size(l) - 1;
+                let same_pa = ((desc & OA_MASK & !block) | (ipa & block)) == new & OA_MASK;
                 if same_pa && leaf_attr_bits(desc) == leaf_attr_bits(new) {
                     Ok(())
                 } else {
@@ -782,7 +681,8 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 self.tlb.publish();
                 Ok(())
             }
-            _ => Err(Errno::EEXIST),
+            // Cannot happen: the walk only stops above `level` at a leaf or an empty entry.
+            Kind::Table(_) => Err(Errno::EEXIST),
         }
     }
 
@@ -790,7 +690,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         (0..ENTRIES).all(|i| match kind(self.read(table, i), level) {
             Kind::Empty => true,
             Kind::Table(sub) => self.subtree_empty(sub, level + 1),
-            Kind::Annotated(_) | Kind::Leaf => false,
+            Kind::Leaf => false,
         })
     }
 
@@ -810,7 +710,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     fn unlink_table(&mut self, table: u64, idx: usize, level: u8, base: u64) {
         self.write(table, idx, 0);
         if level == 1 {
-            // Walk-cache entries of level-2 descriptors under it are keyed by other IPAs.
+            // Walk-cache entries of level-2 descriptors under it are keyed by other addresses.
             self.tlb.invalidate_range(self.vmid, base, level_size(1));
         } else {
             self.tlb.invalidate_ipa(self.vmid, base, None);
@@ -846,8 +746,9 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// Splits the block that maps `ipa` one level down: a 2 MiB block into 512 pages, a 1 GiB
     /// block into 512 2 MiB blocks, all with the block's attributes (break-before-make).
     ///
-    /// Errors: `EINVAL` for an IPA out of range or mapped by a 4 KiB page, `ENOENT` if nothing
-    /// maps it, `ENOMEM` without a table page (nothing changed).
+    /// Errors (nothing changed): `EINVAL` for an address out of range or mapped
+    /// by a 4 KiB page, `ENOENT` if nothing maps it, `ENOMEM`
+    /// without a table page.
     pub fn split_block(&mut self, ipa: u64) -> Result<(), Errno> {
         if ipa >= self.ipa.limit() {
             return Err(Errno::EINVAL);
@@ -871,7 +772,8 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// invalidated with [`TlbMaintenance::invalidate_range`]) and frees the table.
     ///
     /// Returns `Ok(true)` if merged, `Ok(false)` if the range does not qualify (including when
-    /// it already is a block). `EINVAL` if `ipa_2m` is not 2 MiB aligned or out of range.
+    /// it already is a block). `EINVAL` if `ipa_2m` is not 2 MiB aligned or out
+    /// of range.
     pub fn try_merge_block(&mut self, ipa_2m: u64) -> Result<bool, Errno> {
         if !ipa_2m.is_multiple_of(SIZE_2M) || ipa_2m >= self.ipa.limit() {
             return Err(Errno::EINVAL);
@@ -922,21 +824,20 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
 
     /// Maps the 2 MiB block `ipa_2m -> pa_2m` with `attrs` where a level-3 table already holds
     /// some pages of that range: if every valid entry of the table maps exactly the page the
-    /// block would map there, with the same attributes, and nothing else is in it (no
-    /// annotation), the table is replaced by the block (break-before-make: the table entry
-    /// invalidated with the whole range, then the block written) and freed. A guest that
-    /// refaults a range whose block an unmap took gets the block back this way once the range
-    /// is uniform again. Needs no memory.
+    /// block would map there, with the same attributes, the table is replaced by the block
+    /// (break-before-make: the table entry invalidated with the whole range, then the block
+    /// written) and freed. A guest that refaults a range whose block an unmap took gets the
+    /// block back this way once the range is uniform again. Needs no memory.
     ///
     /// Returns `Ok(true)` if mapped, `Ok(false)` if the range does not qualify (nothing
-    /// changed). `EINVAL` for unaligned or out-of-range arguments or attributes.
+    /// changed). `EINVAL` for unaligned or out-of-range arguments.
     pub fn map_block_over_pages(
         &mut self,
         ipa_2m: u64,
         pa_2m: u64,
         attrs: S2Attrs,
     ) -> Result<bool, Errno> {
-        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
+        let bits = attrs.to_bits();
         if !ipa_2m.is_multiple_of(SIZE_2M)
             || !pa_2m.is_multiple_of(SIZE_2M)
             || ipa_2m >= self.ipa.limit()
@@ -968,9 +869,9 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// any number of pages). A block that straddles an edge of the range is removed whole
     /// (break-before-make), as KVM's stage-2 unmap does: the pages of it outside the range fault
     /// again and are mapped afresh. So an unmap never needs memory and, once the range is
-    /// valid, never fails (Trust rule 3). Holes and annotated entries are left alone. A table
-    /// whose whole span is inside the range and that ends up empty is unlinked and freed (after
-    /// its entry was invalidated).
+    /// valid, never fails (Trust rule 3). Holes are left alone. A table whose whole span is
+    /// inside the range and that ends up empty is unlinked and freed (after its entry was
+    /// invalidated).
     ///
     /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range range.
     pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), Errno> {
@@ -978,7 +879,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         self.modify(ipa, end, Op::Unmap)
     }
 
-    /// [`Stage2::unmap`] of `[ipa, ipa + size)` rounded out to pages and clamped to the IPA
+    /// [`Stage2::unmap`] of `[ipa, ipa + size)` rounded out to pages and clamped to the input
     /// space: it cannot fail, needs no memory, and returns only when every leaf touching the
     /// range is invalid and its TLB entries are gone. The form callers use on paths that take
     /// pages away (Trust rule 3), so there is no error to ignore.
@@ -999,11 +900,11 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// that straddle an edge and differ from `attrs`. Each changed leaf goes through
     /// break-before-make; leaves that already have `attrs` are not touched.
     ///
-    /// Errors (nothing changed): `EINVAL` (unaligned, out of range, `attrs.sw > 15`),
+    /// Errors (nothing changed): `EINVAL` (unaligned, out of range),
     /// `ENOENT` if any page of the range is not mapped, `ENOMEM`.
     pub fn set_attrs(&mut self, ipa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
         let end = self.check_range(ipa, size)?;
-        let bits = attrs.to_bits().ok_or(Errno::EINVAL)?;
+        let bits = attrs.to_bits();
         let mut a = ipa;
         while a < end {
             let m = self.walk(a).ok_or(Errno::ENOENT)?;
@@ -1080,7 +981,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
             let full = a == base && seg_end == entry_end;
             let desc = self.read(table, idx);
             match kind(desc, level) {
-                Kind::Empty | Kind::Annotated(_) => {}
+                Kind::Empty => {}
                 Kind::Leaf if !Self::op_changes(op, desc) => {}
                 Kind::Leaf if full || !Self::op_splits(op) => {
                     self.break_leaf(table, idx, level, base);
@@ -1112,50 +1013,20 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         (0..ENTRIES).all(|i| self.read(table, i) == 0)
     }
 
-    // ---- annotations -----------------------------------------------------------------------------
-
-    /// Writes an invalid level-3 descriptor whose bits \[63:1\] are `annotation` for the page at
-    /// `ipa` (e.g. an [`OwnerAnnotation`]). No TLB maintenance is needed (invalid to invalid).
-    ///
-    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range `ipa`, an annotation
-    /// of 0 or with bit 63 set; `EEXIST` if a valid leaf maps the page or another annotation is
-    /// there (the same annotation again succeeds); `ENOMEM`.
-    pub fn set_annotation(&mut self, ipa: u64, annotation: u64) -> Result<(), Errno> {
-        self.check_range(ipa, PAGE_SIZE)?;
-        if annotation == 0 || annotation >> 63 != 0 {
-            return Err(Errno::EINVAL);
-        }
-        self.install(ipa, 3, annotation << 1)
-    }
-
-    /// Removes the annotation of the page at `ipa` and returns it.
-    /// Errors: `EINVAL` (unaligned, out of range), `ENOENT` if the page has no annotation.
-    pub fn clear_annotation(&mut self, ipa: u64) -> Result<u64, Errno> {
-        self.check_range(ipa, PAGE_SIZE)?;
-        let (level, table, idx, desc) = self.descend(ipa, 3);
-        match kind(desc, level) {
-            Kind::Annotated(a) => {
-                self.write(table, idx, 0);
-                Ok(a)
-            }
-            _ => Err(Errno::ENOENT),
-        }
-    }
-
-    // ---- host identity map ----------------------------------------------------------------
+    // ---- identity map by fault ----------------------------------------------------------------
 
     /// Maps the largest identity leaf (1 GiB, 2 MiB, else 4 KiB) that contains `ipa`, is
-    /// aligned, lies in `[range_lo, range_hi)`, has nothing in the tables under it (no valid
-    /// leaf, no annotation; empty leftover tables are fine and get freed), and for which
-    /// `allowed(lo, hi)` answers true (e.g. "every page of `[lo, hi)` is host-accessible").
-    /// `allowed` is asked for the largest candidate first.
+    /// aligned, lies in `[range_lo, range_hi)`, has nothing mapped under it (empty leftover
+    /// tables are fine and get freed), and for which `allowed(lo, hi)` answers true (e.g.
+    /// "every page of `[lo, hi)` is host-accessible"). `allowed` is asked for the largest
+    /// candidate first.
     ///
     /// Returns the mapping that now translates `ipa`; if one was there already (a race with
     /// another fault), returns it unchanged.
     ///
     /// Errors (nothing changed): `EINVAL` if `ipa` is out of the IPA space or
-    /// `range_lo >= range_hi`; `EPERM` if `ipa` is outside `[range_lo, range_hi)`, carries an
-    /// annotation, or not even its 4 KiB page is allowed; `ENOMEM`.
+    /// `range_lo >= range_hi`; `EPERM` if `ipa` is outside
+    /// `[range_lo, range_hi)` or not even its 4 KiB page is allowed; `ENOMEM`.
     pub fn map_identity_largest(
         &mut self,
         ipa: u64,
@@ -1167,17 +1038,11 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         if ipa >= self.ipa.limit() || range_lo >= range_hi {
             return Err(Errno::EINVAL);
         }
-        if attrs.to_bits().is_none() {
-            return Err(Errno::EINVAL);
-        }
         if ipa < range_lo || ipa >= range_hi {
             return Err(Errno::EPERM);
         }
         if let Some(m) = self.walk(ipa) {
             return Ok(m);
-        }
-        if self.annotation(ipa).is_some() {
-            return Err(Errno::EPERM);
         }
         let hi = range_hi.min(self.ipa.limit()).min(1 << PA_BITS);
         for size in [SIZE_1G, SIZE_2M, SIZE_4K] {
@@ -1197,8 +1062,8 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         Err(Errno::EPERM)
     }
 
-    /// True if nothing (no leaf, no annotation) lies under `[base, base + size)`, where `size`
-    /// is a leaf size and `base` aligned to it.
+    /// True if no leaf lies under `[base, base + size)`, where `size` is a leaf size and
+    /// `base` aligned to it.
     fn region_free(&self, base: u64, size: u64) -> bool {
         let Some(level) = level_for_size(size) else {
             return false;
@@ -1227,18 +1092,18 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     }
 }
 
-/// Iterator over the leaves of a [`Stage2`]; see [`Stage2::leaves`].
-pub struct Leaves<'a, M: PhysMem, T: TlbMaintenance> {
+/// Iterator over the leaves of a [`Stage2`]; see [`Stage2::mappings`].
+pub struct Mappings<'a, M: PhysMem, T: TlbMaintenance> {
     s2: &'a Stage2<M, T>,
-    /// Per level: (table, next index, first IPA of the table).
+    /// Per level: (table, next index, first input address of the table).
     stack: [(u64, usize, u64); 3],
     depth: usize,
 }
 
-impl<M: PhysMem, T: TlbMaintenance> Iterator for Leaves<'_, M, T> {
-    type Item = Leaf;
+impl<M: PhysMem, T: TlbMaintenance> Iterator for Mappings<'_, M, T> {
+    type Item = Mapping;
 
-    fn next(&mut self) -> Option<Leaf> {
+    fn next(&mut self) -> Option<Mapping> {
         loop {
             let level = self.depth as u8 + 1;
             let (table, idx, base) = self.stack[self.depth];
@@ -1254,14 +1119,7 @@ impl<M: PhysMem, T: TlbMaintenance> Iterator for Leaves<'_, M, T> {
             let desc = self.s2.read(table, idx);
             match kind(desc, level) {
                 Kind::Empty => {}
-                Kind::Annotated(annotation) => {
-                    return Some(Leaf::Annotated {
-                        ipa,
-                        level,
-                        annotation,
-                    })
-                }
-                Kind::Leaf => return Some(Leaf::Mapped(mapping_of(desc, level, ipa))),
+                Kind::Leaf => return Some(mapping_of(desc, level, ipa)),
                 Kind::Table(sub) => {
                     self.depth += 1;
                     self.stack[self.depth] = (sub, 0, ipa);

@@ -37,8 +37,8 @@ fn setup() -> (FakeArena, S2) {
     setup_with(IpaSize::Bits40, 32)
 }
 
-fn leaves(s2: &S2) -> Vec<Leaf> {
-    s2.leaves().collect()
+fn leaves(s2: &S2) -> Vec<Mapping> {
+    s2.mappings().collect()
 }
 
 /// Asserts that the TLB model saw no break-before-make violation.
@@ -139,7 +139,7 @@ fn map_page_writes_exact_descriptors() {
 }
 
 #[test]
-fn map_device_and_software_bits() {
+fn map_device_and_read_only() {
     let (_, mut s2) = setup();
     s2.map(0x0900_0000, 0x0900_0000, SIZE_4K, S2Attrs::DEVICE_RW)
         .unwrap();
@@ -150,14 +150,10 @@ fn map_device_and_software_bits() {
         write: false,
         exec: true,
         mem: MemType::NormalWriteBack,
-        sw: 0b1010,
     };
     s2.map(0x2000, 0x3000, SIZE_4K, attrs).unwrap();
     let (_, desc) = s2.descriptor(0x2000, 3).unwrap();
-    assert_eq!(
-        desc,
-        0x3000 | 0x400 | 0x300 | 0x3c | 0x40 | 0b11 | 0b1010 << 55
-    );
+    assert_eq!(desc, 0x3000 | 0x400 | 0x300 | 0x3c | 0x40 | 0b11);
     assert_eq!(s2.walk(0x2000).unwrap().attrs, attrs);
 }
 
@@ -203,9 +199,6 @@ fn map_rejects_bad_arguments() {
             s.map(ipa, pa, size, RWX)
         });
     }
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.map(0, 0, SIZE_4K, RWX.with_sw(16))
-    });
     let (_, mut s39) = setup_with(IpaSize::Bits39, 8);
     assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(Errno::EINVAL));
     s39.map((1 << 39) - SIZE_1G, 0, SIZE_1G, RWX).unwrap();
@@ -306,7 +299,10 @@ fn block_replaces_an_empty_table() {
 #[test]
 fn split_2m_block_into_pages_with_bbm() {
     let (arena, mut s2) = setup();
-    let attrs = RWX.with_sw(3);
+    let attrs = S2Attrs {
+        write: false,
+        ..RWX
+    };
     s2.map(0x20_0000, 0x8060_0000, SIZE_2M, attrs).unwrap();
     s2.tlb_mut().clear();
     s2.split_block(0x20_5000).unwrap();
@@ -414,7 +410,7 @@ fn merge_refuses_nonuniform_tables() {
         511 * SIZE_4K,
         0x8000_0000 + 511 * SIZE_4K,
         SIZE_4K,
-        RWX.with_sw(1),
+        S2Attrs::NORMAL_RW,
     )
     .unwrap();
     check_no(&mut s2);
@@ -488,7 +484,7 @@ fn a_block_maps_over_the_pages_of_it_already_there() {
     assert_eq!(s2.map_block_over_pages(0, 0x8000_0000, RWX), Ok(false));
     s2.unmap(9 * SIZE_4K, SIZE_4K).unwrap();
     assert_eq!(
-        s2.map_block_over_pages(0, 0x8000_0000, RWX.with_sw(1)),
+        s2.map_block_over_pages(0, 0x8000_0000, S2Attrs::NORMAL_RW),
         Ok(false)
     );
     assert_ne!(leaves(&s2), before);
@@ -542,18 +538,11 @@ fn unmap_range_across_blocks_and_edges() {
     assert_eq!(s2.walk(0x30_0000), None);
     assert_eq!(s2.walk(2 * SIZE_2M).unwrap().pa_base, 0x9000_0000);
     assert_eq!(s2.mappings().count(), 1);
-    // Holes and annotations are left alone; unmapping everything frees the tables.
-    s2.set_annotation(0x50_0000, 0x77).unwrap();
+    // Holes are left alone; unmapping everything frees the tables.
     s2.unmap(0, 4 * SIZE_2M).unwrap();
-    assert_eq!(
-        leaves(&s2),
-        [Leaf::Annotated {
-            ipa: 0x50_0000,
-            level: 3,
-            annotation: 0x77
-        }]
-    );
-    s2.clear_annotation(0x50_0000).unwrap();
+    assert_eq!(leaves(&s2), []);
+    // The page's level-3 table went with it (its whole span was unmapped).
+    assert_eq!(arena.live_pages(), 3);
     s2.unmap(0, SIZE_1G).unwrap();
     assert_eq!(arena.live_pages(), 2);
     assert_eq!(s2.table_pages(), 2);
@@ -609,8 +598,7 @@ fn set_attrs_splits_only_what_changes() {
     let ro = S2Attrs {
         write: false,
         ..RWX
-    }
-    .with_sw(2);
+    };
     s2.set_attrs(0x20_1000, SIZE_4K, ro).unwrap();
     assert_eq!(s2.walk(0x20_1000).unwrap().attrs, ro);
     assert_eq!(s2.walk(0x20_2000).unwrap().attrs, RWX);
@@ -620,7 +608,7 @@ fn set_attrs_splits_only_what_changes() {
         s.set_attrs(0x3f_f000, 2 * SIZE_4K, ro)
     });
     assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_attrs(0x20_0000, SIZE_4K, RWX.with_sw(17))
+        s.set_attrs(0x20_0800, SIZE_4K, ro)
     });
     // Whole range: every page goes through break-before-make.
     s2.set_attrs(0x20_0000, SIZE_2M, ro).unwrap();
@@ -630,110 +618,36 @@ fn set_attrs_splits_only_what_changes() {
 }
 
 #[test]
-fn annotations() {
-    let (arena, mut s2) = setup();
-    let a = OwnerAnnotation {
-        owner: 2,
-        vm: 0x1234,
-        gfn: 0x8_0001,
-    };
-    let enc = a.encode().unwrap();
-    assert_eq!(OwnerAnnotation::decode(enc), Some(a));
-    assert_eq!(OwnerAnnotation { owner: 0, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation { owner: 16, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation { gfn: 1 << 42, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation::decode(0x10), None);
-
-    s2.set_annotation(0x4000_1000, enc).unwrap();
-    let (_, desc) = s2.descriptor(0x4000_1000, 3).unwrap();
-    assert_eq!(desc, enc << 1);
-    assert_eq!(desc & 1, 0);
-    assert_eq!(s2.annotation(0x4000_1000), Some(enc));
-    assert_eq!(s2.walk(0x4000_1000), None);
-    // No invalidation for invalid -> invalid; the new branch is published before and after
-    // it is linked.
-    assert_eq!(s2.tlb().events, [TlbEvent::Publish, TlbEvent::Publish]);
-    // Same again: fine. Another: EEXIST. Mapping over it: EEXIST, also as a block.
-    s2.set_annotation(0x4000_1000, enc).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x4000_1000, 9)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.map(0x4000_1000, 0, SIZE_4K, RWX)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.map(0x4000_0000, 0, SIZE_2M, RWX)
-    });
-    // Annotating a mapped page: EEXIST. Bad values: EINVAL.
-    s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x2000, 1)
-    });
-    s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x20_1000, 1)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3000, 0)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3000, 1 << 63)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3008, 1)
-    });
-    arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
-        s.set_annotation(0x8000_0000, 1)
-    });
-    arena.set_alloc_budget(None);
-    assert_eq!(s2.clear_annotation(0x4000_1000), Ok(enc));
-    assert_eq!(s2.clear_annotation(0x4000_1000), Err(Errno::ENOENT));
-    assert_eq!(s2.clear_annotation(0x2000), Err(Errno::ENOENT));
-    assert_eq!(s2.descriptor(0x4000_1000, 3).unwrap().1, 0);
-    assert_bbm(&s2);
-}
-
-#[test]
-fn leaves_in_ipa_order() {
+fn mappings_in_ipa_order() {
     let (_, mut s2) = setup();
     s2.map(0x80_0000_0000, 0, SIZE_1G, RWX).unwrap();
     s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    s2.set_annotation(0x1000, 3).unwrap();
     s2.map(0x2000, 0x5000, SIZE_4K, RWX).unwrap();
     let ls = leaves(&s2);
-    assert_eq!(ls.len(), 4);
-    assert_eq!(
-        ls[0],
-        Leaf::Annotated {
-            ipa: 0x1000,
-            level: 3,
-            annotation: 3
-        }
-    );
+    assert_eq!(ls.len(), 3);
     assert!(matches!(
-        ls[1],
-        Leaf::Mapped(Mapping {
+        ls[0],
+        Mapping {
             ipa_base: 0x2000,
             pa_base: 0x5000,
             ..
-        })
+        }
     ));
     assert!(matches!(
-        ls[2],
-        Leaf::Mapped(Mapping {
+        ls[1],
+        Mapping {
             ipa_base: 0x20_0000,
             level: 2,
             ..
-        })
+        }
     ));
     assert!(matches!(
-        ls[3],
-        Leaf::Mapped(Mapping {
+        ls[2],
+        Mapping {
             ipa_base: 0x80_0000_0000,
             level: 1,
             ..
-        })
+        }
     ));
 }
 
@@ -770,7 +684,7 @@ fn identity_map_picks_the_largest_block() {
 }
 
 #[test]
-fn identity_map_respects_policy_range_and_annotations() {
+fn identity_map_respects_policy_range_and_what_is_there() {
     let (arena, mut s2) = setup();
     // Only 2 MiB allowed.
     let m = s2
@@ -779,8 +693,8 @@ fn identity_map_respects_policy_range_and_annotations() {
         })
         .unwrap();
     assert_eq!((m.ipa_base, m.size), (0x8120_0000, SIZE_2M));
-    // An annotation in the 2 MiB around: 4 KiB.
-    s2.set_annotation(0x9000_0000, 7).unwrap();
+    // A page mapped in the 2 MiB around: 4 KiB.
+    s2.map(0x9000_0000, 0x9000_0000, SIZE_4K, RWX).unwrap();
     let m = s2
         .map_identity_largest(0x9000_1000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
         .unwrap();
@@ -788,10 +702,6 @@ fn identity_map_respects_policy_range_and_annotations() {
         (m.ipa_base, m.pa_base, m.size),
         (0x9000_1000, 0x9000_1000, SIZE_4K)
     );
-    // The annotated page itself: EPERM, nothing changed.
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
-        s.map_identity_largest(0x9000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
-    });
     // A narrow range forces 4 KiB; outside it, EPERM; policy says no: EPERM.
     let m = s2
         .map_identity_largest(0xa000_3000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
@@ -822,9 +732,9 @@ fn identity_map_respects_policy_range_and_annotations() {
 #[test]
 fn identity_map_reuses_an_emptied_table() {
     let (arena, mut s2) = setup();
-    s2.set_annotation(0x4000_0000, 7).unwrap();
+    s2.map(0x4000_0000, 0x4000_0000, SIZE_4K, RWX).unwrap();
+    s2.unmap(0x4000_0000, SIZE_4K).unwrap();
     let live = arena.live_pages();
-    s2.clear_annotation(0x4000_0000).unwrap();
     let m = s2
         .map_identity_largest(0x4000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
         .unwrap();
@@ -838,8 +748,7 @@ fn destroy_frees_everything() {
     let (arena, mut s2) = setup();
     s2.map(0x1000, 0x1000, SIZE_4K, RWX).unwrap();
     s2.map(0x80_0020_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    s2.set_annotation(0x4000_0000, 1).unwrap();
-    assert_eq!(arena.live_pages(), 2 + 2 + 1 + 2);
+    assert_eq!(arena.live_pages(), 2 + 2 + 1);
     assert_eq!(s2.table_pages(), arena.live_pages());
     let (arena2, tlb) = s2.destroy();
     assert_eq!(

@@ -289,7 +289,6 @@ impl Hyp {
                 pa: m.pa_base,
                 size: m.size,
                 who: Component::Host,
-                claimed: None,
             })
             .collect();
         for (&id, v) in &self.vms {
@@ -297,7 +296,6 @@ impl Hyp {
                 pa: m.pa_base,
                 size: m.size,
                 who: Component::Guest(id as u16),
-                claimed: None,
             }));
         }
         self.owners.check_invariants(accesses)
