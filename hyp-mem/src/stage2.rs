@@ -10,7 +10,8 @@
 //! Writing a valid descriptor over an invalid one needs no invalidation, only a publish.
 //!
 //! Every operation either succeeds or changes nothing: table pages that an operation needs
-//! are allocated before the first descriptor is written, and handed back on failure.
+//! are allocated before the first descriptor is written, and handed back on failure. Errors are
+//! a [`MapError`], which converts to [`abi::Errno`] where an answer leaves the hyp.
 //!
 //! Descriptor layout used here (Arm ARM, "VMSAv8-64 translation table format descriptors",
 //! stage 2):
@@ -58,6 +59,47 @@ const AF: u64 = 1 << 10;
 const XN_NEVER: u64 = 0b10 << 53;
 const XN_MASK: u64 = 0b11 << 53;
 
+/// A translation-table operation that could not be done. Nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapError {
+    /// A malformed argument: unaligned, not a leaf size, beyond the IPA space or the 40-bit
+    /// output space, or a page where a block is needed (`EINVAL`).
+    Invalid,
+    /// Something other than exactly this mapping is in the range (`EEXIST`).
+    Exists,
+    /// The address is not mapped (`ENOENT`).
+    NotMapped,
+    /// A table page could not be allocated (`ENOMEM`).
+    NoMemory,
+    /// The caller's range or policy does not allow even one page there (`EPERM`;
+    /// [`Stage2::map_identity_largest`]).
+    Refused,
+}
+
+impl From<MapError> for Errno {
+    fn from(e: MapError) -> Errno {
+        match e {
+            MapError::Invalid => Errno::EINVAL,
+            MapError::Exists => Errno::EEXIST,
+            MapError::NotMapped => Errno::ENOENT,
+            MapError::NoMemory => Errno::ENOMEM,
+            MapError::Refused => Errno::EPERM,
+        }
+    }
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            MapError::Invalid => "invalid argument",
+            MapError::Exists => "something else is mapped there",
+            MapError::NotMapped => "not mapped",
+            MapError::NoMemory => "no table page",
+            MapError::Refused => "refused",
+        })
+    }
+}
+
 /// Physical memory that holds the translation tables.
 ///
 /// At EL2 the hyp identity-maps RAM, so [`PhysMem::table`] is `pa as *mut _`; host tests use
@@ -75,7 +117,7 @@ const XN_MASK: u64 = 0b11 << 53;
 pub unsafe trait PhysMem {
     /// Allocates `count` (1 or 2) physically contiguous, zeroed pages whose first page is
     /// aligned to `count * 4096`, and returns the physical address of the first. `None` when
-    /// out of memory (reported as `ENOMEM`).
+    /// out of memory (reported as [`MapError::NoMemory`]).
     fn alloc_pages(&mut self, count: usize) -> Option<u64>;
     /// Frees pages returned by `alloc_pages(count)`, with the same `count`.
     fn free_pages(&mut self, pa: u64, count: usize);
@@ -387,19 +429,19 @@ impl<M: PhysMem, T: TlbMaintenance> core::fmt::Debug for Stage2<M, T> {
 
 impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// Allocates the root (one page for 39 bits, two 8 KiB-aligned pages for 40 bits).
-    /// On failure (`ENOMEM`, or `EINVAL` if the allocator returned
+    /// On failure ([`MapError::NoMemory`], or [`MapError::Invalid`] if the allocator returned
     /// a misaligned or too high address, which is handed back) the memory and TLB objects come
     /// back to the caller.
     #[allow(clippy::result_large_err)]
-    pub fn new(mut mm: M, tlb: T, vmid: u16, ipa: IpaSize) -> Result<Self, (Errno, M, T)> {
+    pub fn new(mut mm: M, tlb: T, vmid: u16, ipa: IpaSize) -> Result<Self, (MapError, M, T)> {
         let count = ipa.root_pages();
         let Some(root) = mm.alloc_pages(count) else {
-            return Err((Errno::ENOMEM, mm, tlb));
+            return Err((MapError::NoMemory, mm, tlb));
         };
         let align = PAGE_SIZE * count as u64;
         if root % align != 0 || root.checked_add(align).is_none_or(|end| end > 1 << PA_BITS) {
             mm.free_pages(root, count);
-            return Err((Errno::EINVAL, mm, tlb));
+            return Err((MapError::Invalid, mm, tlb));
         }
         Ok(Stage2 {
             mm,
@@ -500,7 +542,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         Some(pa)
     }
 
-    fn prealloc(&mut self, n: usize) -> Result<Prealloc, Errno> {
+    fn prealloc(&mut self, n: usize) -> Result<Prealloc, MapError> {
         let mut pool = Prealloc::empty();
         while pool.n < n.min(MAX_PREALLOC) {
             match self.alloc_table() {
@@ -510,7 +552,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 }
                 None => {
                     self.release(pool);
-                    return Err(Errno::ENOMEM);
+                    return Err(MapError::NoMemory);
                 }
             }
         }
@@ -542,13 +584,13 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         }
     }
 
-    fn check_range(&self, ipa: u64, size: u64) -> Result<u64, Errno> {
+    fn check_range(&self, ipa: u64, size: u64) -> Result<u64, MapError> {
         if !ipa.is_multiple_of(PAGE_SIZE) || size == 0 || !size.is_multiple_of(PAGE_SIZE) {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         match ipa.checked_add(size) {
             Some(end) if end <= self.ipa.limit() => Ok(end),
-            _ => Err(Errno::EINVAL),
+            _ => Err(MapError::Invalid),
         }
     }
 
@@ -603,29 +645,29 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// 2 MiB (level-2 block) or 1 GiB (level-1 block).
     ///
     /// Errors (nothing changed on any error):
-    /// - `EINVAL`: other size, `ipa`/`pa` not aligned to `size`, range beyond the
+    /// - [`MapError::Invalid`]: other size, `ipa`/`pa` not aligned to `size`, range beyond the
     ///   IPA space or beyond the 40-bit PA space.
-    /// - `EEXIST`: something other than exactly this mapping is in the range (a
+    /// - [`MapError::Exists`]: something other than exactly this mapping is in the range (a
     ///   different valid leaf, or a smaller valid leaf). Mapping exactly what is already there
     ///   (including a page inside an identical block) succeeds without a change.
-    /// - `ENOMEM`: the table pages needed could not be allocated.
+    /// - [`MapError::NoMemory`]: the table pages needed could not be allocated.
     ///
     /// An existing table under the range with no valid entry in it is replaced by the block
     /// (break-before-make) and its pages freed.
-    pub fn map(&mut self, ipa: u64, pa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
-        let level = level_for_size(size).ok_or(Errno::EINVAL)?;
+    pub fn map(&mut self, ipa: u64, pa: u64, size: u64, attrs: S2Attrs) -> Result<(), MapError> {
+        let level = level_for_size(size).ok_or(MapError::Invalid)?;
         if !ipa.is_multiple_of(size) || !pa.is_multiple_of(size) {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         self.check_range(ipa, size)?;
         if pa.checked_add(size).is_none_or(|end| end > 1 << PA_BITS) {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         self.install(ipa, level, leaf_desc(pa, level, attrs.to_bits()))
     }
 
     /// Writes the leaf `new` at `level` for `ipa`; see [`Stage2::map`].
-    fn install(&mut self, ipa: u64, level: u8, new: u64) -> Result<(), Errno> {
+    fn install(&mut self, ipa: u64, level: u8, new: u64) -> Result<(), MapError> {
         let (l, table, idx, desc) = self.descend(ipa, level);
         if l == level {
             return match kind(desc, l) {
@@ -643,7 +685,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                     self.free_subtree(sub, l + 1);
                     Ok(())
                 }
-                _ => Err(Errno::EEXIST),
+                _ => Err(MapError::Exists),
             };
         }
         // The walk stopped above `level`.
@@ -655,7 +697,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 if same_pa && leaf_attr_bits(desc) == leaf_attr_bits(new) {
                     Ok(())
                 } else {
-                    Err(Errno::EEXIST)
+                    Err(MapError::Exists)
                 }
             }
             Kind::Empty => {
@@ -668,7 +710,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                     let Some(t) = pool.take() else {
                         // Cannot happen: `needed` pages were allocated. Nothing is linked yet.
                         self.release(pool);
-                        return Err(Errno::ENOMEM);
+                        return Err(MapError::NoMemory);
                     };
                     self.write(t, self.index(ipa, lvl), child_desc);
                     child_desc = table_desc(t);
@@ -682,7 +724,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 Ok(())
             }
             // Cannot happen: the walk only stops above `level` at a leaf or an empty entry.
-            Kind::Table(_) => Err(Errno::EEXIST),
+            Kind::Table(_) => Err(MapError::Exists),
         }
     }
 
@@ -746,21 +788,21 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// Splits the block that maps `ipa` one level down: a 2 MiB block into 512 pages, a 1 GiB
     /// block into 512 2 MiB blocks, all with the block's attributes (break-before-make).
     ///
-    /// Errors (nothing changed): `EINVAL` for an address out of range or mapped
-    /// by a 4 KiB page, `ENOENT` if nothing maps it, `ENOMEM`
+    /// Errors (nothing changed): [`MapError::Invalid`] for an address out of range or mapped
+    /// by a 4 KiB page, [`MapError::NotMapped`] if nothing maps it, [`MapError::NoMemory`]
     /// without a table page.
-    pub fn split_block(&mut self, ipa: u64) -> Result<(), Errno> {
+    pub fn split_block(&mut self, ipa: u64) -> Result<(), MapError> {
         if ipa >= self.ipa.limit() {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         let (level, table, idx, desc) = self.descend(ipa, 3);
         if kind(desc, level) != Kind::Leaf {
-            return Err(Errno::ENOENT);
+            return Err(MapError::NotMapped);
         }
         if level == 3 {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
-        let new_table = self.alloc_table().ok_or(Errno::ENOMEM)?;
+        let new_table = self.alloc_table().ok_or(MapError::NoMemory)?;
         let base = ipa & !(level_size(level) - 1);
         self.split_entry(table, idx, level, base, new_table);
         Ok(())
@@ -772,11 +814,11 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// invalidated with [`TlbMaintenance::invalidate_range`]) and frees the table.
     ///
     /// Returns `Ok(true)` if merged, `Ok(false)` if the range does not qualify (including when
-    /// it already is a block). `EINVAL` if `ipa_2m` is not 2 MiB aligned or out
+    /// it already is a block). [`MapError::Invalid`] if `ipa_2m` is not 2 MiB aligned or out
     /// of range.
-    pub fn try_merge_block(&mut self, ipa_2m: u64) -> Result<bool, Errno> {
+    pub fn try_merge_block(&mut self, ipa_2m: u64) -> Result<bool, MapError> {
         if !ipa_2m.is_multiple_of(SIZE_2M) || ipa_2m >= self.ipa.limit() {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         let (level, table, idx, desc) = self.descend(ipa_2m, 2);
         let Kind::Table(sub) = kind(desc, level) else {
@@ -830,20 +872,20 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// block back this way once the range is uniform again. Needs no memory.
     ///
     /// Returns `Ok(true)` if mapped, `Ok(false)` if the range does not qualify (nothing
-    /// changed). `EINVAL` for unaligned or out-of-range arguments.
+    /// changed). [`MapError::Invalid`] for unaligned or out-of-range arguments.
     pub fn map_block_over_pages(
         &mut self,
         ipa_2m: u64,
         pa_2m: u64,
         attrs: S2Attrs,
-    ) -> Result<bool, Errno> {
+    ) -> Result<bool, MapError> {
         let bits = attrs.to_bits();
         if !ipa_2m.is_multiple_of(SIZE_2M)
             || !pa_2m.is_multiple_of(SIZE_2M)
             || ipa_2m >= self.ipa.limit()
             || pa_2m.checked_add(SIZE_2M).is_none_or(|e| e > 1 << PA_BITS)
         {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         let (level, table, idx, desc) = self.descend(ipa_2m, 2);
         let Kind::Table(sub) = kind(desc, level) else {
@@ -873,8 +915,8 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// inside the range and that ends up empty is unlinked and freed (after its entry was
     /// invalidated).
     ///
-    /// Errors (nothing changed): `EINVAL` for an unaligned or out-of-range range.
-    pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), Errno> {
+    /// Errors (nothing changed): [`MapError::Invalid`] for an unaligned or out-of-range range.
+    pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), MapError> {
         let end = self.check_range(ipa, size)?;
         self.modify(ipa, end, Op::Unmap)
     }
@@ -900,14 +942,14 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// that straddle an edge and differ from `attrs`. Each changed leaf goes through
     /// break-before-make; leaves that already have `attrs` are not touched.
     ///
-    /// Errors (nothing changed): `EINVAL` (unaligned, out of range),
-    /// `ENOENT` if any page of the range is not mapped, `ENOMEM`.
-    pub fn set_attrs(&mut self, ipa: u64, size: u64, attrs: S2Attrs) -> Result<(), Errno> {
+    /// Errors (nothing changed): [`MapError::Invalid`] (unaligned, out of range),
+    /// [`MapError::NotMapped`] if any page of the range is not mapped, [`MapError::NoMemory`].
+    pub fn set_attrs(&mut self, ipa: u64, size: u64, attrs: S2Attrs) -> Result<(), MapError> {
         let end = self.check_range(ipa, size)?;
         let bits = attrs.to_bits();
         let mut a = ipa;
         while a < end {
-            let m = self.walk(a).ok_or(Errno::ENOENT)?;
+            let m = self.walk(a).ok_or(MapError::NotMapped)?;
             a = m.ipa_base + m.size;
         }
         self.modify(ipa, end, Op::SetAttrs(bits))
@@ -954,7 +996,7 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         n
     }
 
-    fn modify(&mut self, start: u64, end: u64, op: Op) -> Result<(), Errno> {
+    fn modify(&mut self, start: u64, end: u64, op: Op) -> Result<(), MapError> {
         let needed = self.splits_needed(start, end, op);
         let mut pool = self.prealloc(needed)?;
         self.modify_in(self.root, 1, start, end, op, &mut pool);
@@ -1024,9 +1066,9 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
     /// Returns the mapping that now translates `ipa`; if one was there already (a race with
     /// another fault), returns it unchanged.
     ///
-    /// Errors (nothing changed): `EINVAL` if `ipa` is out of the IPA space or
-    /// `range_lo >= range_hi`; `EPERM` if `ipa` is outside
-    /// `[range_lo, range_hi)` or not even its 4 KiB page is allowed; `ENOMEM`.
+    /// Errors (nothing changed): [`MapError::Invalid`] if `ipa` is out of the IPA space or
+    /// `range_lo >= range_hi`; [`MapError::Refused`] if `ipa` is outside
+    /// `[range_lo, range_hi)` or not even its 4 KiB page is allowed; [`MapError::NoMemory`].
     pub fn map_identity_largest(
         &mut self,
         ipa: u64,
@@ -1034,12 +1076,12 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
         range_hi: u64,
         attrs: S2Attrs,
         allowed: &mut dyn FnMut(u64, u64) -> bool,
-    ) -> Result<Mapping, Errno> {
+    ) -> Result<Mapping, MapError> {
         if ipa >= self.ipa.limit() || range_lo >= range_hi {
-            return Err(Errno::EINVAL);
+            return Err(MapError::Invalid);
         }
         if ipa < range_lo || ipa >= range_hi {
-            return Err(Errno::EPERM);
+            return Err(MapError::Refused);
         }
         if let Some(m) = self.walk(ipa) {
             return Ok(m);
@@ -1057,9 +1099,9 @@ impl<M: PhysMem, T: TlbMaintenance> Stage2<M, T> {
                 continue;
             }
             self.map(base, base, size, attrs)?;
-            return self.walk(ipa).ok_or(Errno::EINVAL);
+            return self.walk(ipa).ok_or(MapError::Invalid);
         }
-        Err(Errno::EPERM)
+        Err(MapError::Refused)
     }
 
     /// True if no leaf lies under `[base, base + size)`, where `size` is a leaf size and

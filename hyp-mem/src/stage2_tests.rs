@@ -2,8 +2,6 @@
 
 use alloc::vec::Vec;
 
-use abi::Errno;
-
 use crate::fake::{FakeArena, RecordingTlb, TlbEvent, FAKE_BASE};
 use crate::stage2::*;
 
@@ -50,8 +48,8 @@ fn assert_bbm(s2: &S2) {
 fn assert_unchanged_err<R: core::fmt::Debug>(
     arena: &FakeArena,
     s2: &mut S2,
-    err: Errno,
-    f: impl FnOnce(&mut S2) -> Result<R, Errno>,
+    err: MapError,
+    f: impl FnOnce(&mut S2) -> Result<R, MapError>,
 ) {
     let before = leaves(s2);
     let live = arena.live_pages();
@@ -88,12 +86,12 @@ fn new_out_of_memory_hands_back_everything() {
     arena.set_alloc_budget(Some(0));
     let (e, _, _) =
         Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
-    assert_eq!(e, Errno::ENOMEM);
+    assert_eq!(e, MapError::NoMemory);
     // One free page only: no 8 KiB run.
     let arena = FakeArena::new(1);
     let (e, _, _) =
         Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
-    assert_eq!(e, Errno::ENOMEM);
+    assert_eq!(e, MapError::NoMemory);
     assert_eq!(arena.live_pages(), 0);
 }
 
@@ -195,12 +193,12 @@ fn map_rejects_bad_arguments() {
         (0, 1 << 40, SIZE_4K), // beyond the PA space
         (0, (1 << 40) - SIZE_2M, SIZE_1G),
     ] {
-        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
             s.map(ipa, pa, size, RWX)
         });
     }
     let (_, mut s39) = setup_with(IpaSize::Bits39, 8);
-    assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(Errno::EINVAL));
+    assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(MapError::Invalid));
     s39.map((1 << 39) - SIZE_1G, 0, SIZE_1G, RWX).unwrap();
 }
 
@@ -217,19 +215,19 @@ fn map_conflicts() {
     s2.map(0x20_3000, 0x40_3000, SIZE_4K, RWX).unwrap();
     assert_eq!(s2.tlb().events.len(), events);
     // Different PA, different attributes, page inside a different block, block over a page.
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x1000, 0x6000, SIZE_4K, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x1000, 0x5000, SIZE_4K, S2Attrs::NORMAL_RW)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x20_3000, 0x9000, SIZE_4K, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0, 0, SIZE_2M, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0, 0, SIZE_1G, RWX)
     });
     assert_bbm(&s2);
@@ -240,7 +238,7 @@ fn map_out_of_table_pages_changes_nothing() {
     let (arena, mut s2) = setup();
     for budget in [0, 1] {
         arena.set_alloc_budget(Some(budget));
-        assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
             s.map(0x1000, 0x1000, SIZE_4K, RWX)
         });
     }
@@ -250,7 +248,7 @@ fn map_out_of_table_pages_changes_nothing() {
     arena.set_alloc_budget(Some(0));
     s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
     s2.map(0x4000_0000, 0x4000_0000, SIZE_1G, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.map(0x20_0000, 0, SIZE_4K, RWX)
     });
 }
@@ -277,7 +275,7 @@ fn block_replaces_an_empty_table() {
         ]
     );
     // And a 1 GiB block over the now block-free level-2 table? It holds a block: EEXIST.
-    assert_eq!(s2.map(0, 0, SIZE_1G, RWX), Err(Errno::EEXIST));
+    assert_eq!(s2.map(0, 0, SIZE_1G, RWX), Err(MapError::Exists));
     s2.unmap(0, SIZE_2M).unwrap();
     s2.tlb_mut().clear();
     s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();
@@ -337,9 +335,15 @@ fn split_2m_block_into_pages_with_bbm() {
     assert_eq!(arena.live_pages(), 4);
     assert_bbm(&s2);
     // Splitting a page, or nothing.
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(0x20_5000));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| s.split_block(0x60_0000));
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(1 << 40));
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
+        s.split_block(0x20_5000)
+    });
+    assert_unchanged_err(&arena, &mut s2, MapError::NotMapped, |s| {
+        s.split_block(0x60_0000)
+    });
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
+        s.split_block(1 << 40)
+    });
 }
 
 #[test]
@@ -347,7 +351,7 @@ fn split_1g_block_and_out_of_memory() {
     let (arena, mut s2) = setup();
     s2.map(SIZE_1G, 0, SIZE_1G, RWX).unwrap();
     arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.split_block(SIZE_1G + 0x1234_5000)
     });
     arena.set_alloc_budget(None);
@@ -386,8 +390,8 @@ fn merge_restores_the_block_and_frees_the_table() {
     // Already a block; nothing there; unaligned; out of range.
     assert_eq!(s2.try_merge_block(0x20_0000), Ok(false));
     assert_eq!(s2.try_merge_block(0x40_0000), Ok(false));
-    assert_eq!(s2.try_merge_block(0x20_1000), Err(Errno::EINVAL));
-    assert_eq!(s2.try_merge_block(1 << 40), Err(Errno::EINVAL));
+    assert_eq!(s2.try_merge_block(0x20_1000), Err(MapError::Invalid));
+    assert_eq!(s2.try_merge_block(1 << 40), Err(MapError::Invalid));
     assert_bbm(&s2);
 }
 
@@ -490,7 +494,7 @@ fn a_block_maps_over_the_pages_of_it_already_there() {
     assert_ne!(leaves(&s2), before);
     assert_eq!(
         s2.map_block_over_pages(0x1000, 0x8000_0000, RWX),
-        Err(Errno::EINVAL)
+        Err(MapError::Invalid)
     );
     // The pages fit the block: the table goes, the block comes, no memory needed.
     arena.set_alloc_budget(Some(0));
@@ -580,7 +584,7 @@ fn unmap_rejects_bad_ranges() {
         ((1 << 40) - SIZE_4K, 2 * SIZE_4K),
         (!0xfffu64, SIZE_4K),
     ] {
-        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.unmap(ipa, size));
+        assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| s.unmap(ipa, size));
     }
     // Unmapping a hole is fine.
     s2.unmap(0, SIZE_4K).unwrap();
@@ -604,10 +608,10 @@ fn set_attrs_splits_only_what_changes() {
     assert_eq!(s2.walk(0x20_2000).unwrap().attrs, RWX);
     assert_eq!(s2.walk(0x20_1000).unwrap().pa_base, 0x8020_1000);
     // A hole in the range: ENOENT, nothing changed.
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NotMapped, |s| {
         s.set_attrs(0x3f_f000, 2 * SIZE_4K, ro)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
         s.set_attrs(0x20_0800, SIZE_4K, ro)
     });
     // Whole range: every page goes through break-before-make.
@@ -707,20 +711,20 @@ fn identity_map_respects_policy_range_and_what_is_there() {
         .map_identity_largest(0xa000_3000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
         .unwrap();
     assert_eq!(m.size, SIZE_4K);
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Refused, |s| {
         s.map_identity_largest(0xa010_0000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Refused, |s| {
         s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| false)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
         s.map_identity_largest(0xb000_0000, RAM_HI, RAM_LO, RWX, &mut |_, _| true)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
         s.map_identity_largest(1 << 40, 0, u64::MAX, RWX, &mut |_, _| true)
     });
     arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |lo, hi| {
             hi - lo == SIZE_4K
         })
@@ -779,4 +783,14 @@ fn the_tlb_model_catches_a_missing_break_before_make() {
     arena.write_u64(slot, desc ^ 0x1000);
     s2.tlb_mut().publish();
     assert_eq!(s2.tlb().violations.len(), 1);
+}
+
+#[test]
+fn errors_become_errno_at_the_abi_edge() {
+    use abi::Errno;
+    assert_eq!(Errno::from(MapError::Invalid), Errno::EINVAL);
+    assert_eq!(Errno::from(MapError::Exists), Errno::EEXIST);
+    assert_eq!(Errno::from(MapError::NotMapped), Errno::ENOENT);
+    assert_eq!(Errno::from(MapError::NoMemory), Errno::ENOMEM);
+    assert_eq!(Errno::from(MapError::Refused), Errno::EPERM);
 }

@@ -18,7 +18,7 @@ use hyp_core::{GmemHandle, Invalidation, VmHandle};
 use hyp_mem::ownership::{
     Access, Component, Ownership, PageMeta, PageState, Transition, Violation,
 };
-use hyp_mem::stage2::{PhysMem, S2Attrs, Stage2, ENTRIES};
+use hyp_mem::stage2::{MapError, PhysMem, S2Attrs, Stage2, ENTRIES};
 
 use crate::arch::tlb::HwTlb;
 use crate::mm;
@@ -250,7 +250,7 @@ impl Hyp {
                     S2Attrs::DEVICE_RW,
                     &mut |_, _| true,
                 ),
-                None => Err(Errno::EPERM),
+                None => Err(MapError::Refused),
             }
         } else if ipa < ram_end {
             let owners = &self.owners;
@@ -262,7 +262,7 @@ impl Hyp {
                 &mut |lo, hi| owners.host_can_access_range(lo, hi),
             )
         } else {
-            Err(Errno::EPERM)
+            Err(MapError::Refused)
         };
         match r {
             Ok(m) => {
@@ -352,7 +352,7 @@ pub enum GuestViewViolation {
 
 /// Builds the host stage-2 (empty: it fills on demand).
 pub fn new_host_stage2() -> Result<HostStage2, Errno> {
-    Stage2::new(HypPages, HwTlb, 0, crate::vmm::IPA).map_err(|(e, _, _)| e)
+    Stage2::new(HypPages, HwTlb, 0, crate::vmm::IPA).map_err(|(e, _, _)| e.into())
 }
 
 /// The ownership table over RAM, with the hyp's region taken from the host.

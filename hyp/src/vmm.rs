@@ -23,7 +23,7 @@ use hyp_core::{
 use hyp_mem::ownership::{Ownership, PageMeta, Transition};
 
 use crate::protect::{self, HostStage2};
-use hyp_mem::stage2::{IpaSize, S2Attrs, Stage2};
+use hyp_mem::stage2::{IpaSize, MapError, S2Attrs, Stage2};
 
 use crate::arch::exit::{self as guest_exit, AbortAccess, GuestExit, MmioAccess};
 use crate::arch::inject::Injected;
@@ -286,7 +286,7 @@ pub mod calls {
             let stage2 = if h.0 > MAX_VMID {
                 Err(Errno::ENOSPC)
             } else {
-                Stage2::new(VmPool::default(), HwTlb, h.0 as u16, IPA).map_err(|(e, _, _)| e)
+                Stage2::new(VmPool::default(), HwTlb, h.0 as u16, IPA).map_err(|(e, _, _)| e.into())
             };
             let stage2 = match stage2 {
                 Ok(s) => s,
@@ -929,7 +929,7 @@ fn map_resolved(
     let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
     let mut r = v.stage2.map(ipa, pa, size, S2Attrs::NORMAL_RWX);
     let mut mapped = size;
-    if r == Err(Errno::EEXIST) && size > PAGE_SIZE {
+    if r == Err(MapError::Exists) && size > PAGE_SIZE {
         // Some pages of the range are mapped one by one (faulted back after an unmap took the
         // block while the range was mixed): the block replaces them if they are its own pages,
         // else the faulting page is mapped alone.
