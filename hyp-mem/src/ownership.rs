@@ -30,7 +30,7 @@ use alloc::vec::Vec;
 
 use abi::Errno;
 
-use crate::stage2::PAGE_SIZE;
+use crate::table::PAGE_SIZE;
 
 /// A VM handle.
 pub type VmHandle = u16;
