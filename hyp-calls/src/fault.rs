@@ -7,7 +7,7 @@
 use abi::host::ExitReason;
 use abi::{Errno, PAGE_SIZE};
 use hyp_core::{Access, FaultResolution, FaultSource, VmHandle};
-use hyp_mem::stage2::S2Attrs;
+use hyp_mem::stage2::{MapError, S2Attrs};
 
 use crate::exit::{Injected, MmioAccess};
 use crate::platform::{Platform, VcpuContext};
@@ -61,7 +61,7 @@ pub fn map_resolved<P: Platform>(
     let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
     let mut r = v.stage2.map(ipa, pa, size, S2Attrs::NORMAL_RWX);
     let mut mapped = size;
-    if r == Err(Errno::EEXIST) && size > PAGE_SIZE {
+    if r == Err(MapError::Exists) && size > PAGE_SIZE {
         // Some pages of the range are mapped one by one (faulted back after an unmap took the
         // block while the range was mixed): the block replaces them if they are its own pages,
         // else the faulting page is mapped alone.

@@ -13,7 +13,7 @@ use abi::{Errno, PAGE_SIZE};
 use hyp_core::{GmemHandle, Invalidation, VmHandle};
 use hyp_mem::ownership::{Access, Component, PageState, Transition, Violation};
 use hyp_mem::pool;
-use hyp_mem::stage2::S2Attrs;
+use hyp_mem::stage2::{MapError, S2Attrs};
 
 use crate::platform::Platform;
 use crate::state::Hyp;
@@ -223,7 +223,7 @@ impl<P: Platform> Hyp<P> {
                     S2Attrs::DEVICE_RW,
                     &mut |_, _| true,
                 ),
-                None => Err(Errno::EPERM),
+                None => Err(MapError::Refused),
             }
         } else if ipa < ram_end {
             let owners = &self.owners;
@@ -235,7 +235,7 @@ impl<P: Platform> Hyp<P> {
                 &mut |lo, hi| owners.host_can_access_range(lo, hi),
             )
         } else {
-            Err(Errno::EPERM)
+            Err(MapError::Refused)
         };
         match r {
             Ok(m) => {
@@ -262,7 +262,6 @@ impl<P: Platform> Hyp<P> {
                 pa: m.pa_base,
                 size: m.size,
                 who: Component::Host,
-                claimed: None,
             })
             .collect();
         for (&id, v) in &self.vms {
@@ -270,7 +269,6 @@ impl<P: Platform> Hyp<P> {
                 pa: m.pa_base,
                 size: m.size,
                 who: Component::Guest(id as u16),
-                claimed: None,
             }));
         }
         self.owners.check_invariants(accesses)

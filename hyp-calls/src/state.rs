@@ -121,7 +121,7 @@ impl<P: Platform> Hyp<P> {
             pa += PAGE_SIZE;
         }
         let host_s2 = Stage2::new(HypTables(platform.ram()), platform.tlb(), 0, IPA)
-            .map_err(|(e, _, _)| e)?;
+            .map_err(|(e, _, _)| Errno::from(e))?;
         Ok(Hyp {
             platform,
             world: World::new(),

@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{RefCell, UnsafeCell};
 
-use crate::stage2::{PhysMem, TlbMaintenance, ENTRIES, PAGE_SIZE};
+use crate::table::{PhysMem, TlbMaintenance, ENTRIES, PAGE_SIZE};
 
 /// Default physical base of a [`FakeArena`].
 pub const FAKE_BASE: u64 = 0x4000_0000;

@@ -30,18 +30,10 @@ use alloc::vec::Vec;
 
 use abi::Errno;
 
-use crate::stage2::{OwnerAnnotation, S2Attrs, PAGE_SIZE};
+use crate::table::PAGE_SIZE;
 
 /// A VM handle.
 pub type VmHandle = u16;
-
-/// Owner ids used in [`OwnerAnnotation::owner`] for the host stage-2.
-pub mod owner_id {
-    /// The page belongs to the hyp.
-    pub const HYP: u8 = 1;
-    /// The page belongs to a guest (VM handle and gfn in the annotation).
-    pub const GUEST: u8 = 2;
-}
 
 /// The state of a page for one component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,33 +67,6 @@ impl PageState {
     /// Is the component the owner?
     pub const fn owns(self) -> bool {
         matches!(self, PageState::Owned | PageState::SharedOwned)
-    }
-
-    /// The stage-2 software bits (descriptor bits 55-56, i.e. `S2Attrs::sw` bits 0-1) that
-    /// record this state in a valid leaf, as pKVM does: OWNED 0b00, SHARED_OWNED 0b01,
-    /// SHARED_BORROWED 0b10. `None` for NOPAGE, which has no valid leaf.
-    pub const fn sw_bits(self) -> Option<u8> {
-        match self {
-            PageState::NoPage => None,
-            s => Some(s as u8),
-        }
-    }
-
-    /// Decodes the state from the software bits of a leaf (bits 0-1 of `attrs.sw`).
-    pub const fn from_attrs(attrs: S2Attrs) -> PageState {
-        match attrs.sw & 3 {
-            0 => PageState::Owned,
-            1 => PageState::SharedOwned,
-            _ => PageState::SharedBorrowed,
-        }
-    }
-
-    /// `attrs` with this state in software bits 0-1 (bits 2-3 kept). NOPAGE leaves them as is.
-    pub const fn apply_to(self, attrs: S2Attrs) -> S2Attrs {
-        match self.sw_bits() {
-            Some(b) => attrs.with_sw((attrs.sw & !3) | b),
-            None => attrs,
-        }
     }
 }
 
@@ -297,17 +262,6 @@ pub enum Violation {
         /// Its state in the ownership table.
         state: PageState,
     },
-    /// The state recorded with a mapping (stage-2 software bits) disagrees with the table.
-    ClaimMismatch {
-        /// Page.
-        pa: u64,
-        /// Whose mapping.
-        who: Component,
-        /// State in the mapping.
-        claimed: PageState,
-        /// State in the table.
-        actual: PageState,
-    },
     /// Two components own the page (OWNED or SHARED_OWNED).
     OwnedTwice {
         /// Page.
@@ -347,8 +301,6 @@ pub struct Access {
     pub size: u64,
     /// Who reaches it.
     pub who: Component,
-    /// The state the mapping records (guest stage-2 software bits), if any.
-    pub claimed: Option<PageState>,
 }
 
 /// The ownership table over `[ram_base, ram_base + n * 4096)`, stored in `S` (a
@@ -459,28 +411,6 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
             .as_ref()
             .get(a..=b)
             .is_some_and(|s| s.iter().all(|m| m.info().host.accessible()))
-    }
-
-    /// The annotation the host stage-2 should carry for a page the host gave away, or `None`
-    /// if the host can access it (or `pa` is outside RAM). `gfn` is where the guest maps it.
-    pub fn host_annotation(&self, pa: u64, gfn: u64) -> Option<OwnerAnnotation> {
-        let i = self.info(pa).ok()?;
-        if i.host.accessible() {
-            return None;
-        }
-        match i.owner()? {
-            Component::Hyp => Some(OwnerAnnotation {
-                owner: owner_id::HYP,
-                vm: 0,
-                gfn: 0,
-            }),
-            Component::Guest(vm) => Some(OwnerAnnotation {
-                owner: owner_id::GUEST,
-                vm,
-                gfn,
-            }),
-            Component::Host => None,
-        }
     }
 
     /// What `t` on `pa` would answer, without changing anything.
@@ -693,8 +623,7 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
     pub fn host_unshare_from_hyp(&mut self, pa: u64) -> Result<(), Errno> {
         self.apply(pa, Transition::HostUnshareFromHyp, None)
     }
-    /// Host OWNED -> NOPAGE, guest `vm` NOPAGE -> OWNED (the host stage-2 should then carry
-    /// [`Ownership::host_annotation`]).
+    /// Host OWNED -> NOPAGE, guest `vm` NOPAGE -> OWNED.
     pub fn host_donate_to_guest(&mut self, pa: u64, vm: VmHandle) -> Result<(), Errno> {
         self.apply(pa, Transition::HostDonateToGuest(vm), None)
     }
@@ -832,15 +761,6 @@ impl<S: AsRef<[PageMeta]> + AsMut<[PageMeta]>> Ownership<S> {
                             who: acc.who,
                             state,
                         });
-                    } else if let Some(claimed) = acc.claimed {
-                        if claimed != state {
-                            out.push(Violation::ClaimMismatch {
-                                pa,
-                                who: acc.who,
-                                claimed,
-                                actual: state,
-                            });
-                        }
                     }
                 }
                 pa += PAGE_SIZE;

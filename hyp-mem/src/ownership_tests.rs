@@ -8,7 +8,7 @@ use abi::Errno;
 
 use crate::fake::{FakeArena, RecordingTlb};
 use crate::ownership::*;
-use crate::stage2::{IpaSize, Leaf, OwnerAnnotation, S2Attrs, Stage2, SIZE_2M, SIZE_4K};
+use crate::stage2::{IpaSize, MapError, S2Attrs, Stage2, SIZE_2M, SIZE_4K};
 
 pub(crate) const RAM: u64 = 0x4000_0000;
 
@@ -195,7 +195,6 @@ impl Model {
                     pa,
                     size: SIZE_4K,
                     who,
-                    claimed: Some(s),
                 });
             }
         }
@@ -357,40 +356,11 @@ fn queries() {
         own.state(c, Component::Guest(7)),
         Ok(PageState::SharedBorrowed)
     );
-    assert_eq!(
-        own.host_annotation(a, 0x123),
-        Some(OwnerAnnotation {
-            owner: owner_id::GUEST,
-            vm: 7,
-            gfn: 0x123
-        })
-    );
-    assert_eq!(
-        own.host_annotation(b, 0),
-        Some(OwnerAnnotation {
-            owner: owner_id::HYP,
-            vm: 0,
-            gfn: 0
-        })
-    );
-    assert_eq!(own.host_annotation(c, 0), None);
     assert!(own.host_can_access_range(c, c + SIZE_4K));
     assert!(!own.host_can_access_range(b, c + SIZE_4K));
     assert!(own.host_can_access_range(c, RAM + 4 * SIZE_4K));
     assert!(!own.host_can_access_range(c, RAM + 5 * SIZE_4K));
     assert!(!own.host_can_access_range(c, c));
-    // Software-bit encoding of guest states (pKVM's).
-    for s in [
-        PageState::Owned,
-        PageState::SharedOwned,
-        PageState::SharedBorrowed,
-    ] {
-        let attrs = s.apply_to(S2Attrs::NORMAL_RWX.with_sw(0b1100));
-        assert_eq!(attrs.sw & 0b1100, 0b1100);
-        assert_eq!(PageState::from_attrs(attrs), s);
-    }
-    assert_eq!(PageState::SharedBorrowed.sw_bits(), Some(0b10));
-    assert_eq!(PageState::NoPage.sw_bits(), None);
 }
 
 fn broken(info: PageInfo) -> Vec<Violation> {
@@ -492,20 +462,15 @@ fn checker_reports_broken_tables() {
 }
 
 #[test]
-fn checker_reports_unauthorized_and_mismatched_accesses() {
+fn checker_reports_unauthorized_accesses() {
     let mut own = table(4);
     let (a, b) = (RAM, RAM + SIZE_4K);
     own.host_donate_to_guest(a, 1).unwrap();
     own.host_donate_to_guest(b, 2).unwrap();
     own.guest_share_with_host(b, 2).unwrap();
-    let acc = |pa, size, who, claimed| Access {
-        pa,
-        size,
-        who,
-        claimed,
-    };
+    let acc = |pa, size, who| Access { pa, size, who };
     // The host maps all of RAM in one range: pages a (guest 1's) is reported, b (borrowed) not.
-    let v = own.check_invariants([acc(RAM, 4 * SIZE_4K, Component::Host, None)]);
+    let v = own.check_invariants([acc(RAM, 4 * SIZE_4K, Component::Host)]);
     assert_eq!(
         v,
         [Violation::Unauthorized {
@@ -514,12 +479,12 @@ fn checker_reports_unauthorized_and_mismatched_accesses() {
             state: PageState::NoPage
         }]
     );
-    // Guest 2 maps guest 1's page; the hyp maps b; guest 2 claims OWNED for a page it shares.
+    // Guest 2 maps guest 1's page; the hyp maps b; guest 2 maps the page it shares.
     let v = own.check_invariants([
-        acc(a, SIZE_4K, Component::Guest(2), Some(PageState::Owned)),
-        acc(b, SIZE_4K, Component::Hyp, None),
-        acc(b, SIZE_4K, Component::Guest(2), Some(PageState::Owned)),
-        acc(a, SIZE_4K, Component::Guest(1), Some(PageState::Owned)),
+        acc(a, SIZE_4K, Component::Guest(2)),
+        acc(b, SIZE_4K, Component::Hyp),
+        acc(b, SIZE_4K, Component::Guest(2)),
+        acc(a, SIZE_4K, Component::Guest(1)),
     ]);
     assert_eq!(
         v,
@@ -534,27 +499,21 @@ fn checker_reports_unauthorized_and_mismatched_accesses() {
                 who: Component::Hyp,
                 state: PageState::NoPage
             },
-            Violation::ClaimMismatch {
-                pa: b,
-                who: Component::Guest(2),
-                claimed: PageState::Owned,
-                actual: PageState::SharedOwned
-            },
         ]
     );
     // Ranges outside RAM (MMIO) and huge ranges do not overflow or report.
     assert_eq!(
-        own.check_invariants([acc(0x900_0000, SIZE_4K, Component::Host, None)]),
+        own.check_invariants([acc(0x900_0000, SIZE_4K, Component::Host)]),
         []
     );
     assert_eq!(
-        own.check_invariants([acc(b, u64::MAX, Component::Host, None)]),
+        own.check_invariants([acc(b, u64::MAX, Component::Host)]),
         []
     );
 }
 
-/// The pKVM flow end to end with real tables: donate to a guest, annotate the host stage-2,
-/// share back, and the checker fed from both stage-2s' leaves.
+/// The pKVM flow end to end with real tables: donate to a guest, share back, and the checker
+/// fed from both stage-2s' leaves.
 #[test]
 fn checker_over_real_stage2_tables() {
     let pages = 1024usize; // 4 MiB of RAM
@@ -569,23 +528,18 @@ fn checker_over_real_stage2_tables() {
     let gather = |host: &Stage2<FakeArena, RecordingTlb>,
                   guest: &Stage2<FakeArena, RecordingTlb>| {
         let mut acc = Vec::new();
-        for l in host.leaves() {
-            if let Leaf::Mapped(m) = l {
-                acc.push(Access {
-                    pa: m.pa_base,
-                    size: m.size,
-                    who: Component::Host,
-                    claimed: None,
-                });
-            }
+        for m in host.mappings() {
+            acc.push(Access {
+                pa: m.pa_base,
+                size: m.size,
+                who: Component::Host,
+            });
         }
         for m in guest.mappings() {
-            let claimed = Some(PageState::from_attrs(m.attrs));
             acc.push(Access {
                 pa: m.pa_base,
                 size: m.size,
                 who: Component::Guest(1),
-                claimed,
             });
         }
         acc
@@ -601,34 +555,19 @@ fn checker_over_real_stage2_tables() {
     own.check(page, Transition::HostDonateToGuest(1)).unwrap();
     host.unmap(page, SIZE_4K).unwrap();
     own.host_donate_to_guest(page, 1).unwrap();
-    let ann = own.host_annotation(page, gfn).unwrap().encode().unwrap();
-    host.set_annotation(page, ann).unwrap();
     guest
-        .map(
-            gfn << 12,
-            page,
-            SIZE_4K,
-            PageState::Owned.apply_to(S2Attrs::NORMAL_RWX),
-        )
+        .map(gfn << 12, page, SIZE_4K, S2Attrs::NORMAL_RWX)
         .unwrap();
     assert_eq!(own.check_invariants(gather(&host, &guest)), []);
     // A host fault on the donated page is refused.
     assert_eq!(
         host.map_identity_largest(page, RAM, ram_hi, S2Attrs::NORMAL_RWX, &mut |lo, hi| own
             .host_can_access_range(lo, hi)),
-        Err(Errno::EPERM)
+        Err(MapError::Refused)
     );
 
-    // The guest shares it: its entry is relabelled, the host annotation goes, the host maps it.
+    // The guest shares it: the host maps it.
     own.guest_share_with_host(page, 1).unwrap();
-    guest
-        .set_attrs(
-            gfn << 12,
-            SIZE_4K,
-            PageState::SharedOwned.apply_to(S2Attrs::NORMAL_RWX),
-        )
-        .unwrap();
-    assert_eq!(host.clear_annotation(page), Ok(ann));
     let m = host
         .map_identity_largest(page, RAM, ram_hi, S2Attrs::NORMAL_RWX, &mut |lo, hi| {
             own.host_can_access_range(lo, hi)
@@ -641,13 +580,6 @@ fn checker_over_real_stage2_tables() {
 
     // A buggy unshare that forgets the host's mapping is caught.
     own.guest_unshare_from_host(page, 1).unwrap();
-    guest
-        .set_attrs(
-            gfn << 12,
-            SIZE_4K,
-            PageState::Owned.apply_to(S2Attrs::NORMAL_RWX),
-        )
-        .unwrap();
     let v = own.check_invariants(gather(&host, &guest));
     assert_eq!(
         v,

@@ -4,7 +4,6 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use abi::Errno;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
@@ -29,13 +28,12 @@ fn config(cases: u32, miri_cases: u32) -> Config {
 
 const ATTRS: [S2Attrs; 3] = [
     S2Attrs::NORMAL_RWX,
-    S2Attrs::NORMAL_RW.with_sw(1),
+    S2Attrs::NORMAL_RW,
     S2Attrs {
         read: true,
         write: false,
         exec: false,
         mem: MemType::NormalWriteBack,
-        sw: 2,
     },
 ];
 const PA_OFFSET: u64 = 0x1_0000_0000;
@@ -176,16 +174,16 @@ proptest! {
         }
         let mut model = IntervalModel::default();
         for (op, fail) in ops {
-            let before: Vec<Leaf> = s2.leaves().collect();
+            let before: Vec<Mapping> = s2.mappings().collect();
             let live = arena.live_pages();
             arena.set_alloc_budget(if fail { Some(0) } else { None });
-            let result: Result<(), Errno> = match op {
+            let result: Result<(), MapError> = match op {
                 S2Op::Map { ipa, pa, size, attrs } => {
                     let r = s2.map(ipa, pa, size, ATTRS[attrs]);
                     let hi = ipa + size;
                     let parts = model.overlapping(ipa, hi);
                     if parts.is_empty() {
-                        if !(fail && r == Err(Errno::ENOMEM)) {
+                        if !(fail && r == Err(MapError::NoMemory)) {
                             prop_assert_eq!(r, Ok(()));
                             model.0.insert(ipa, (size, pa, ATTRS[attrs]));
                         }
@@ -193,9 +191,9 @@ proptest! {
                         let same = model.covered(ipa, hi) == size
                             && parts.iter().all(|&(s, _, p, a)| p.wrapping_sub(s) == pa.wrapping_sub(ipa) && a == ATTRS[attrs]);
                         if same {
-                            prop_assert!(r == Ok(()) || r == Err(Errno::EEXIST), "{:?}", r);
+                            prop_assert!(r == Ok(()) || r == Err(MapError::Exists), "{:?}", r);
                         } else {
-                            prop_assert_eq!(r, Err(Errno::EEXIST));
+                            prop_assert_eq!(r, Err(MapError::Exists));
                         }
                     }
                     r
@@ -219,8 +217,8 @@ proptest! {
                     let size = pages * SIZE_4K;
                     let r = s2.set_attrs(ipa, size, ATTRS[attrs]);
                     if model.covered(ipa, ipa + size) != size {
-                        prop_assert_eq!(r, Err(Errno::ENOENT));
-                    } else if !(fail && r == Err(Errno::ENOMEM)) {
+                        prop_assert_eq!(r, Err(MapError::NotMapped));
+                    } else if !(fail && r == Err(MapError::NoMemory)) {
                         prop_assert_eq!(r, Ok(()));
                         model.set_attrs(ipa, ipa + size, ATTRS[attrs]);
                     }
@@ -230,10 +228,10 @@ proptest! {
                     let old = s2.walk(ipa);
                     let r = s2.split_block(ipa);
                     match old {
-                        None => prop_assert_eq!(r, Err(Errno::ENOENT)),
-                        Some(m) if m.level == 3 => prop_assert_eq!(r, Err(Errno::EINVAL)),
+                        None => prop_assert_eq!(r, Err(MapError::NotMapped)),
+                        Some(m) if m.level == 3 => prop_assert_eq!(r, Err(MapError::Invalid)),
                         Some(m) => {
-                            if !(fail && r == Err(Errno::ENOMEM)) {
+                            if !(fail && r == Err(MapError::NoMemory)) {
                                 prop_assert_eq!(r, Ok(()));
                                 prop_assert_eq!(s2.walk(ipa).unwrap().level, m.level + 1);
                             }
@@ -253,7 +251,7 @@ proptest! {
             };
             arena.set_alloc_budget(None);
             if result.is_err() {
-                let after: Vec<Leaf> = s2.leaves().collect();
+                let after: Vec<Mapping> = s2.mappings().collect();
                 prop_assert_eq!(after, before);
                 prop_assert_eq!(arena.live_pages(), live);
             }

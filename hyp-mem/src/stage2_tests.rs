@@ -2,8 +2,6 @@
 
 use alloc::vec::Vec;
 
-use abi::Errno;
-
 use crate::fake::{FakeArena, RecordingTlb, TlbEvent, FAKE_BASE};
 use crate::stage2::*;
 
@@ -37,8 +35,8 @@ fn setup() -> (FakeArena, S2) {
     setup_with(IpaSize::Bits40, 32)
 }
 
-fn leaves(s2: &S2) -> Vec<Leaf> {
-    s2.leaves().collect()
+fn leaves(s2: &S2) -> Vec<Mapping> {
+    s2.mappings().collect()
 }
 
 /// Asserts that the TLB model saw no break-before-make violation.
@@ -50,8 +48,8 @@ fn assert_bbm(s2: &S2) {
 fn assert_unchanged_err<R: core::fmt::Debug>(
     arena: &FakeArena,
     s2: &mut S2,
-    err: Errno,
-    f: impl FnOnce(&mut S2) -> Result<R, Errno>,
+    err: MapError,
+    f: impl FnOnce(&mut S2) -> Result<R, MapError>,
 ) {
     let before = leaves(s2);
     let live = arena.live_pages();
@@ -88,12 +86,12 @@ fn new_out_of_memory_hands_back_everything() {
     arena.set_alloc_budget(Some(0));
     let (e, _, _) =
         Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
-    assert_eq!(e, Errno::ENOMEM);
+    assert_eq!(e, MapError::NoMemory);
     // One free page only: no 8 KiB run.
     let arena = FakeArena::new(1);
     let (e, _, _) =
         Stage2::new(arena.clone(), RecordingTlb::new(), 1, IpaSize::Bits40).unwrap_err();
-    assert_eq!(e, Errno::ENOMEM);
+    assert_eq!(e, MapError::NoMemory);
     assert_eq!(arena.live_pages(), 0);
 }
 
@@ -139,7 +137,7 @@ fn map_page_writes_exact_descriptors() {
 }
 
 #[test]
-fn map_device_and_software_bits() {
+fn map_device_and_read_only() {
     let (_, mut s2) = setup();
     s2.map(0x0900_0000, 0x0900_0000, SIZE_4K, S2Attrs::DEVICE_RW)
         .unwrap();
@@ -150,14 +148,10 @@ fn map_device_and_software_bits() {
         write: false,
         exec: true,
         mem: MemType::NormalWriteBack,
-        sw: 0b1010,
     };
     s2.map(0x2000, 0x3000, SIZE_4K, attrs).unwrap();
     let (_, desc) = s2.descriptor(0x2000, 3).unwrap();
-    assert_eq!(
-        desc,
-        0x3000 | 0x400 | 0x300 | 0x3c | 0x40 | 0b11 | 0b1010 << 55
-    );
+    assert_eq!(desc, 0x3000 | 0x400 | 0x300 | 0x3c | 0x40 | 0b11);
     assert_eq!(s2.walk(0x2000).unwrap().attrs, attrs);
 }
 
@@ -199,15 +193,12 @@ fn map_rejects_bad_arguments() {
         (0, 1 << 40, SIZE_4K), // beyond the PA space
         (0, (1 << 40) - SIZE_2M, SIZE_1G),
     ] {
-        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+        assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
             s.map(ipa, pa, size, RWX)
         });
     }
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.map(0, 0, SIZE_4K, RWX.with_sw(16))
-    });
     let (_, mut s39) = setup_with(IpaSize::Bits39, 8);
-    assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(Errno::EINVAL));
+    assert_eq!(s39.map(1 << 39, 0, SIZE_4K, RWX), Err(MapError::Invalid));
     s39.map((1 << 39) - SIZE_1G, 0, SIZE_1G, RWX).unwrap();
 }
 
@@ -224,19 +215,19 @@ fn map_conflicts() {
     s2.map(0x20_3000, 0x40_3000, SIZE_4K, RWX).unwrap();
     assert_eq!(s2.tlb().events.len(), events);
     // Different PA, different attributes, page inside a different block, block over a page.
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x1000, 0x6000, SIZE_4K, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x1000, 0x5000, SIZE_4K, S2Attrs::NORMAL_RW)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0x20_3000, 0x9000, SIZE_4K, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0, 0, SIZE_2M, RWX)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Exists, |s| {
         s.map(0, 0, SIZE_1G, RWX)
     });
     assert_bbm(&s2);
@@ -247,7 +238,7 @@ fn map_out_of_table_pages_changes_nothing() {
     let (arena, mut s2) = setup();
     for budget in [0, 1] {
         arena.set_alloc_budget(Some(budget));
-        assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+        assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
             s.map(0x1000, 0x1000, SIZE_4K, RWX)
         });
     }
@@ -257,7 +248,7 @@ fn map_out_of_table_pages_changes_nothing() {
     arena.set_alloc_budget(Some(0));
     s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
     s2.map(0x4000_0000, 0x4000_0000, SIZE_1G, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.map(0x20_0000, 0, SIZE_4K, RWX)
     });
 }
@@ -284,7 +275,7 @@ fn block_replaces_an_empty_table() {
         ]
     );
     // And a 1 GiB block over the now block-free level-2 table? It holds a block: EEXIST.
-    assert_eq!(s2.map(0, 0, SIZE_1G, RWX), Err(Errno::EEXIST));
+    assert_eq!(s2.map(0, 0, SIZE_1G, RWX), Err(MapError::Exists));
     s2.unmap(0, SIZE_2M).unwrap();
     s2.tlb_mut().clear();
     s2.map(0, 0x4000_0000, SIZE_1G, RWX).unwrap();
@@ -306,7 +297,10 @@ fn block_replaces_an_empty_table() {
 #[test]
 fn split_2m_block_into_pages_with_bbm() {
     let (arena, mut s2) = setup();
-    let attrs = RWX.with_sw(3);
+    let attrs = S2Attrs {
+        write: false,
+        ..RWX
+    };
     s2.map(0x20_0000, 0x8060_0000, SIZE_2M, attrs).unwrap();
     s2.tlb_mut().clear();
     s2.split_block(0x20_5000).unwrap();
@@ -341,9 +335,15 @@ fn split_2m_block_into_pages_with_bbm() {
     assert_eq!(arena.live_pages(), 4);
     assert_bbm(&s2);
     // Splitting a page, or nothing.
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(0x20_5000));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| s.split_block(0x60_0000));
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.split_block(1 << 40));
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
+        s.split_block(0x20_5000)
+    });
+    assert_unchanged_err(&arena, &mut s2, MapError::NotMapped, |s| {
+        s.split_block(0x60_0000)
+    });
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
+        s.split_block(1 << 40)
+    });
 }
 
 #[test]
@@ -351,7 +351,7 @@ fn split_1g_block_and_out_of_memory() {
     let (arena, mut s2) = setup();
     s2.map(SIZE_1G, 0, SIZE_1G, RWX).unwrap();
     arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.split_block(SIZE_1G + 0x1234_5000)
     });
     arena.set_alloc_budget(None);
@@ -390,8 +390,8 @@ fn merge_restores_the_block_and_frees_the_table() {
     // Already a block; nothing there; unaligned; out of range.
     assert_eq!(s2.try_merge_block(0x20_0000), Ok(false));
     assert_eq!(s2.try_merge_block(0x40_0000), Ok(false));
-    assert_eq!(s2.try_merge_block(0x20_1000), Err(Errno::EINVAL));
-    assert_eq!(s2.try_merge_block(1 << 40), Err(Errno::EINVAL));
+    assert_eq!(s2.try_merge_block(0x20_1000), Err(MapError::Invalid));
+    assert_eq!(s2.try_merge_block(1 << 40), Err(MapError::Invalid));
     assert_bbm(&s2);
 }
 
@@ -414,7 +414,7 @@ fn merge_refuses_nonuniform_tables() {
         511 * SIZE_4K,
         0x8000_0000 + 511 * SIZE_4K,
         SIZE_4K,
-        RWX.with_sw(1),
+        S2Attrs::NORMAL_RW,
     )
     .unwrap();
     check_no(&mut s2);
@@ -488,13 +488,13 @@ fn a_block_maps_over_the_pages_of_it_already_there() {
     assert_eq!(s2.map_block_over_pages(0, 0x8000_0000, RWX), Ok(false));
     s2.unmap(9 * SIZE_4K, SIZE_4K).unwrap();
     assert_eq!(
-        s2.map_block_over_pages(0, 0x8000_0000, RWX.with_sw(1)),
+        s2.map_block_over_pages(0, 0x8000_0000, S2Attrs::NORMAL_RW),
         Ok(false)
     );
     assert_ne!(leaves(&s2), before);
     assert_eq!(
         s2.map_block_over_pages(0x1000, 0x8000_0000, RWX),
-        Err(Errno::EINVAL)
+        Err(MapError::Invalid)
     );
     // The pages fit the block: the table goes, the block comes, no memory needed.
     arena.set_alloc_budget(Some(0));
@@ -542,18 +542,11 @@ fn unmap_range_across_blocks_and_edges() {
     assert_eq!(s2.walk(0x30_0000), None);
     assert_eq!(s2.walk(2 * SIZE_2M).unwrap().pa_base, 0x9000_0000);
     assert_eq!(s2.mappings().count(), 1);
-    // Holes and annotations are left alone; unmapping everything frees the tables.
-    s2.set_annotation(0x50_0000, 0x77).unwrap();
+    // Holes are left alone; unmapping everything frees the tables.
     s2.unmap(0, 4 * SIZE_2M).unwrap();
-    assert_eq!(
-        leaves(&s2),
-        [Leaf::Annotated {
-            ipa: 0x50_0000,
-            level: 3,
-            annotation: 0x77
-        }]
-    );
-    s2.clear_annotation(0x50_0000).unwrap();
+    assert_eq!(leaves(&s2), []);
+    // The page's level-3 table went with it (its whole span was unmapped).
+    assert_eq!(arena.live_pages(), 3);
     s2.unmap(0, SIZE_1G).unwrap();
     assert_eq!(arena.live_pages(), 2);
     assert_eq!(s2.table_pages(), 2);
@@ -591,7 +584,7 @@ fn unmap_rejects_bad_ranges() {
         ((1 << 40) - SIZE_4K, 2 * SIZE_4K),
         (!0xfffu64, SIZE_4K),
     ] {
-        assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| s.unmap(ipa, size));
+        assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| s.unmap(ipa, size));
     }
     // Unmapping a hole is fine.
     s2.unmap(0, SIZE_4K).unwrap();
@@ -609,18 +602,17 @@ fn set_attrs_splits_only_what_changes() {
     let ro = S2Attrs {
         write: false,
         ..RWX
-    }
-    .with_sw(2);
+    };
     s2.set_attrs(0x20_1000, SIZE_4K, ro).unwrap();
     assert_eq!(s2.walk(0x20_1000).unwrap().attrs, ro);
     assert_eq!(s2.walk(0x20_2000).unwrap().attrs, RWX);
     assert_eq!(s2.walk(0x20_1000).unwrap().pa_base, 0x8020_1000);
     // A hole in the range: ENOENT, nothing changed.
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOENT, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NotMapped, |s| {
         s.set_attrs(0x3f_f000, 2 * SIZE_4K, ro)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_attrs(0x20_0000, SIZE_4K, RWX.with_sw(17))
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
+        s.set_attrs(0x20_0800, SIZE_4K, ro)
     });
     // Whole range: every page goes through break-before-make.
     s2.set_attrs(0x20_0000, SIZE_2M, ro).unwrap();
@@ -630,110 +622,36 @@ fn set_attrs_splits_only_what_changes() {
 }
 
 #[test]
-fn annotations() {
-    let (arena, mut s2) = setup();
-    let a = OwnerAnnotation {
-        owner: 2,
-        vm: 0x1234,
-        gfn: 0x8_0001,
-    };
-    let enc = a.encode().unwrap();
-    assert_eq!(OwnerAnnotation::decode(enc), Some(a));
-    assert_eq!(OwnerAnnotation { owner: 0, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation { owner: 16, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation { gfn: 1 << 42, ..a }.encode(), None);
-    assert_eq!(OwnerAnnotation::decode(0x10), None);
-
-    s2.set_annotation(0x4000_1000, enc).unwrap();
-    let (_, desc) = s2.descriptor(0x4000_1000, 3).unwrap();
-    assert_eq!(desc, enc << 1);
-    assert_eq!(desc & 1, 0);
-    assert_eq!(s2.annotation(0x4000_1000), Some(enc));
-    assert_eq!(s2.walk(0x4000_1000), None);
-    // No invalidation for invalid -> invalid; the new branch is published before and after
-    // it is linked.
-    assert_eq!(s2.tlb().events, [TlbEvent::Publish, TlbEvent::Publish]);
-    // Same again: fine. Another: EEXIST. Mapping over it: EEXIST, also as a block.
-    s2.set_annotation(0x4000_1000, enc).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x4000_1000, 9)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.map(0x4000_1000, 0, SIZE_4K, RWX)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.map(0x4000_0000, 0, SIZE_2M, RWX)
-    });
-    // Annotating a mapped page: EEXIST. Bad values: EINVAL.
-    s2.map(0x2000, 0x2000, SIZE_4K, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x2000, 1)
-    });
-    s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    assert_unchanged_err(&arena, &mut s2, Errno::EEXIST, |s| {
-        s.set_annotation(0x20_1000, 1)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3000, 0)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3000, 1 << 63)
-    });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
-        s.set_annotation(0x3008, 1)
-    });
-    arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
-        s.set_annotation(0x8000_0000, 1)
-    });
-    arena.set_alloc_budget(None);
-    assert_eq!(s2.clear_annotation(0x4000_1000), Ok(enc));
-    assert_eq!(s2.clear_annotation(0x4000_1000), Err(Errno::ENOENT));
-    assert_eq!(s2.clear_annotation(0x2000), Err(Errno::ENOENT));
-    assert_eq!(s2.descriptor(0x4000_1000, 3).unwrap().1, 0);
-    assert_bbm(&s2);
-}
-
-#[test]
-fn leaves_in_ipa_order() {
+fn mappings_in_ipa_order() {
     let (_, mut s2) = setup();
     s2.map(0x80_0000_0000, 0, SIZE_1G, RWX).unwrap();
     s2.map(0x20_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    s2.set_annotation(0x1000, 3).unwrap();
     s2.map(0x2000, 0x5000, SIZE_4K, RWX).unwrap();
     let ls = leaves(&s2);
-    assert_eq!(ls.len(), 4);
-    assert_eq!(
-        ls[0],
-        Leaf::Annotated {
-            ipa: 0x1000,
-            level: 3,
-            annotation: 3
-        }
-    );
+    assert_eq!(ls.len(), 3);
     assert!(matches!(
-        ls[1],
-        Leaf::Mapped(Mapping {
+        ls[0],
+        Mapping {
             ipa_base: 0x2000,
             pa_base: 0x5000,
             ..
-        })
+        }
     ));
     assert!(matches!(
-        ls[2],
-        Leaf::Mapped(Mapping {
+        ls[1],
+        Mapping {
             ipa_base: 0x20_0000,
             level: 2,
             ..
-        })
+        }
     ));
     assert!(matches!(
-        ls[3],
-        Leaf::Mapped(Mapping {
+        ls[2],
+        Mapping {
             ipa_base: 0x80_0000_0000,
             level: 1,
             ..
-        })
+        }
     ));
 }
 
@@ -770,7 +688,7 @@ fn identity_map_picks_the_largest_block() {
 }
 
 #[test]
-fn identity_map_respects_policy_range_and_annotations() {
+fn identity_map_respects_policy_range_and_what_is_there() {
     let (arena, mut s2) = setup();
     // Only 2 MiB allowed.
     let m = s2
@@ -779,8 +697,8 @@ fn identity_map_respects_policy_range_and_annotations() {
         })
         .unwrap();
     assert_eq!((m.ipa_base, m.size), (0x8120_0000, SIZE_2M));
-    // An annotation in the 2 MiB around: 4 KiB.
-    s2.set_annotation(0x9000_0000, 7).unwrap();
+    // A page mapped in the 2 MiB around: 4 KiB.
+    s2.map(0x9000_0000, 0x9000_0000, SIZE_4K, RWX).unwrap();
     let m = s2
         .map_identity_largest(0x9000_1000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
         .unwrap();
@@ -788,29 +706,25 @@ fn identity_map_respects_policy_range_and_annotations() {
         (m.ipa_base, m.pa_base, m.size),
         (0x9000_1000, 0x9000_1000, SIZE_4K)
     );
-    // The annotated page itself: EPERM, nothing changed.
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
-        s.map_identity_largest(0x9000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
-    });
     // A narrow range forces 4 KiB; outside it, EPERM; policy says no: EPERM.
     let m = s2
         .map_identity_largest(0xa000_3000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
         .unwrap();
     assert_eq!(m.size, SIZE_4K);
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Refused, |s| {
         s.map_identity_largest(0xa010_0000, 0xa000_0000, 0xa010_0000, RWX, &mut |_, _| true)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EPERM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Refused, |s| {
         s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| false)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
         s.map_identity_largest(0xb000_0000, RAM_HI, RAM_LO, RWX, &mut |_, _| true)
     });
-    assert_unchanged_err(&arena, &mut s2, Errno::EINVAL, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::Invalid, |s| {
         s.map_identity_largest(1 << 40, 0, u64::MAX, RWX, &mut |_, _| true)
     });
     arena.set_alloc_budget(Some(0));
-    assert_unchanged_err(&arena, &mut s2, Errno::ENOMEM, |s| {
+    assert_unchanged_err(&arena, &mut s2, MapError::NoMemory, |s| {
         s.map_identity_largest(0xb000_0000, RAM_LO, RAM_HI, RWX, &mut |lo, hi| {
             hi - lo == SIZE_4K
         })
@@ -822,9 +736,9 @@ fn identity_map_respects_policy_range_and_annotations() {
 #[test]
 fn identity_map_reuses_an_emptied_table() {
     let (arena, mut s2) = setup();
-    s2.set_annotation(0x4000_0000, 7).unwrap();
+    s2.map(0x4000_0000, 0x4000_0000, SIZE_4K, RWX).unwrap();
+    s2.unmap(0x4000_0000, SIZE_4K).unwrap();
     let live = arena.live_pages();
-    s2.clear_annotation(0x4000_0000).unwrap();
     let m = s2
         .map_identity_largest(0x4000_0000, RAM_LO, RAM_HI, RWX, &mut |_, _| true)
         .unwrap();
@@ -838,8 +752,7 @@ fn destroy_frees_everything() {
     let (arena, mut s2) = setup();
     s2.map(0x1000, 0x1000, SIZE_4K, RWX).unwrap();
     s2.map(0x80_0020_0000, 0x20_0000, SIZE_2M, RWX).unwrap();
-    s2.set_annotation(0x4000_0000, 1).unwrap();
-    assert_eq!(arena.live_pages(), 2 + 2 + 1 + 2);
+    assert_eq!(arena.live_pages(), 2 + 2 + 1);
     assert_eq!(s2.table_pages(), arena.live_pages());
     let (arena2, tlb) = s2.destroy();
     assert_eq!(
@@ -870,4 +783,14 @@ fn the_tlb_model_catches_a_missing_break_before_make() {
     arena.write_u64(slot, desc ^ 0x1000);
     s2.tlb_mut().publish();
     assert_eq!(s2.tlb().violations.len(), 1);
+}
+
+#[test]
+fn errors_become_errno_at_the_abi_edge() {
+    use abi::Errno;
+    assert_eq!(Errno::from(MapError::Invalid), Errno::EINVAL);
+    assert_eq!(Errno::from(MapError::Exists), Errno::EEXIST);
+    assert_eq!(Errno::from(MapError::NotMapped), Errno::ENOENT);
+    assert_eq!(Errno::from(MapError::NoMemory), Errno::ENOMEM);
+    assert_eq!(Errno::from(MapError::Refused), Errno::EPERM);
 }

@@ -129,9 +129,12 @@ struct BumpTables {
     count: usize,
 }
 
-impl mmu::TablePages for BumpTables {
-    fn alloc_zeroed_table(&mut self) -> Option<usize> {
-        if self.next >= self.end || self.count >= BOOT_TABLE_PAGES {
+// SAFETY: pages come one at a time from the reserved boot-table area of the hyp region, which
+// nothing else uses, each zeroed and handed out once (never freed, so never reused); RAM is
+// identity-mapped (and the MMU still off), so `table(pa)` is `pa` itself, 4 KiB aligned.
+unsafe impl hyp_mem::table::PhysMem for BumpTables {
+    fn alloc_pages(&mut self, count: usize) -> Option<u64> {
+        if count != 1 || self.next >= self.end || self.count >= BOOT_TABLE_PAGES {
             return None;
         }
         let pa = self.next;
@@ -140,7 +143,15 @@ impl mmu::TablePages for BumpTables {
         unsafe { core::ptr::write_bytes(pa as *mut u8, 0, PAGE) };
         self.used[self.count] = pa;
         self.count += 1;
-        Some(pa)
+        Some(pa as u64)
+    }
+
+    /// Building a fresh map frees nothing (only a failed build would, which is fatal): a freed
+    /// page is simply not reused.
+    fn free_pages(&mut self, _pa: u64, _count: usize) {}
+
+    fn table(&self, pa: u64) -> *mut [u64; hyp_mem::table::ENTRIES] {
+        pa as usize as *mut _
     }
 }
 
@@ -314,27 +325,29 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         fatal(format_args!("hyp image too large: ends at 0x{image_end:x}"));
     }
 
-    let mut tables = BumpTables {
+    let tables = BumpTables {
         next: tables_start,
         end: frames_start,
         used: [0; BOOT_TABLE_PAGES],
         count: 0,
     };
-    let image = mmu::ImageLayout {
-        start: core::ptr::addr_of!(__image_start) as usize,
-        text_end: core::ptr::addr_of!(__text_end) as usize,
-        rodata_end: core::ptr::addr_of!(__rodata_end) as usize,
+    let image = hyp_mem::el2::ImageLayout {
+        start: core::ptr::addr_of!(__image_start) as u64,
+        text_end: core::ptr::addr_of!(__text_end) as u64,
+        rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
     };
-    let root = match mmu::build_identity_map(
-        (ram_base, ram_base + ram_size),
-        (DEVICE_BASE, DEVICE_END),
+    let map = match hyp_mem::el2::build_identity_map(
+        tables,
+        mmu::El2Tlb,
+        (ram_base as u64, (ram_base + ram_size) as u64),
+        (DEVICE_BASE as u64, DEVICE_END as u64),
         &image,
-        &mut tables,
     ) {
-        Ok(root) => root,
+        Ok(map) => map,
         Err(e) => fatal(format_args!("building the EL2 page tables failed: {e:?}")),
     };
-    mmu::enable(root, &tables.used[..tables.count]);
+    let tables = map.mm();
+    mmu::enable(map.root_pa() as usize, &tables.used[..tables.count]);
 
     // SAFETY: [heap_start, heap_end) lies in the hyp region after the image and its stacks and
     // before the page-allocator region; nothing else uses it; it is mapped read-write.

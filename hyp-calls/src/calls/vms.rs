@@ -26,7 +26,7 @@ pub fn vm_create<P: Platform>(hyp: &mut Hyp<P>, vm_type: u64) -> HostResult {
             h.0 as u16,
             IPA,
         )
-        .map_err(|(e, _, _)| e)
+        .map_err(|(e, _, _)| Errno::from(e))
     };
     let stage2 = match stage2 {
         Ok(s) => s,
