@@ -148,8 +148,8 @@ impl<P: Platform> Hyp<P> {
         let owner = self.world.gmem_owner(g)?;
         let file = self.world.gmem(g)?;
         let mut plans = Vec::new();
-        for (off, pa) in file.allocated_with_offsets(offset, size) {
-            let plan = self.settle_checked(owner, pa, file.host_stage2_allowed(off))?;
+        for (pa, allowed) in file.allocated_with_host_access(offset, size) {
+            let plan = self.settle_checked(owner, pa, allowed)?;
             if plan != Settle::Nothing {
                 plans.push((pa, plan));
             }

@@ -79,6 +79,7 @@ impl<P: Platform> Hyp<P> {
     /// Starts a run of vCPU `vcpu`: completes its last exit with `c0`, marks the VM started
     /// (a pkvm VM's memslots and vCPUs are frozen from now on, Trust rule 9) and takes the
     /// context out of the table (`EBUSY` if it runs already; `ENOENT` unknown).
+    #[inline(always)]
     pub fn begin_run(&mut self, vcpu: u64, c0: u64) -> Result<RunTicket<P::Vcpu>, Errno> {
         let id = handle32(vcpu)?;
         let c = self.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
@@ -158,6 +159,7 @@ impl<P: Platform> Hyp<P> {
 
     /// Ends a run: the context back into the table with what the exit leaves pending, the exit
     /// counted. -> `VcpuRun`'s result registers (`x0` = the exit reason, `x1..x5` its data).
+    #[inline(always)]
     pub fn end_run(
         &mut self,
         ticket: RunTicket<P::Vcpu>,

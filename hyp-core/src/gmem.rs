@@ -330,6 +330,33 @@ impl GmemFile {
         out
     }
 
+    /// The allocated pages of `[offset, offset + size)`, each with
+    /// [`GmemFile::host_stage2_allowed`] for its offset: one walk of the pages and one of the
+    /// shareability runs, not a lookup per page (a conversion's ownership update is per page).
+    pub fn allocated_with_host_access(&self, offset: u64, size: u64) -> Vec<(u64, bool)> {
+        let pages = self.allocated_with_offsets(offset, size);
+        let Some(store) = &self.share else {
+            let allowed = self.owner_type == VmType::Plain;
+            return pages.into_iter().map(|(_, pa)| (pa, allowed)).collect();
+        };
+        let first = offset >> PAGE_SHIFT;
+        let last = offset.saturating_add(size).min(self.size) >> PAGE_SHIFT;
+        let mut runs = store.segments(first, last).peekable();
+        pages
+            .into_iter()
+            .map(|(off, pa)| {
+                let index = off >> PAGE_SHIFT;
+                while runs.peek().is_some_and(|&(_, stop, _)| stop <= index) {
+                    runs.next();
+                }
+                let allowed = runs
+                    .peek()
+                    .is_some_and(|&(start, _, v)| start <= index && v == Shareability::All);
+                (pa, allowed)
+            })
+            .collect()
+    }
+
     /// Host pin count of the page holding byte `offset`.
     pub fn pin_count(&self, offset: u64) -> u32 {
         self.pins.get(&(offset >> PAGE_SHIFT)).copied().unwrap_or(0)

@@ -57,12 +57,6 @@ pub fn init(config: HypConfig) -> Result<(), Errno> {
     Ok(())
 }
 
-fn with_hyp<R>(f: impl FnOnce(&mut Hyp<HypPlatform>) -> R) -> Result<R, Errno> {
-    let mut guard = HYP.lock();
-    let hyp = guard.as_mut().ok_or(Errno::ENODEV)?;
-    Ok(f(hyp))
-}
-
 /// `VTTBR_EL2` and `VTCR_EL2` of the host's stage-2.
 pub fn host_stage2_regs() -> Option<(u64, u64)> {
     HYP.lock()
@@ -88,10 +82,30 @@ pub fn host_may_reach(pa: u64) -> bool {
 /// Runs one host call, function `id`, arguments `a` = x1..x6: `Ok(x0..x5)`, or the errno and
 /// `x1` to return with it.
 pub fn host_call(id: u64, a: [u64; 6]) -> Result<[u64; 6], (Errno, u64)> {
-    let answer = with_hyp(|hyp| hyp.host_call(id, a)).map_err(|e| (e, 0))?;
+    let mut out = [0; 6];
+    match host_call_into(id, a, &mut out) {
+        Ok(()) => Ok(out),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`host_call`] writing its result registers into `out` (a run's exit lands there in place,
+/// without moving through the `Result`s of the layers: the `VcpuRun` round trip is hot).
+fn host_call_into(id: u64, a: [u64; 6], out: &mut [u64; 6]) -> Result<(), (Errno, u64)> {
+    let answer = {
+        let mut guard = HYP.lock();
+        let Some(hyp) = guard.as_mut() else {
+            return Err((Errno::ENODEV, 0));
+        };
+        hyp.host_call(id, a)
+    };
     match answer {
-        HostAnswer::Done(r) => r,
-        HostAnswer::Run { vcpu, c0 } => vcpu_run(vcpu, c0).map_err(|e| (e, 0)),
+        HostAnswer::Done(Ok(r)) => {
+            *out = r;
+            Ok(())
+        }
+        HostAnswer::Done(Err(e)) => Err(e),
+        HostAnswer::Run { vcpu, c0 } => vcpu_run(vcpu, c0, out).map_err(|e| (e, 0)),
     }
 }
 
@@ -101,10 +115,11 @@ pub fn host_hvc(frame: &mut TrapFrame) {
     let args = [
         frame.x[1], frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6],
     ];
-    match host_call(id, args) {
-        Ok(regs) => {
-            log::trace!("host call 0x{id:x} -> ok 0x{:x}", regs[0]);
-            frame.x[..6].copy_from_slice(&regs);
+    let mut out = [0; 6];
+    match host_call_into(id, args, &mut out) {
+        Ok(()) => {
+            log::trace!("host call 0x{id:x} -> ok 0x{:x}", out[0]);
+            frame.x[..6].copy_from_slice(&out);
         }
         Err((e, x1)) => {
             log::debug!("host call 0x{id:x} ({:?}) -> {e}", HostCall::from_id(id));
@@ -114,9 +129,14 @@ pub fn host_hvc(frame: &mut TrapFrame) {
     }
 }
 
-/// Runs a vCPU until an exit the host must see; `c0` completes the previous exit.
-fn vcpu_run(vcpu: u64, c0: u64) -> Result<[u64; 6], Errno> {
-    let mut t = with_hyp(|hyp| hyp.begin_run(vcpu, c0))??;
+/// Runs a vCPU until an exit the host must see (its registers in `out`); `c0` completes the
+/// previous exit.
+fn vcpu_run(vcpu: u64, c0: u64, out: &mut [u64; 6]) -> Result<(), Errno> {
+    let mut t = {
+        let mut guard = HYP.lock();
+        let hyp = guard.as_mut().ok_or(Errno::ENODEV)?;
+        hyp.begin_run(vcpu, c0)?
+    };
     let cfg = GuestConfig {
         vttbr: t.vttbr,
         vtcr: t.vtcr,
@@ -152,5 +172,8 @@ fn vcpu_run(vcpu: u64, c0: u64) -> Result<[u64; 6], Errno> {
     switch::switch_to_host(&mut t.ctx, &host);
     switch::load_stage2(host_hcr, t.host_vttbr, t.host_vtcr);
     log::debug!("vcpu {vcpu} exit {:?} {:x?}", exit.0, exit.1);
-    with_hyp(|hyp| hyp.end_run(t, exit, pending))
+    let mut guard = HYP.lock();
+    let hyp = guard.as_mut().ok_or(Errno::ENODEV)?;
+    *out = hyp.end_run(t, exit, pending);
+    Ok(())
 }

@@ -28,7 +28,7 @@ use crate::state::{Hyp, HypConfig};
 use crate::HostAnswer;
 
 /// Pages of fake RAM (16 MiB).
-pub(crate) const RAM_PAGES: usize = 4096;
+pub(crate) const RAM_PAGES: usize = 1024;
 /// A device region the host may reach (its console, say).
 pub(crate) const DEVICE: (u64, u64) = (0x0900_0000, 0x0900_1000);
 /// Where tests put memslots.

@@ -105,6 +105,17 @@ fn check(r: &Rig, m: &Model) -> Result<(), TestCaseError> {
         }
     }
     prop_assert_eq!(store.runs(), runs);
+    // The one-pass view a conversion's ownership update uses agrees with the per-page one, for
+    // windows that start and end anywhere (a page, several runs, past the end).
+    for (first, len) in [(0, N), (1, N), (N / 2, 3), (3, N / 3), (N - 1, 4)] {
+        let want: Vec<(u64, bool)> = (first..(first + len).min(N))
+            .filter_map(|p| {
+                f.page_pa(p * P)
+                    .map(|pa| (pa, f.host_stage2_allowed(p * P)))
+            })
+            .collect();
+        prop_assert_eq!(f.allocated_with_host_access(first * P, len * P), want);
+    }
     prop_assert_eq!(
         r.a.allocated(),
         m.pages.iter().filter(|p| p.allocated).count()
