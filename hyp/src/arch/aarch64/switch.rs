@@ -9,6 +9,7 @@
 use core::arch::{asm, naked_asm};
 use core::mem::offset_of;
 
+use super::cpu::{self, ArchCpu};
 use super::debug::{self, DebugState, HostDebug};
 use super::features;
 use super::fpsimd::{self, FpState};
@@ -17,7 +18,6 @@ use super::pmu::{self, PmuState};
 use super::timer::{self, PtimerRegs, VtimerRegs};
 use super::vgic::{self, VgicState};
 use super::vtimer;
-use crate::percpu::PerCpu;
 
 /// The EL1 system registers a world owns (host or guest).
 #[repr(C)]
@@ -324,7 +324,7 @@ pub unsafe extern "C" fn enter_guest(ctx: *mut GuestContext) -> u64 {
         "ldp x0, x1, [x0, #0]",
         "eret",
         hs = const offset_of!(GuestContext, host_save),
-        guest = const PerCpu::GUEST_CTX_OFFSET,
+        guest = const ArchCpu::GUEST_CTX_OFFSET,
         pc = const offset_of!(GuestContext, pc),
     )
 }
@@ -403,7 +403,7 @@ hyp_guest_exit:
     ret
 "#,
     hs = const offset_of!(GuestContext, host_save),
-    guest = const PerCpu::GUEST_CTX_OFFSET,
+    guest = const ArchCpu::GUEST_CTX_OFFSET,
     pc = const offset_of!(GuestContext, pc),
     esr = const offset_of!(GuestContext, exit_esr),
     hpfar = const offset_of!(GuestContext, exit_hpfar),
@@ -654,7 +654,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     // The PMU first (and back last): the host's counters count none of the switch, a closed
     // guest's run or the hyp's work for it.
     if cfg.pmu_open {
-        pmu::enter_open(&crate::percpu::this_cpu().host_pmu, &ctx.pmu);
+        pmu::enter_open(&cpu::this_cpu().host_pmu, &ctx.pmu);
     } else {
         host.pmcnten = pmu::pause_counters();
     }
@@ -696,7 +696,7 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     save_el1(&mut ctx.sys);
     restore_el1(&host.sys);
     if host.pmu_open {
-        pmu::exit_open(&crate::percpu::this_cpu().host_pmu, &mut ctx.pmu);
+        pmu::exit_open(&cpu::this_cpu().host_pmu, &mut ctx.pmu);
     } else {
         pmu::resume_counters(host.pmcnten);
     }

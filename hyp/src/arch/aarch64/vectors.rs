@@ -1,9 +1,13 @@
 //! The EL2 exception vector table and the trap frame.
 //!
 //! Every entry saves the interrupted context into a [`TrapFrame`] on the EL2 stack, tells Rust which
-//! of the 16 vectors fired, and restores whatever Rust left in the frame before `eret`.
+//! of the 16 vectors fired, and restores whatever Rust left in the frame before `eret`. A fault on
+//! an armed probe (`probe.rs`) is answered here; every other trap goes to the [`TrapHandler`] boot
+//! gave [`install`] (the hyp's `trap.rs`), so the vectors name nothing of the hyp above `arch`.
 
 use core::mem::{offset_of, size_of};
+
+use super::Syndrome;
 
 /// The interrupted context, as saved by the vector.
 #[repr(C)]
@@ -153,15 +157,24 @@ hyp_trap_common:
     eret
 "#,
     frame = const size_of::<TrapFrame>(),
-    guest = const crate::percpu::PerCpu::GUEST_CTX_OFFSET,
+    guest = const super::cpu::ArchCpu::GUEST_CTX_OFFSET,
     elr = const offset_of!(TrapFrame, elr),
     kind = const offset_of!(TrapFrame, kind),
 );
 
 const _: () = assert!(offset_of!(TrapFrame, spsr) == offset_of!(TrapFrame, elr) + 8);
 
-/// Installs the vector table in `VBAR_EL2`.
-pub fn install() {
+/// What the vectors call for a trap they do not answer themselves: the saved frame (which the
+/// handler may change, it is restored before `eret`) and the exception's syndrome.
+pub type TrapHandler = fn(&mut TrapFrame, Syndrome);
+
+/// The handler [`install`] was given (set once, before any `VBAR_EL2` points at the vectors).
+static HANDLER: spin::Once<TrapHandler> = spin::Once::new();
+
+/// Installs the vector table in `VBAR_EL2`, with `handler` for the traps it routes (the first
+/// CPU's handler stays for every CPU).
+pub fn install(handler: TrapHandler) {
+    HANDLER.call_once(|| handler);
     use aarch64_cpu::registers::{Writeable, VBAR_EL2};
     extern "C" {
         static hyp_vectors: u8;
@@ -173,5 +186,16 @@ pub fn install() {
 
 #[no_mangle]
 extern "C" fn hyp_handle_trap(frame: &mut TrapFrame) {
-    crate::crash::handle_trap(frame, super::syndrome());
+    let syn = super::syndrome();
+    if frame.vector() == VectorKind::CurrentSync {
+        if let Some(resume) = super::cpu::this_cpu().probe_record(syn.esr, syn.far) {
+            frame.elr = if resume != 0 { resume } else { frame.elr + 4 };
+            return;
+        }
+    }
+    match HANDLER.get() {
+        Some(handler) => handler(frame, syn),
+        // Unreachable: `VBAR_EL2` points here only after `install` set the handler.
+        None => super::halt(),
+    }
 }
