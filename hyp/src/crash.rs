@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use board::eprintln_emergency;
 
 use crate::arch::esr;
-use crate::arch::vectors::TrapFrame;
+use crate::arch::vectors::{TrapFrame, VectorKind};
 use crate::arch::Syndrome;
 
 /// A function the test harness installs to report a crash as the current test's failure.
@@ -46,7 +46,7 @@ pub fn fatal_exception(frame: &TrapFrame, syn: Syndrome) -> ! {
     let ec = esr::ec(syn.esr);
     eprintln_emergency!(
         "\n*** hyp: unexpected exception taken from {}",
-        frame.vector().describe()
+        VectorKind::of(frame).describe()
     );
     eprintln_emergency!("    EC 0x{:02x}: {}", ec, esr::ec_name(ec));
     if matches!(
@@ -72,7 +72,7 @@ pub fn fatal_exception(frame: &TrapFrame, syn: Syndrome) -> ! {
     );
     run_crash_hook(format_args!(
         "exception at {}: {} (ESR 0x{:x}, ELR 0x{:x}, FAR 0x{:x})",
-        frame.vector().describe(),
+        VectorKind::of(frame).describe(),
         esr::ec_name(ec),
         syn.esr,
         frame.elr,

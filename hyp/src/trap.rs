@@ -11,7 +11,7 @@ use crate::crash::fatal_exception;
 /// probe was answered there). A trap from the host that the hyp does not handle is answered
 /// with an exception at the host's own EL1 (Trust rule 5): never a hyp crash.
 pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
-    match frame.vector() {
+    match VectorKind::of(frame) {
         VectorKind::LowerSync => match esr::ec(syn.esr) {
             esr::EC_HVC64 => crate::glue::host_hvc(frame),
             esr::EC_SMC64 => crate::psci::handle_host_smc(frame, syn.esr),
