@@ -511,8 +511,8 @@ pub fn load_stage2(hcr: u64, vttbr: u64, vtcr: u64) {
 
 macro_rules! raw_sysregs {
     ($save:ident, $restore:ident, $($i:literal => $enc:literal),* $(,)?) => {
-        /// Reads the registers into `out` (raw encodings: the target's assembler lacks the
-        /// features that name them).
+        /// Reads the registers into `out` (raw encodings: `aarch64-cpu` names these registers,
+        /// but by names the target's assembler rejects without the features that define them).
         fn $save(out: &mut [u64; 10]) {
             $(
                 // SAFETY: reading an EL1 register from EL2 has no side effects; the caller checked
