@@ -312,6 +312,7 @@ bench-pad-check: setup
 
 ## ---- lint -------------------------------------------------------------------------------------
 lint: images test-images
+	python3 tests/house.py
 	cargo fmt --all -- --check
 	cargo clippy $(HOST_CRATES) -p bench-host --all-targets -- -D warnings
 	cargo clippy -p hyp-calls --all-targets --features introspection -- -D warnings

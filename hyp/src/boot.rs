@@ -11,75 +11,21 @@
 
 use board::layout::{
     DEVICE_BASE, DEVICE_END, DTB_ADDR, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_SIZE_PER_CPU,
-    HOST_BASE, HYP_END, HYP_HEAP_SIZE, HYP_STACK_SIZE, MAX_CPUS, PL011_BASE, PL011_SIZE, RAM_BASE,
+    HOST_BASE, HYP_END, HYP_HEAP_SIZE, MAX_CPUS, PL011_BASE, PL011_SIZE, RAM_BASE,
 };
+
+use core::sync::atomic::Ordering;
 
 use crate::arch::{self, cache, el1, mmu, vectors};
 use crate::crash::fatal;
-use crate::{mm, percpu};
+pub use crate::machine::{info, stack_top, BootInfo, HostMmio, MmioRegion};
+use crate::{machine, mm, percpu};
 
 const PAGE: usize = 4096;
 const BLOCK_2M: usize = 2 << 20;
 /// Pages set aside at the start of the page-allocator region for the EL2 page tables, which are
 /// built before any allocator exists.
 const BOOT_TABLE_PAGES: usize = 16;
-
-/// What boot found and set up.
-#[derive(Debug)]
-pub struct BootInfo {
-    pub cpu: usize,
-    pub ram_base: usize,
-    pub ram_size: usize,
-    pub image_end: usize,
-    pub heap: (usize, usize),
-    pub frames: (usize, usize),
-    pub el2_stack_top: usize,
-    /// CPUs the DTB lists (the hyp serves at most `MAX_CPUS` of them).
-    pub cpus: usize,
-    /// The device MMIO the host stage-2 may map (from the DTB).
-    pub host_mmio: HostMmio,
-}
-
-/// One device the host may reach: `[base, end)`, page-aligned, below RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioRegion {
-    pub name: &'static str,
-    pub base: u64,
-    pub end: u64,
-}
-
-/// The device MMIO the host needs, and nothing more: its console (the PL011 page), the GIC
-/// distributor and the redistributor frames of the CPUs that exist. Everything else below RAM
-/// (flash, fw_cfg and its DMA register, the RTC, GPIO, virtio-mmio, the PCIe windows) stays out
-/// of the host stage-2, so a host access there gets an abort injected.
-///
-/// Redistributors that implement LPIs (`GICR_TYPER.PLPIS`) read and write LPI tables at
-/// addresses their `RD_base` frame is programmed with, behind every stage-2: then the host gets
-/// only each CPU's `SGI_base` frame (SGI/PPI enables, priorities, configuration).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostMmio {
-    regions: [MmioRegion; 2 + MAX_CPUS],
-    count: usize,
-}
-
-impl HostMmio {
-    /// The regions the host may map.
-    pub fn regions(&self) -> &[MmioRegion] {
-        self.regions.get(..self.count).unwrap_or(&[])
-    }
-
-    /// The region holding `pa`, if any.
-    pub fn region_of(&self, pa: u64) -> Option<&MmioRegion> {
-        self.regions().iter().find(|r| r.base <= pa && pa < r.end)
-    }
-
-    fn push(&mut self, r: MmioRegion) {
-        if let Some(slot) = self.regions.get_mut(self.count) {
-            *slot = r;
-            self.count += 1;
-        }
-    }
-}
 
 /// Offset of `GICR_TYPER` in a redistributor's RD_base frame, its PLPIS bit, and the offset of
 /// the SGI_base frame.
@@ -96,25 +42,11 @@ fn redistributor_has_lpis(frame: u64) -> bool {
     typer & GICR_TYPER_PLPIS != 0
 }
 
-impl BootInfo {
-    pub fn ram_end(&self) -> usize {
-        self.ram_base + self.ram_size
-    }
-}
-
-static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
-
-/// What boot found (after boot).
-pub fn info() -> Option<&'static BootInfo> {
-    BOOT_INFO.get()
-}
-
 extern "C" {
     static __image_start: u8;
     static __text_end: u8;
     static __rodata_end: u8;
     static __image_end: u8;
-    static __stack_top: u8;
 }
 
 extern "Rust" {
@@ -282,11 +214,6 @@ fn ram_from_dtb(fdt: &fdt::Fdt) -> (usize, usize) {
     (base, end - base)
 }
 
-/// The top of CPU `cpu`'s EL2 stack (the stacks sit below `__stack_top`, CPU 0's first).
-pub fn stack_top(cpu: usize) -> usize {
-    core::ptr::addr_of!(__stack_top) as usize - cpu * HYP_STACK_SIZE
-}
-
 /// The per-CPU EL2 set-up every CPU makes before anything can trap (CPU 0 at boot, each
 /// secondary when the hyp starts it): per-CPU data in `TPIDR_EL2`, the vectors in `VBAR_EL2`,
 /// the PMU and `MDCR_EL2`. False for a CPU the hyp is not built for. The EL2 MMU comes on
@@ -296,7 +223,7 @@ fn cpu_el2_init(cpu: usize) -> bool {
     if !percpu::init(cpu) {
         return false;
     }
-    vectors::install();
+    vectors::install(crate::trap::handle_trap);
     true
 }
 
@@ -305,7 +232,7 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
     if !cpu_el2_init(cpu) {
         arch::halt();
     }
-    crate::psci::boot_cpu_on(percpu::this_cpu());
+    percpu::this_cpu().power.store(percpu::ON, Ordering::SeqCst);
     board::console::init_logger("hyp", board::console::parse_level(option_env!("HYP_LOG")));
     if arch::current_el() != 2 {
         fatal(format_args!(
@@ -354,7 +281,7 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
     unsafe { mm::init_heap(heap_start, heap_end) };
     mm::init_frames(frames_start, HYP_END);
     crate::arch::pmu::init();
-    let info = BOOT_INFO.call_once(|| BootInfo {
+    let info = machine::set_info(BootInfo {
         cpu,
         ram_base,
         ram_size,
@@ -419,7 +346,17 @@ extern "C" fn hyp_secondary_rust_start(cpu: usize) -> ! {
         arch::halt();
     }
     crate::arch::pmu::init();
-    crate::psci::secondary_enter_host()
+    // Now set up at EL2: enters the host at the entry point its `CPU_ON` asked for (`psci.rs`),
+    // `x0` = its context id.
+    let slot = percpu::this_cpu();
+    let entry = slot.host_entry.load(Ordering::SeqCst);
+    let context = slot.host_context.load(Ordering::SeqCst);
+    slot.power.store(percpu::ON, Ordering::SeqCst);
+    log::debug!(
+        "CPU {} enters the host at EL1: 0x{entry:x} (x0 = 0x{context:x})",
+        slot.cpu()
+    );
+    enter_host_at(entry, [context, 0, 0, 0])
 }
 
 /// Enters the host at EL1 on this CPU at `entry`, `x0..x3 = args`, under the host stage-2,

@@ -30,14 +30,8 @@ use smccc::psci::{
 
 use crate::arch::firmware;
 use crate::arch::vectors::TrapFrame;
-use crate::percpu::{self, PerCpu};
-
-/// The CPU is off (or was never started).
-pub const OFF: u8 = 0;
-/// The hyp issued `CPU_ON` for it; it has not entered the host yet.
-pub const ON_PENDING: u8 = 1;
-/// It runs (the host, or the hyp on its behalf).
-pub const ON: u8 = 2;
+use crate::machine;
+use crate::percpu::{self, PerCpu, OFF, ON, ON_PENDING};
 
 /// `AFFINITY_INFO` results.
 const AFF_ON: i64 = 0;
@@ -55,11 +49,6 @@ const OFFERED: [u32; 9] = [
     PSCI_SYSTEM_OFF,
     PSCI_SYSTEM_RESET,
 ];
-
-/// Marks the boot CPU on (called once by boot).
-pub fn boot_cpu_on(cpu: &PerCpu) {
-    cpu.power.store(ON, Ordering::SeqCst);
-}
 
 /// A host SMC, trapped by `HCR_EL2.TSC`: answers it in the host's `x0` and resumes the host
 /// after the SMC. `esr` is the trap's syndrome (ISS bits 15:0 = the SMC's immediate).
@@ -136,7 +125,7 @@ fn target_cpu(target: u64) -> Option<(usize, &'static PerCpu)> {
 }
 
 fn entry_valid(entry: u64) -> bool {
-    let Some(info) = crate::boot::info() else {
+    let Some(info) = machine::info() else {
         return false;
     };
     entry.is_multiple_of(4)
@@ -164,7 +153,7 @@ fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {
     }
     slot.host_entry.store(entry, Ordering::SeqCst);
     slot.host_context.store(context, Ordering::SeqCst);
-    let record = slot.boot.prepare(cpu, crate::boot::stack_top(cpu));
+    let record = slot.boot.prepare(cpu, machine::stack_top(cpu));
     let ret = firmware::cpu_on(target, crate::arch::boot::secondary_entry_pa(), record);
     if ret != 0 {
         // Nothing started: the CPU is off again, and the host gets the firmware's answer.
@@ -197,18 +186,4 @@ fn affinity_info(target: u64, lowest_level: u64) -> i64 {
     } else {
         fw
     }
-}
-
-/// A secondary CPU the hyp started for the host, now set up at EL2: enters the host at the
-/// entry point it asked for, `x0` = its context id.
-pub fn secondary_enter_host() -> ! {
-    let slot = percpu::this_cpu();
-    let entry = slot.host_entry.load(Ordering::SeqCst);
-    let context = slot.host_context.load(Ordering::SeqCst);
-    slot.power.store(ON, Ordering::SeqCst);
-    log::debug!(
-        "CPU {} enters the host at EL1: 0x{entry:x} (x0 = 0x{context:x})",
-        slot.cpu()
-    );
-    crate::boot::enter_host_at(entry, [context, 0, 0, 0])
 }

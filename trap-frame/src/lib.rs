@@ -13,12 +13,10 @@
 //! those operands defined from [`TrapFrame`] itself and the [`vector`] geometry (more operands may
 //! follow a `;`), so the layout has one definition. [`vector_table!`] starts a table.
 //!
-//! Users: the host shim's EL1 vectors (`host-shim/src/exceptions.rs`) and the guests' EL1
-//! vectors (`guests/src/lib.rs`). The hyp's EL2 vectors (`hyp/src/arch/aarch64/vectors.rs`)
-//! have the same layout and the same entry sequence (its guest-exit path relies on `x0`/`x1`
-//! being at `[sp, #0]` with the kind in `x1`), so they can adopt it as they are:
-//! `frame_asm!(..., vector_entry!(5, "hyp_lower_common"), ..., "hyp_trap_common:",
-//! save_frame!("el2"), "bl hyp_handle_trap", restore_frame_eret!("el2"); guest = const ...)`.
+//! Users: the host shim's EL1 vectors (`host-shim/src/exceptions.rs`), the guests' EL1 vectors
+//! (`guests/src/lib.rs`) and the hyp's EL2 vectors (`hyp/src/arch/aarch64/vectors.rs`, whose
+//! guest-exit path relies on `x0`/`x1` being at `[sp, #0]` with the kind in `x1`, as
+//! [`vector_entry!`] leaves them).
 //!
 //! The crate is only data and text: it has no `unsafe` and builds (and is tested) on the host.
 #![no_std]

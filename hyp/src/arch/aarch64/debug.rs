@@ -11,7 +11,7 @@
 //!   that uses them: until then its accesses trap (`MDCR_EL2.TDA`) and are emulated on its own
 //!   copy, and the host's registers stay live (harmless: the guest's `MDSCR_EL1.MDE/KDE` are
 //!   clear, so nothing of them fires in it). Its first access takes them ([`take`]): the host's
-//!   are saved in this CPU's data (`percpu.rs`), the guest's loaded, `TDA` cleared for the rest of
+//!   are saved in this CPU's data (`cpu.rs`), the guest's loaded, `TDA` cleared for the rest of
 //!   the run. At the end of the run the guest's are saved and the host's put back. A run starts
 //!   with them loaded when the guest has debug exceptions on (`MDE` or `KDE`), as KVM's
 //!   `kvm_vcpu_load_debug` decides.
@@ -93,7 +93,7 @@ impl Default for HostDebugSave {
 }
 
 fn this_cpu_save() -> &'static HostDebugSave {
-    &crate::percpu::this_cpu().host_debug
+    &super::cpu::this_cpu().host_debug
 }
 
 /// (breakpoints, watchpoints) the CPU implements (`ID_AA64DFR0_EL1.BRPs/WRPs` + 1).

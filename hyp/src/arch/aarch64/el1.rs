@@ -36,7 +36,20 @@ pub fn host_hcr() -> u64 {
 /// `CPTR_EL2` for every world (non-VHE layout): RES1 bits 13, 9, 7:0; FP/SIMD not trapped (TFP,
 /// bit 10, clear); SVE (TZ, bit 8), SME (TSM, bit 12) and trace registers (TTA, bit 20) trapped:
 /// the hyp answers them with an undefined-instruction exception in the world that tried.
-pub const CPTR_EL2_VALUE: u64 = 0x33ff | (1 << 20);
+pub const CPTR_EL2_VALUE: u64 = CPTR_EL2_RES1 | CPTR_EL2_TZ | CPTR_EL2_TSM | CPTR_EL2_TTA;
+/// `CPTR_EL2`'s RES1 bits (non-VHE): 13, 9 and 7:0.
+const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
+/// `CPTR_EL2.TZ`: SVE traps.
+const CPTR_EL2_TZ: u64 = 1 << 8;
+/// `CPTR_EL2.TSM`: SME traps.
+const CPTR_EL2_TSM: u64 = 1 << 12;
+/// `CPTR_EL2.TTA`: trace-register accesses trap.
+const CPTR_EL2_TTA: u64 = 1 << 20;
+const _: () = assert!(CPTR_EL2_VALUE == 0x33ff | (1 << 20));
+
+/// `SCTLR_EL1` of a world that has not run yet: MMU, caches and alignment checks off,
+/// little-endian; only the RES1 bits (29:28, 23:22, 20, 11) set.
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
 /// Makes the host take a synchronous external abort at its EL1 on return from this trap: the
 /// host touched memory its stage-2 does not give it (or fetched from where nothing executes).
@@ -68,10 +81,10 @@ pub fn enter(entry: u64, args: [u64; 4], el2_stack_top: u64, vttbr: u64, vtcr: u
     // The host reads the CPU's own identity (VMPIDR_EL2/VPIDR_EL2 reset to UNKNOWN values).
     super::switch::VcpuIdRegs::physical().load();
     // MMU, caches and alignment checks off at EL1, little-endian; RES1 bits set.
-    SCTLR_EL1.set(0x30d0_0800);
-    let spsr: u64 = 0x3c5; // EL1h, DAIF masked
-                           // SAFETY: ELR/SPSR point at the loaded EL1 image; `eret` leaves EL2 for good, so nothing on
-                           // the current EL2 stack is live any more and SP can be reset to this CPU's stack top.
+    SCTLR_EL1.set(SCTLR_EL1_RESET);
+    let spsr = trap_frame::spsr::EL1H_MASKED;
+    // SAFETY: ELR/SPSR point at the loaded EL1 image; `eret` leaves EL2 for good, so nothing on
+    // the current EL2 stack is live any more and SP can be reset to this CPU's stack top.
     unsafe {
         asm!(
             "msr elr_el2, {entry}",

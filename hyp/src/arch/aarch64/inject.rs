@@ -3,7 +3,10 @@
 //! `ELR_EL1`/`SPSR_EL1`, and the vector chosen by where the exception came from (EL1 on SP_EL0,
 //! EL1 on SP_EL1, EL0 in AArch64, EL0 in AArch32).
 
-use core::arch::asm;
+use aarch64_cpu::registers::{
+    Readable, Writeable, ELR_EL1, ESR_EL1, FAR_EL1, SCTLR_EL1, SPSR_EL1, VBAR_EL1,
+};
+use trap_frame::{spsr, vector};
 
 /// ESR of an injected undefined-instruction exception (EC 0); the IL bit is the trapped one's.
 pub const EC_UNKNOWN: u64 = 0x00;
@@ -15,19 +18,19 @@ pub use hyp_calls::exit::Injected;
 
 /// The interrupted context's PSTATE (as saved in SPSR_EL2) came from EL0 or AArch32.
 fn from_lower_el(spsr: u64) -> bool {
-    spsr & 0x10 != 0 || (spsr >> 2) & 3 == 0
+    spsr & spsr::M_AARCH32 != 0 || (spsr >> 2) & 3 == 0
 }
 
 /// Offset of the synchronous vector from `VBAR_EL1` for an exception taken from `spsr`.
 pub fn vector_offset(spsr: u64) -> u64 {
-    if spsr & 0x10 != 0 {
-        0x600 // lower EL, AArch32
+    if spsr & spsr::M_AARCH32 != 0 {
+        vector::LOWER_A32
     } else if (spsr >> 2) & 3 == 0 {
-        0x400 // lower EL, AArch64
+        vector::LOWER_A64
     } else if spsr & 1 == 0 {
-        0x000 // current EL, SP_EL0
+        vector::CURRENT_SP0
     } else {
-        0x200 // current EL, SP_ELx
+        vector::CURRENT_SPX
     }
 }
 
@@ -50,8 +53,8 @@ pub fn entry_pstate(spsr: u64, sctlr: u64) -> u64 {
     const PAN: u64 = 1 << 22;
     const DIT: u64 = 1 << 24;
     const SSBS: u64 = 1 << 12;
-    let mut p = 0x3c5;
-    let aarch64 = spsr & 0x10 == 0;
+    let mut p = spsr::EL1H_MASKED;
+    let aarch64 = spsr & spsr::M_AARCH32 == 0;
     if sctlr & (1 << 23) == 0 {
         p |= PAN;
     } else if aarch64 {
@@ -71,27 +74,16 @@ pub fn entry_pstate(spsr: u64, sctlr: u64) -> u64 {
 /// enter its EL1 vector. `far` is written to FAR_EL1 for aborts.
 pub fn inject_live(what: Injected, pc: &mut u64, pstate: &mut u64, trapped_esr: u64, far: u64) {
     let esr = esr_for(what, *pstate, trapped_esr);
-    let (vbar, sctlr): (u64, u64);
-    // SAFETY: EL1 state only, of the world whose exception this is; nothing runs at EL1
-    // meanwhile. FAR_EL1 is UNKNOWN after an undefined-instruction exception or a trap, so it is
-    // only written for aborts.
-    unsafe {
-        asm!(
-            "msr esr_el1, {esr}",
-            "msr elr_el1, {elr}",
-            "msr spsr_el1, {spsr}",
-            "mrs {vbar}, vbar_el1",
-            "mrs {sctlr}, sctlr_el1",
-            esr = in(reg) esr,
-            elr = in(reg) *pc,
-            spsr = in(reg) *pstate,
-            vbar = out(reg) vbar,
-            sctlr = out(reg) sctlr,
-            options(nostack)
-        );
-        if matches!(what, Injected::DataAbort | Injected::InstructionAbort) {
-            asm!("msr far_el1, {}", in(reg) far, options(nostack));
-        }
+    // EL1 state only, of the world whose exception this is; nothing runs at EL1 meanwhile.
+    // FAR_EL1 is UNKNOWN after an undefined-instruction exception or a trap, so it is only
+    // written for aborts.
+    ESR_EL1.set(esr);
+    ELR_EL1.set(*pc);
+    SPSR_EL1.set(*pstate);
+    let vbar = VBAR_EL1.get();
+    let sctlr = SCTLR_EL1.get();
+    if matches!(what, Injected::DataAbort | Injected::InstructionAbort) {
+        FAR_EL1.set(far);
     }
     let new_pstate = entry_pstate(*pstate, sctlr);
     *pc = vbar.wrapping_add(vector_offset(*pstate));

@@ -1,7 +1,10 @@
 //! AArch64 at EL2: boot entry (and secondary CPUs' entry), exception vectors, the EL2 MMU,
-//! entering EL1, cache maintenance, the firmware conduit (PSCI over SMC).
+//! entering EL1, cache maintenance, the firmware conduit (PSCI over SMC), the arch per-CPU data
+//! (`cpu.rs`). A leaf of the hyp: nothing here names a hyp module above `arch`; the vectors call
+//! the trap handler boot gives [`vectors::install`].
 pub mod boot;
 pub mod cache;
+pub mod cpu;
 pub mod debug;
 pub mod el1;
 pub mod esr;
@@ -34,18 +37,6 @@ pub fn halt() -> ! {
     loop {
         aarch64_cpu::asm::wfe();
     }
-}
-
-/// Points `TPIDR_EL2` at this CPU's per-CPU data.
-pub fn set_percpu_ptr(ptr: u64) {
-    use aarch64_cpu::registers::{Writeable, TPIDR_EL2};
-    TPIDR_EL2.set(ptr);
-}
-
-/// This CPU's per-CPU data pointer (0 before [`set_percpu_ptr`]).
-pub fn percpu_ptr() -> u64 {
-    use aarch64_cpu::registers::TPIDR_EL2;
-    TPIDR_EL2.get()
 }
 
 /// The syndrome registers of the exception being handled.

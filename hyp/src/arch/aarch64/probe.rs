@@ -9,7 +9,7 @@
 
 use core::arch::asm;
 
-use crate::percpu;
+use super::cpu;
 
 /// What the exception vector recorded when a probed access faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct ProbeFault {
 
 /// Reads one byte at `addr` at EL2.
 pub fn read_u8(addr: usize) -> Result<u8, ProbeFault> {
-    let cpu = percpu::this_cpu();
+    let cpu = cpu::this_cpu();
     cpu.probe_arm();
     let value: u64;
     // SAFETY: a single byte load; if it faults, the vector sees the armed probe, records the
@@ -47,7 +47,7 @@ pub fn read_u8(addr: usize) -> Result<u8, ProbeFault> {
 
 /// Writes one byte at `addr` at EL2.
 pub fn write_u8(addr: usize, value: u8) -> Result<(), ProbeFault> {
-    let cpu = percpu::this_cpu();
+    let cpu = cpu::this_cpu();
     cpu.probe_arm();
     // SAFETY: a single byte store the caller chose (tests store a byte's own value back); a fault
     // resumes at label 2 as in `read_u8`.
@@ -73,7 +73,7 @@ pub fn write_u8(addr: usize, value: u8) -> Result<(), ProbeFault> {
 /// # Safety
 /// `addr` must hold code that returns at once (a `ret`), or be memory that must not execute.
 pub unsafe fn exec(addr: usize) -> Result<(), ProbeFault> {
-    let cpu = percpu::this_cpu();
+    let cpu = cpu::this_cpu();
     cpu.probe_arm();
     // SAFETY: per the contract, the target either returns at once or faults; a fault resumes at
     // label 2; x30 and the flags are declared clobbered.

@@ -9,6 +9,7 @@
 use core::arch::{asm, naked_asm};
 use core::mem::offset_of;
 
+use super::cpu::{self, ArchCpu};
 use super::debug::{self, DebugState, HostDebug};
 use super::features;
 use super::fpsimd::{self, FpState};
@@ -17,7 +18,6 @@ use super::pmu::{self, PmuState};
 use super::timer::{self, PtimerRegs, VtimerRegs};
 use super::vgic::{self, VgicState};
 use super::vtimer;
-use crate::percpu::PerCpu;
 
 /// The EL1 system registers a world owns (host or guest).
 #[repr(C)]
@@ -52,7 +52,7 @@ impl El1Sys {
     /// A fresh EL1 state: MMU and caches off (RES1 bits set), everything else zero.
     pub fn reset() -> Self {
         Self {
-            sctlr: 0x30d0_0800,
+            sctlr: super::el1::SCTLR_EL1_RESET,
             ..Self::default()
         }
     }
@@ -160,7 +160,7 @@ impl GuestContext {
         Self {
             x,
             pc,
-            pstate: 0x3c5,
+            pstate: trap_frame::spsr::EL1H_MASKED,
             sys: El1Sys::reset(),
             exit_esr: 0,
             exit_far: 0,
@@ -324,7 +324,7 @@ pub unsafe extern "C" fn enter_guest(ctx: *mut GuestContext) -> u64 {
         "ldp x0, x1, [x0, #0]",
         "eret",
         hs = const offset_of!(GuestContext, host_save),
-        guest = const PerCpu::GUEST_CTX_OFFSET,
+        guest = const ArchCpu::GUEST_CTX_OFFSET,
         pc = const offset_of!(GuestContext, pc),
     )
 }
@@ -403,7 +403,7 @@ hyp_guest_exit:
     ret
 "#,
     hs = const offset_of!(GuestContext, host_save),
-    guest = const PerCpu::GUEST_CTX_OFFSET,
+    guest = const ArchCpu::GUEST_CTX_OFFSET,
     pc = const offset_of!(GuestContext, pc),
     esr = const offset_of!(GuestContext, exit_esr),
     hpfar = const offset_of!(GuestContext, exit_hpfar),
@@ -421,51 +421,47 @@ const _: () = assert!(offset_of!(GuestContext, x) == 0);
 const _: () = assert!(offset_of!(GuestContext, sys) <= 504);
 
 macro_rules! sysregs {
-    ($($field:ident => $reg:literal),* $(,)?) => {
+    ($($field:ident => $reg:ident),* $(,)?) => {
         /// Saves the EL1 system registers on the CPU into `s`.
         pub fn save_el1(s: &mut El1Sys) {
-            $(
-                // SAFETY: reading an EL1 system register from EL2 has no side effects.
-                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) s.$field, options(nomem, nostack)) };
-            )*
+            use aarch64_cpu::registers::*;
+            $( s.$field = $reg.get(); )*
         }
 
-        /// Loads `s` into the EL1 system registers of the CPU.
+        /// Loads `s` into the EL1 system registers of the CPU (EL1 state only: EL2 is not
+        /// affected and nothing runs at EL1 meanwhile).
         pub fn restore_el1(s: &El1Sys) {
-            $(
-                // SAFETY: EL1 state only; EL2 is not affected and nothing runs at EL1 meanwhile.
-                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) s.$field, options(nomem, nostack)) };
-            )*
-            // SAFETY: barrier only.
-            unsafe { asm!("isb", options(nomem, nostack)) };
+            use aarch64_cpu::registers::*;
+            $( $reg.set(s.$field); )*
+            aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
         }
     };
 }
 
 sysregs!(
-    sctlr => "sctlr_el1",
-    vbar => "vbar_el1",
-    elr => "elr_el1",
-    spsr => "spsr_el1",
-    esr => "esr_el1",
-    far => "far_el1",
-    sp_el1 => "sp_el1",
-    sp_el0 => "sp_el0",
-    tpidr_el1 => "tpidr_el1",
-    tpidr_el0 => "tpidr_el0",
-    tpidrro_el0 => "tpidrro_el0",
-    ttbr0 => "ttbr0_el1",
-    ttbr1 => "ttbr1_el1",
-    tcr => "tcr_el1",
-    mair => "mair_el1",
-    amair => "amair_el1",
-    cpacr => "cpacr_el1",
-    contextidr => "contextidr_el1",
-    cntkctl => "cntkctl_el1",
-    par => "par_el1",
-    afsr0 => "afsr0_el1",
-    afsr1 => "afsr1_el1",
-    csselr => "csselr_el1",
+    sctlr => SCTLR_EL1,
+    vbar => VBAR_EL1,
+    elr => ELR_EL1,
+    spsr => SPSR_EL1,
+    esr => ESR_EL1,
+    far => FAR_EL1,
+    sp_el1 => SP_EL1,
+    sp_el0 => SP_EL0,
+    tpidr_el1 => TPIDR_EL1,
+    tpidr_el0 => TPIDR_EL0,
+    tpidrro_el0 => TPIDRRO_EL0,
+    ttbr0 => TTBR0_EL1,
+    ttbr1 => TTBR1_EL1,
+    tcr => TCR_EL1,
+    mair => MAIR_EL1,
+    amair => AMAIR_EL1,
+    cpacr => CPACR_EL1,
+    contextidr => CONTEXTIDR_EL1,
+    cntkctl => CNTKCTL_EL1,
+    par => PAR_EL1,
+    afsr0 => AFSR0_EL1,
+    afsr1 => AFSR1_EL1,
+    csselr => CSSELR_EL1,
 );
 
 /// `HCR_EL2` while a guest runs: stage-2 on, EL1 is AArch64, SMC traps, the guest's own stage-1
@@ -515,8 +511,8 @@ pub fn load_stage2(hcr: u64, vttbr: u64, vtcr: u64) {
 
 macro_rules! raw_sysregs {
     ($save:ident, $restore:ident, $($i:literal => $enc:literal),* $(,)?) => {
-        /// Reads the registers into `out` (raw encodings: the target's assembler lacks the
-        /// features that name them).
+        /// Reads the registers into `out` (raw encodings: `aarch64-cpu` names these registers,
+        /// but by names the target's assembler rejects without the features that define them).
         fn $save(out: &mut [u64; 10]) {
             $(
                 // SAFETY: reading an EL1 register from EL2 has no side effects; the caller checked
@@ -654,7 +650,7 @@ pub fn switch_to_guest(ctx: &GuestContext, cfg: &GuestConfig) -> HostSave {
     // The PMU first (and back last): the host's counters count none of the switch, a closed
     // guest's run or the hyp's work for it.
     if cfg.pmu_open {
-        pmu::enter_open(&crate::percpu::this_cpu().host_pmu, &ctx.pmu);
+        pmu::enter_open(&cpu::this_cpu().host_pmu, &ctx.pmu);
     } else {
         host.pmcnten = pmu::pause_counters();
     }
@@ -696,7 +692,7 @@ pub fn switch_to_host(ctx: &mut GuestContext, host: &HostSave) {
     save_el1(&mut ctx.sys);
     restore_el1(&host.sys);
     if host.pmu_open {
-        pmu::exit_open(&crate::percpu::this_cpu().host_pmu, &mut ctx.pmu);
+        pmu::exit_open(&cpu::this_cpu().host_pmu, &mut ctx.pmu);
     } else {
         pmu::resume_counters(host.pmcnten);
     }

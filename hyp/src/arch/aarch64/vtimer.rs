@@ -92,7 +92,7 @@ pub fn init_cpu() {
         // (`mmu.rs`, device memory); GICR_TYPER is read-only, reading it has no side effect.
         let typer = unsafe { core::ptr::read_volatile((rd + GICR_TYPER) as *const u64) };
         if typer >> 32 == aff {
-            crate::percpu::this_cpu().gicr.store(rd, Ordering::Relaxed);
+            super::cpu::this_cpu().gicr.store(rd, Ordering::Relaxed);
             return;
         }
         if typer & TYPER_LAST != 0 {
@@ -103,7 +103,7 @@ pub fn init_cpu() {
 
 /// This CPU's redistributor, if [`init_cpu`] found it (never without the GIC's system registers).
 fn gicr() -> Option<u64> {
-    let rd = crate::percpu::this_cpu().gicr.load(Ordering::Relaxed);
+    let rd = super::cpu::this_cpu().gicr.load(Ordering::Relaxed);
     (rd != 0).then_some(rd)
 }
 
@@ -140,7 +140,7 @@ fn fires(ctl: u64) -> bool {
 /// it through the HW bit, or [`exit`]).
 fn activate(rd: u64) {
     write32(rd, GICR_ISACTIVER0, BIT);
-    crate::percpu::this_cpu()
+    super::cpu::this_cpu()
         .vtimer_active
         .store(true, Ordering::Relaxed);
 }
@@ -245,7 +245,7 @@ pub fn exit(host: &HostPpi) {
     let Some(rd) = gicr() else {
         return;
     };
-    let cpu = crate::percpu::this_cpu();
+    let cpu = super::cpu::this_cpu();
     if cpu.vtimer_active.swap(false, Ordering::Relaxed) {
         write32(rd, GICR_ICACTIVER0, BIT);
     }
