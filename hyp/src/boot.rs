@@ -107,7 +107,7 @@ fn device_reg(node: Option<fdt::node::FdtNode>, index: usize) -> Option<(u64, u6
 
 fn region(name: &'static str, found: Option<(u64, u64)>, default: (usize, usize)) -> MmioRegion {
     let (base, end) = found.unwrap_or_else(|| {
-        log::warn!("{name}: not in the DTB, using 0x{:x}", default.0);
+        log::info!("{name}: not in the DTB, using 0x{:x}", default.0);
         (default.0 as u64, (default.0 + default.1) as u64)
     });
     MmioRegion { name, base, end }
@@ -147,7 +147,7 @@ fn host_mmio_from_dtb(fdt: &fdt::Fdt, cpus: usize) -> HostMmio {
         .step_by(GICR_SIZE_PER_CPU)
         .any(|f| f + per_cpu <= gicr.end && redistributor_has_lpis(f));
     if lpis {
-        log::warn!(
+        log::info!(
             "the GIC redistributors implement LPIs: the host gets only their SGI_base frames"
         );
         for f in (gicr.base..gicr.end).step_by(GICR_SIZE_PER_CPU) {
@@ -325,7 +325,7 @@ extern "C" fn hyp_rust_start(cpu: usize) -> ! {
         log::debug!("host device: {} 0x{:x}..0x{:x}", r.name, r.base, r.end);
     }
     if info.cpus > MAX_CPUS {
-        log::warn!(
+        log::info!(
             "the DTB lists {} CPUs; the hyp serves {MAX_CPUS}",
             info.cpus
         );

@@ -37,7 +37,7 @@ pub fn handle_trap(frame: &mut TrapFrame, syn: Syndrome) {
             _ => traps::host_undef(&mut frame.elr, &mut frame.spsr, syn.esr),
         },
         VectorKind::LowerIrq | VectorKind::LowerFiq => {
-            log::warn!("unexpected interrupt from EL1 ignored");
+            log::debug!("unexpected interrupt from EL1 ignored");
         }
         _ => fatal_exception(frame, syn),
     }

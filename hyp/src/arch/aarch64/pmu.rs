@@ -33,7 +33,7 @@ pub fn init() {
     let counters = (pmcr >> 11) & 0x1f;
     COUNTERS.store(counters as u32, Ordering::Relaxed);
     if counters < 2 {
-        log::warn!("PMU has {counters} event counters: instruction counting disabled");
+        log::info!("PMU has {counters} event counters: instruction counting disabled");
         return;
     }
     // MDCR_EL2: HPMN = all counters (EL1 may read them), no traps (TPM, TPMCR clear), counting
