@@ -719,6 +719,16 @@ impl<F: Format, M: PhysMem, T: TlbMaintenance> Tables<F, M, T> {
         Ok(())
     }
 
+    /// The level-3 table mapping the 2 MiB range at `ipa_2m` (aligned, in range) and the level-2
+    /// entry that holds it, `(table, idx, sub)`; `None` if no level-3 table maps that range.
+    fn level3_table(&self, ipa_2m: u64) -> Option<(u64, usize, u64)> {
+        let (level, table, idx, desc) = self.descend(ipa_2m, 2);
+        match kind(desc, level) {
+            Kind::Table(sub) if level == 2 => Some((table, idx, sub)),
+            _ => None,
+        }
+    }
+
     /// If the 2 MiB range at `ipa_2m` is mapped by a level-3 table whose 512 entries are all
     /// valid pages with the same attributes, mapping one physically contiguous 2 MiB-aligned
     /// range in order, replaces the table by a 2 MiB block (break-before-make, the whole range
@@ -731,13 +741,9 @@ impl<F: Format, M: PhysMem, T: TlbMaintenance> Tables<F, M, T> {
         if !ipa_2m.is_multiple_of(SIZE_2M) || ipa_2m >= self.ipa.limit() {
             return Err(MapError::Invalid);
         }
-        let (level, table, idx, desc) = self.descend(ipa_2m, 2);
-        let Kind::Table(sub) = kind(desc, level) else {
+        let Some((table, idx, sub)) = self.level3_table(ipa_2m) else {
             return Ok(false);
         };
-        if level != 2 {
-            return Ok(false);
-        }
         let first = self.read(sub, 0);
         if kind(first, 3) != Kind::Leaf {
             return Ok(false);
@@ -798,13 +804,9 @@ impl<F: Format, M: PhysMem, T: TlbMaintenance> Tables<F, M, T> {
         {
             return Err(MapError::Invalid);
         }
-        let (level, table, idx, desc) = self.descend(ipa_2m, 2);
-        let Kind::Table(sub) = kind(desc, level) else {
+        let Some((table, idx, sub)) = self.level3_table(ipa_2m) else {
             return Ok(false);
         };
-        if level != 2 {
-            return Ok(false);
-        }
         let fits = (0..ENTRIES).all(|i| {
             let d = self.read(sub, i);
             d == 0 || d == leaf_desc(pa_2m + i as u64 * SIZE_4K, 3, bits)
