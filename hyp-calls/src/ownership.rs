@@ -19,7 +19,7 @@ use crate::platform::Platform;
 use crate::state::Hyp;
 
 fn vmid(vm: VmHandle) -> u16 {
-    vm.0 as u16
+    vm.vmid()
 }
 
 /// How a gmem page's ownership gets to what the policy asks (see [`Hyp::settle_plan`]).
@@ -268,7 +268,7 @@ impl<P: Platform> Hyp<P> {
             accesses.extend(v.stage2.mappings().map(|m| Access {
                 pa: m.pa_base,
                 size: m.size,
-                who: Component::Guest(id as u16),
+                who: Component::Guest(VmHandle(id).vmid()),
             }));
         }
         self.owners.check_invariants(accesses)

@@ -17,8 +17,6 @@ use crate::platform::Platform;
 
 /// IPA size of every VM (the coco shared bit is bit 39).
 pub const IPA: IpaSize = IpaSize::Bits40;
-/// Largest VMID handed out (8-bit VMIDs).
-pub(crate) const MAX_VMID: u32 = 255;
 
 /// What the hyp knows of the machine when it sets up: RAM, its own region at the start of RAM,
 /// and the device MMIO the host may reach (`[lo, hi)`, execute-never device memory).

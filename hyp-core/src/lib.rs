@@ -30,7 +30,9 @@ pub use gmem::{BlockCheck, ConvertError, ConvertRequest, GmemFile, Initiator, Sh
 pub use pages::PageMap;
 pub use provider::{FakeArena, PageProvider, BLOCK_PAGES, BLOCK_SIZE};
 pub use range::RangeStore;
-pub use vm::{GmemBinding, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle};
+pub use vm::{
+    GmemBinding, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle, MAX_VMS, VMID_BITS,
+};
 pub use world::{GmemRange, GuestRangePiece, Invalidation, Stage2Unmap, Teardown, World};
 
 #[cfg(test)]

@@ -9,9 +9,23 @@ use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
 use crate::provider::PageProvider;
 use crate::range::RangeStore;
 
-/// Handle of a VM in a [`crate::World`].
+/// Handle of a VM in a [`crate::World`]: `generation << VMID_BITS | vmid`. The VMID (1..=
+/// [`MAX_VMS`]) is reused after the VM is destroyed, with the next generation, so a stale handle
+/// names no VM (until the generation wraps, after 2^24 reuses of one VMID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VmHandle(pub u32);
+
+/// Bits of a [`VmHandle`] that are its VMID.
+pub const VMID_BITS: u32 = 8;
+/// VMs at once: VMIDs 1..=255 (VMID 0 is the host's stage-2). `VmCreate` beyond it is `ENOSPC`.
+pub const MAX_VMS: u32 = (1 << VMID_BITS) - 1;
+
+impl VmHandle {
+    /// The VM's VMID (its stage-2 tag, and its component in the ownership table).
+    pub fn vmid(self) -> u16 {
+        (self.0 & MAX_VMS) as u16
+    }
+}
 
 /// Handle of a gmem file in a [`crate::World`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

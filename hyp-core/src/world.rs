@@ -9,7 +9,9 @@ use abi::{Errno, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::gmem::{page_range, ConvertError, ConvertRequest, GmemFile, Shareability};
 use crate::provider::PageProvider;
-use crate::vm::{page_down, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle};
+use crate::vm::{
+    page_down, GmemHandle, Memslot, MemslotSpec, SlotId, Vm, VmHandle, MAX_VMS, VMID_BITS,
+};
 
 /// A GPA range of one VM whose stage-2 mappings must be removed. `gpa` has no coco shared bit:
 /// for a `coco` VM both aliases (`gpa` and `gpa | shared_bit`) must be unmapped.
@@ -74,13 +76,15 @@ pub(crate) struct GmemEntry {
     pub(crate) owner: VmHandle,
 }
 
-/// Every gmem file and VM of the system, by handle. Handles are small integers, never reused,
-/// starting at 1; an unknown handle is `ENOENT`.
+/// Every gmem file and VM of the system, by handle; an unknown handle is `ENOENT`. Gmem handles
+/// are small integers from 1, never reused (`ENOSPC` after 2^32 - 1 files). VM handles carry a
+/// VMID, reused after destroy with a new generation ([`VmHandle`]): at most [`MAX_VMS`] at once.
 #[derive(Debug, Default)]
 pub struct World {
     pub(crate) vms: BTreeMap<u32, Vm>,
     pub(crate) gmems: BTreeMap<u32, GmemEntry>,
-    next_vm: u32,
+    /// The generation each VMID's next VM gets (index: VMID).
+    vm_generation: BTreeMap<u16, u32>,
     next_gmem: u32,
 }
 
@@ -100,9 +104,32 @@ impl World {
     /// Creates a VM (`EINVAL` for an IPA size outside 32..=52 bits).
     pub fn create_vm(&mut self, vm_type: VmType, ipa_bits: u32) -> Result<VmHandle, Errno> {
         let vm = Vm::new(vm_type, ipa_bits)?;
-        let h = next_handle(&mut self.next_vm)?;
+        let h = self.free_vm_handle()?;
         self.vms.insert(h, vm);
         Ok(VmHandle(h))
+    }
+
+    /// How many VMs exist.
+    pub fn vm_count(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// The handle of a new VM: the lowest VMID no VM holds, at its next generation (`ENOSPC`
+    /// when all [`MAX_VMS`] are in use). O(VMs).
+    fn free_vm_handle(&mut self) -> Result<u32, Errno> {
+        let mut used = [false; MAX_VMS as usize + 1];
+        for &h in self.vms.keys() {
+            if let Some(u) = used.get_mut(usize::from(VmHandle(h).vmid())) {
+                *u = true;
+            }
+        }
+        let vmid = (1..=MAX_VMS as u16)
+            .find(|&v| !used.get(usize::from(v)).copied().unwrap_or(true))
+            .ok_or(Errno::ENOSPC)?;
+        let generation = self.vm_generation.entry(vmid).or_insert(0);
+        let h = (*generation << VMID_BITS) | u32::from(vmid);
+        *generation = (*generation + 1) & ((1 << (32 - VMID_BITS)) - 1);
+        Ok(h)
     }
 
     /// Destroys a VM with its memslots (freeing their `anon` memory) and the gmem files it owns

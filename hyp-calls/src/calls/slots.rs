@@ -107,14 +107,14 @@ pub fn map_host_shared<P: Platform>(
     }
     hyp.ram_run(pa, pages)?;
     hyp.world.host_shared_check(h, ipa, pa, pages)?;
-    let t = Transition::HostShareWithGuest(h.0 as u16);
+    let t = Transition::HostShareWithGuest(h.vmid());
     for i in 0..pages {
         hyp.owners.check(pa + i * PAGE_SIZE, t)?;
     }
     hyp.world.map_host_shared(h, ipa, pa, pages)?;
     for i in 0..pages {
         hyp.owners
-            .host_share_with_guest(pa + i * PAGE_SIZE, h.0 as u16)?;
+            .host_share_with_guest(pa + i * PAGE_SIZE, h.vmid())?;
     }
     ok(0)
 }

@@ -12,22 +12,20 @@ use hyp_mem::stage2::Stage2;
 
 use super::{ok, HostResult};
 use crate::platform::Platform;
-use crate::state::{handle32, Hyp, HypVm, Pending, Vcpu, VmStats, IPA, MAX_VMID};
+use crate::state::{handle32, Hyp, HypVm, Pending, Vcpu, VmStats, IPA};
 
 pub fn vm_create<P: Platform>(hyp: &mut Hyp<P>, vm_type: u64) -> HostResult {
     let t = VmType::from_u64(vm_type).ok_or(Errno::EINVAL)?;
     let h = hyp.world.create_vm(t, IPA.bits())?;
-    let stage2 = if h.0 > MAX_VMID {
-        Err(Errno::ENOSPC)
-    } else {
-        Stage2::new(
-            Pool::new(hyp.platform.ram()),
-            hyp.platform.tlb(),
-            h.0 as u16,
-            IPA,
-        )
-        .map_err(|(e, _, _)| Errno::from(e))
-    };
+    // The VMID may have served a destroyed VM: its stage-2 invalidated every TLB entry of the
+    // VMID when it went (`Stage2::destroy`), before the VMID was free again.
+    let stage2 = Stage2::new(
+        Pool::new(hyp.platform.ram()),
+        hyp.platform.tlb(),
+        h.vmid(),
+        IPA,
+    )
+    .map_err(|(e, _, _)| Errno::from(e));
     let stage2 = match stage2 {
         Ok(s) => s,
         Err(e) => {
@@ -65,7 +63,7 @@ pub fn vm_destroy<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
     hyp.check_reclaim_all(h, &pages)?;
     for &pa in hyp.world.vm(h)?.host_shared_pages().iter() {
         hyp.owners
-            .check(pa, Transition::HostUnshareFromGuest(h.0 as u16))?;
+            .check(pa, Transition::HostUnshareFromGuest(h.vmid()))?;
     }
     let Some(v) = hyp.vms.remove(&h.0) else {
         return Err(Errno::ENOENT);
@@ -80,7 +78,7 @@ pub fn vm_destroy<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
         hyp.reclaim_to_pool(h, pa)?;
     }
     for pa in core::mem::take(&mut teardown.host_shared) {
-        hyp.owners.host_unshare_from_guest(pa, h.0 as u16)?;
+        hyp.owners.host_unshare_from_guest(pa, h.vmid())?;
     }
     let pages = pool.drain();
     for &pa in &pages {

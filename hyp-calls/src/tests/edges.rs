@@ -437,23 +437,60 @@ fn a_host_shared_run_is_checked_page_by_page_before_any_changes() {
 // ---- VMs, vCPUs, pools ----
 
 #[test]
-fn vmids_end_at_255() {
+fn vmids_are_reused_after_destroy_under_a_new_handle() {
     let mut r = rig();
-    for want in 1..=255u64 {
+    // Watch a page so that the fake TLB records every invalidation.
+    r.watch.borrow_mut().pa = Some(FAKE_BASE);
+    let mut seen = alloc::collections::BTreeSet::new();
+    let mut stale = 0;
+    for _ in 0..300 {
         let vm = r.vm(VmType::Plain);
-        assert_eq!(vm, want);
+        assert_eq!(VmHandle(vm as u32).vmid(), 1, "the lowest free VMID");
+        assert!(seen.insert(vm), "handle 0x{vm:x} given twice");
+        if stale != 0 {
+            // The previous VM's handle names nothing, although its VMID serves again.
+            r.err(HostCall::VmDestroy, [stale, 0, 0, 0, 0, 0], Errno::ENOENT);
+            r.err(HostCall::VcpuCreate, [stale, 0, 0, 0, 0, 0], Errno::ENOENT);
+        }
         r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]);
+        stale = vm;
     }
-    // No VMID left: refused, and the core keeps no VM behind.
-    for h in [256, 257] {
-        r.err(
-            HostCall::VmCreate,
-            [VmType::Plain as u64, 0, 0, 0, 0, 0],
-            Errno::ENOSPC,
-        );
-        assert!(r.hyp.world.vm(VmHandle(h)).is_err());
-    }
+    // Every teardown invalidated the VMID before it was free again.
+    let flushes = r
+        .watch
+        .borrow()
+        .seen
+        .iter()
+        .filter(|(ev, _)| *ev == TlbEvent::InvalidateVmid { vmid: 1 })
+        .count();
+    assert_eq!(flushes, 300);
     assert!(r.hyp.vms.is_empty());
+    assert_eq!(r.invariants(), 0);
+}
+
+#[test]
+fn at_most_255_vms_at_once() {
+    let mut r = rig();
+    let vms: Vec<u64> = (0..255).map(|_| r.vm(VmType::Plain)).collect();
+    let vmids: alloc::collections::BTreeSet<u16> =
+        vms.iter().map(|&h| VmHandle(h as u32).vmid()).collect();
+    assert_eq!(vmids.len(), 255);
+    assert!(!vmids.contains(&0), "VMID 0 is the host's");
+    // No VMID left: refused, and neither the core nor the hyp keeps a VM behind.
+    r.err(
+        HostCall::VmCreate,
+        [VmType::Plain as u64, 0, 0, 0, 0, 0],
+        Errno::ENOSPC,
+    );
+    assert_eq!(r.hyp.vms.len(), 255);
+    assert_eq!(r.hyp.world.vm_count(), 255);
+    // One goes: its VMID serves the next VM, under another handle.
+    let gone = vms[99];
+    r.ok(HostCall::VmDestroy, [gone, 0, 0, 0, 0, 0]);
+    let again = r.vm(VmType::Plain);
+    assert_ne!(again, gone);
+    assert_eq!(VmHandle(again as u32).vmid(), VmHandle(gone as u32).vmid());
+    r.err(HostCall::VmDestroy, [gone, 0, 0, 0, 0, 0], Errno::ENOENT);
 }
 
 #[test]
