@@ -174,3 +174,106 @@ fn a_guarded_mmio_page_exits_at_any_offset_in_it() {
     );
     assert_eq!(ctx.injected, []);
 }
+
+// ---- ownership bookkeeping ----
+
+#[test]
+fn a_second_vms_fault_gives_the_page_to_that_vm() {
+    let mut r = rig();
+    r.vm(VmType::Pkvm);
+    let (vm, _, vcpu) = r.configured(VmType::Pkvm, 16, 8);
+    assert_eq!(vm, 2);
+    assert_eq!(write_at(&mut r, vcpu, GPA).1, []);
+    let Some((pa, _)) = leaf(&r, vm, GPA) else {
+        panic!("not mapped")
+    };
+    assert_eq!(state(&r, pa, Component::Guest(2)), PageState::Owned);
+    assert_eq!(r.hyp.owners.info(pa).map(|i| i.vm), Ok(2));
+    assert_eq!(r.invariants(), 0);
+}
+
+#[test]
+fn a_donation_with_one_page_not_the_hosts_changes_no_page() {
+    let mut r = rig();
+    let vm = r.vm(VmType::Pkvm);
+    let p0 = r.host_pages(3);
+    r.ok(HostCall::Donate, [vm, p0 + 2 * P, 1, 0, 0, 0]);
+    let before = r.call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0]);
+    r.err(HostCall::Donate, [vm, p0, 3, 0, 0, 0], Errno::EPERM);
+    for pa in [p0, p0 + P] {
+        assert_eq!(state(&r, pa, Component::Host), PageState::Owned);
+    }
+    assert_eq!(r.call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0]), before);
+    assert_eq!(r.invariants(), 0);
+}
+
+#[test]
+fn a_page_made_private_leaves_the_host_stage2() {
+    let mut r = rig();
+    let (vm, g, _) = r.configured(VmType::Coco, 16, 32);
+    r.ok(
+        HostCall::Convert,
+        [g, 0, P, 1, abi::host::CONVERT_MODE_DEFAULT, 0],
+    );
+    let pa = r.ok(HostCall::HostMapGmem, [g, 0, 0, 0, 0, 0]);
+    // The host touches the shared page: its stage-2 maps it.
+    assert!(r.hyp.host_stage2_fault(pa));
+    assert!(r.hyp.host_s2.walk(pa).is_some());
+    r.ok(
+        HostCall::Convert,
+        [g, 0, P, 0, abi::host::CONVERT_MODE_DEFAULT, 0],
+    );
+    assert_eq!(r.hyp.host_s2.walk(pa), None);
+    assert_eq!(state(&r, pa, Component::Host), PageState::NoPage);
+    assert_eq!(state(&r, pa, Component::Guest(vm as u16)), PageState::Owned);
+    assert_eq!(r.invariants(), 0);
+}
+
+#[test]
+fn an_anon_page_is_the_hosts_shared_with_the_guest() {
+    let mut r = rig();
+    let vm = r.vm(VmType::Plain);
+    let s = match r.slot(vm, GPA, 16, 0, UserspaceAddr::Anon, MemslotFlags::empty()) {
+        Ok(s) => s,
+        Err(e) => panic!("slot: {e}"),
+    };
+    r.donate(vm, 8);
+    let pa = r.ok(HostCall::HostMapUaddr, [vm, s, 3 * P + 5, 0, 0, 0]);
+    assert_eq!(state(&r, pa, Component::Host), PageState::SharedOwned);
+    assert_eq!(
+        state(&r, pa, Component::Guest(vm as u16)),
+        PageState::SharedBorrowed
+    );
+    assert_eq!(state(&r, pa, Component::Hyp), PageState::NoPage);
+    assert_eq!(r.invariants(), 0);
+}
+
+#[test]
+fn a_punch_the_ownership_table_refuses_changes_nothing() {
+    let mut r = rig();
+    let (vm, g, vcpu) = r.configured(VmType::Pkvm, 16, 32);
+    assert_eq!(write_at(&mut r, vcpu, GPA + 3 * P).1, []);
+    let Some((pa, _)) = leaf(&r, vm, GPA + 3 * P) else {
+        panic!("not mapped")
+    };
+    r.ram.write_u64(pa, 0x5eed);
+    // A host pin the core does not know of: the page cannot go back to the hyp.
+    let mut info = r.hyp.owners.info(pa).unwrap();
+    info.host_pins = 1;
+    r.hyp.owners.force_info(pa, info).unwrap();
+    r.err(HostCall::PunchHole, [g, 3 * P, P, 0, 0, 0], Errno::EBUSY);
+    let f = r.hyp.world.gmem(hyp_core::GmemHandle(g as u32)).unwrap();
+    assert_eq!(f.page_pa(3 * P), Some(pa));
+    assert_eq!(leaf(&r, vm, GPA + 3 * P), Some((pa, P)));
+    assert_eq!(r.ram.read_u64(pa), Some(0x5eed));
+    assert_eq!(state(&r, pa, Component::Guest(vm as u16)), PageState::Owned);
+}
+
+#[test]
+fn the_host_stage2_maps_the_first_page_of_ram() {
+    let mut r = rig();
+    assert!(r.hyp.host_stage2_fault(FAKE_BASE));
+    assert!(r.hyp.host_s2.walk(FAKE_BASE).is_some());
+    assert!(!r.hyp.host_stage2_fault(FAKE_BASE - P));
+    assert_eq!(r.invariants(), 0);
+}
