@@ -277,3 +277,45 @@ fn the_host_stage2_maps_the_first_page_of_ram() {
     assert!(!r.hyp.host_stage2_fault(FAKE_BASE - P));
     assert_eq!(r.invariants(), 0);
 }
+
+#[test]
+fn the_guest_view_check_names_a_wrong_page_and_a_private_page_the_host_holds() {
+    use crate::ownership::GuestViewViolation;
+    let mut r = rig();
+    let (vm, _, vcpu) = r.configured(VmType::Pkvm, 16, 32);
+    for ipa in [GPA, GPA + P] {
+        assert_eq!(write_at(&mut r, vcpu, ipa).1, []);
+    }
+    let (Some((p0, _)), Some((p1, _))) = (leaf(&r, vm, GPA), leaf(&r, vm, GPA + P)) else {
+        panic!("not mapped")
+    };
+    assert_eq!(r.hyp.check_guest_views(), []);
+    // The table says the host borrows the guest's private page 0 (the guest still owns it);
+    // page 1 is mapped to a page of the host's.
+    let mut info = r.hyp.owners.info(p0).unwrap();
+    info.host = PageState::SharedBorrowed;
+    r.hyp.owners.force_info(p0, info).unwrap();
+    let other = r.host_pages(1);
+    let v = r.hyp.vms.get_mut(&(vm as u32)).unwrap();
+    v.stage2.unmap(GPA + P, P).unwrap();
+    v.stage2
+        .map(GPA + P, other, P, hyp_mem::stage2::S2Attrs::NORMAL_RWX)
+        .unwrap();
+    let id = vm as u32;
+    assert_eq!(
+        r.hyp.check_guest_views(),
+        [
+            GuestViewViolation::PrivateNotOwned {
+                vm: id,
+                ipa: GPA,
+                pa: p0
+            },
+            GuestViewViolation::WrongPage {
+                vm: id,
+                ipa: GPA + P,
+                pa: other,
+                expected: Some(p1)
+            },
+        ]
+    );
+}
