@@ -57,7 +57,7 @@ fn a_block_fault_moves_every_page_of_the_chunk_to_the_guest() {
         assert_eq!(state(&r, pa, Component::Host), PageState::NoPage, "{i}");
         assert_eq!(state(&r, pa, Component::Hyp), PageState::NoPage, "{i}");
     }
-    assert_eq!(r.invariants(), 0);
+    // (The invariant checker over a block runs in the remap test: costly under Miri.)
 }
 
 #[test]
