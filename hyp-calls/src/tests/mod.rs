@@ -6,6 +6,7 @@
 //! twice-arriving arguments, and the order of unmaps and zeroing (the [`WatchTlb`]).
 
 mod edges;
+mod edges2;
 mod exits;
 mod guest_calls;
 mod host_calls;
@@ -209,10 +210,16 @@ pub(crate) struct Rig {
 }
 
 pub(crate) fn rig() -> Rig {
-    let ram = FakeArena::new(RAM_PAGES);
+    rig_of(RAM_PAGES)
+}
+
+/// A hyp over `pages` pages of fake RAM (more than [`RAM_PAGES`] where a test needs two 2 MiB
+/// chunks).
+pub(crate) fn rig_of(pages: usize) -> Rig {
+    let ram = FakeArena::new(pages);
     let config = HypConfig {
         ram_base: FAKE_BASE,
-        ram_size: RAM_PAGES as u64 * PAGE_SIZE,
+        ram_size: pages as u64 * PAGE_SIZE,
         hyp_end: FAKE_BASE,
         host_mmio: alloc::vec![DEVICE],
     };
