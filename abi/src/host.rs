@@ -250,6 +250,18 @@ pub const COMPLETE_INJECT_ABORT: u64 = 1;
 /// Largest gmem file, in bytes (Trust rule 7): 2^48. Larger is `EINVAL`.
 pub const GMEM_MAX_SIZE: u64 = 1 << 48;
 
+/// VMs at once (VMIDs 1..=255; VMID 0 is the host's stage-2): `VmCreate` beyond it is `ENOSPC`.
+pub const VMS_MAX: u32 = 255;
+/// vCPUs of one VM: `VcpuCreate` beyond it is `ENOSPC`.
+pub const VCPUS_PER_VM_MAX: u32 = 16;
+/// gmem files one VM owns at once: `GmemCreate` beyond it is `ENOSPC`.
+pub const GMEM_FILES_PER_VM_MAX: usize = 32;
+/// Memslots of one VM at once: `MemslotCreate` beyond it is `ENOSPC`.
+pub const MEMSLOTS_PER_VM_MAX: usize = 64;
+/// MMIO granules one VM may have guarded at once: a guest `MMIO_GUARD_MAP` (or range map) that
+/// would go beyond it is `INVALID_PARAMETER`, and maps nothing.
+pub const MMIO_GUARD_GRANULES_MAX: usize = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

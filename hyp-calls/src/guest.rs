@@ -182,6 +182,13 @@ pub(crate) fn mmio_guard_call<P: Platform>(
             },
         );
     };
+    // A bounded set (the guest's flood gets INVALID_PARAMETER and maps nothing).
+    if map
+        && set.len() + ipas.iter().filter(|a| !set.contains(a)).count()
+            > abi::host::MMIO_GUARD_GRANULES_MAX
+    {
+        return answer(ctx, invalid);
+    }
     for a in &ipas {
         if map {
             set.insert(*a);

@@ -18,7 +18,8 @@ pub struct VmHandle(pub u32);
 /// Bits of a [`VmHandle`] that are its VMID.
 pub const VMID_BITS: u32 = 8;
 /// VMs at once: VMIDs 1..=255 (VMID 0 is the host's stage-2). `VmCreate` beyond it is `ENOSPC`.
-pub const MAX_VMS: u32 = (1 << VMID_BITS) - 1;
+pub const MAX_VMS: u32 = abi::host::VMS_MAX;
+const _: () = assert!(MAX_VMS == (1 << VMID_BITS) - 1);
 
 impl VmHandle {
     /// The VM's VMID (its stage-2 tag, and its component in the ownership table).
@@ -276,6 +277,9 @@ impl Vm {
     }
 
     pub(crate) fn add_slot(&mut self, slot: Memslot) -> Result<SlotId, Errno> {
+        if self.slots.len() >= abi::host::MEMSLOTS_PER_VM_MAX {
+            return Err(Errno::ENOSPC);
+        }
         // Find a free id (ids of deleted slots are reused once the counter wraps).
         let mut id = self.next_slot;
         for _ in 0..=self.slots.len() {

@@ -109,6 +109,11 @@ impl World {
         Ok(VmHandle(h))
     }
 
+    /// How many gmem files exist.
+    pub fn gmem_count(&self) -> usize {
+        self.gmems.len()
+    }
+
     /// How many VMs exist.
     pub fn vm_count(&self) -> usize {
         self.vms.len()
@@ -252,7 +257,7 @@ impl World {
 
     /// Creates a gmem file owned by `owner` (`KVM_CREATE_GUEST_MEMFD` is a VM ioctl). `ENOENT`
     /// for an unknown VM; `EINVAL` for unknown flag bits or a size that is not a positive
-    /// multiple of 4 KiB.
+    /// multiple of 4 KiB; `ENOSPC` when the VM owns `GMEM_FILES_PER_VM_MAX` files.
     pub fn create_gmem(
         &mut self,
         owner: VmHandle,
@@ -261,6 +266,11 @@ impl World {
     ) -> Result<GmemHandle, Errno> {
         let vm_type = self.vm(owner)?.vm_type();
         let file = GmemFile::new(size, flags, vm_type)?;
+        if self.gmems.values().filter(|e| e.owner == owner).count()
+            >= abi::host::GMEM_FILES_PER_VM_MAX
+        {
+            return Err(Errno::ENOSPC);
+        }
         let h = next_handle(&mut self.next_gmem)?;
         self.gmems.insert(h, GmemEntry { file, owner });
         Ok(GmemHandle(h))

@@ -108,7 +108,10 @@ pub fn vcpu_create<P: Platform>(hyp: &mut Hyp<P>, vm: u64, entry: u64, arg: u64)
     let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;
     let v = hyp.vm_mut(vm)?;
     let index = v.vcpus_created;
-    v.vcpus_created = index.checked_add(1).ok_or(Errno::ENOSPC)?;
+    if index >= abi::host::VCPUS_PER_VM_MAX {
+        return Err(Errno::ENOSPC);
+    }
+    v.vcpus_created = index + 1;
     hyp.next_vcpu = id;
     let ctx = Box::new(hyp.platform.new_vcpu(entry, arg, index));
     hyp.vcpus.insert(

@@ -10,6 +10,7 @@ mod edges2;
 mod exits;
 mod guest_calls;
 mod host_calls;
+mod limits;
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;

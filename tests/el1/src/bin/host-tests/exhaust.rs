@@ -1,8 +1,7 @@
 //! Rule 8 (SEMANTICS.md "Trust": no one exhausts the hyp) as an attacker tries it: objects created
-//! without end by the host or a guest, VM handles that must be reused. These belong to the issue
-//! "No one exhausts the hyp" and fail until it lands, so they build only with the `rule8` feature
-//! of this image (`make test-target EL1_FEATURES=rule8`); `zz_atk_2` exhausts the hyp for real
-//! only with `ATK_EXHAUST=vcpu|gmem|guard|host-sve` at build time.
+//! without end by the host or a guest, VM handles that must be reused. Each flood must end with
+//! a documented limit's error (`abi::host::*_MAX`) while the hyp goes on; `zz_atk_2` exhausts the
+//! hyp for real only with `ATK_EXHAUST=vcpu|gmem|guard|host-sve` at build time.
 
 use alloc::format;
 
@@ -24,7 +23,7 @@ use crate::vms::e;
 
 /// How many objects a bounded probe creates before it calls the missing limit a break: each of
 /// these takes a good part of the hyp's 64 MiB heap (about 1 KiB a vCPU), while a host's VMs
-/// need a handful. The hyp documents no limit, so a defined refusal anywhere up to here passes.
+/// need a handful. The documented limits are far below it.
 const PROBE_OBJECTS: u64 = 16_384;
 
 fn atk_vcpu_create_without_end_is_refused_before_it_eats_the_hyp_heap() -> TestResult {

@@ -13,7 +13,6 @@ use ontarget::{ensure, ensure_eq, register, TestResult, Totals};
 mod attacks;
 mod attacks_ws;
 mod blocks;
-#[cfg(feature = "rule8")]
 mod exhaust;
 mod protect;
 mod psci;
