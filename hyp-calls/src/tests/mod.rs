@@ -11,6 +11,7 @@ mod exits;
 mod guest_calls;
 mod host_calls;
 mod limits;
+mod storm;
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
