@@ -81,7 +81,7 @@ MIRI_CALLS_TESTS := tests::exits tests::guest_calls
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
-.PHONY: run test test-host miri test-target debug lint clean setup images test-images guest-image \
+.PHONY: storm run test test-host miri test-target debug lint clean setup images test-images guest-image \
         bench bench-pad-check bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test \
         trust-checks qemu-run-selfcheck semihost-check introspection-check dma-check
 
@@ -290,6 +290,13 @@ selfcheck: test-images
 
 test-target: selfcheck
 	$(QEMU_RUN) -kernel $(OUT)/hyp-tests
+
+## ---- storms (long runs, not in `make test`) --------------------------------------------------
+# The host storm of `hyp-calls` (tests::storm) with many more cases than `make test`'s 64: random
+# host calls and guest exits, the invariant checker after every step. A failure prints the case.
+STORM_CASES ?= 20000
+storm: setup
+	PROPTEST_CASES=$(STORM_CASES) cargo test -p hyp-calls --features introspection --lib -- tests::storm
 
 ## ---- benchmarks -------------------------------------------------------------------------------
 bench-host: setup
