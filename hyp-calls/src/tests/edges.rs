@@ -24,14 +24,6 @@ const SHARED: u64 = 1 << 39;
 /// One past the last byte of the fake RAM.
 const RAM_END: u64 = FAKE_BASE + RAM_PAGES as u64 * P;
 
-/// A guest call served at EL2: x0, x1.
-fn served(r: &mut Rig, vcpu: u64, x: [u64; 4]) -> (u64, u64) {
-    let (setup, exit) = hvc(x);
-    let (step, ctx) = r.exit(vcpu, 0, setup, exit);
-    assert!(matches!(step, Step::Resume), "{x:x?}: {step:?}");
-    (ctx.x[0], ctx.x[1])
-}
-
 /// The guest-physical page `ipa` of `vm` maps to (after a fault there).
 fn mapped(r: &Rig, vm: u64, ipa: u64) -> Option<u64> {
     r.hyp.vms[&(vm as u32)].stage2.walk(ipa).map(|m| m.pa_base)

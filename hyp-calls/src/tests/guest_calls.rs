@@ -8,17 +8,6 @@ use hyp_core::VmHandle;
 
 const P: u64 = PAGE_SIZE;
 
-/// A guest call's answer when it is served at EL2: x0, x1.
-fn served(r: &mut Rig, vcpu: u64, x: [u64; 4]) -> (u64, u64) {
-    let (setup, exit) = hvc(x);
-    let (step, ctx) = r.exit(vcpu, 0, setup, exit);
-    assert!(
-        matches!(step, Step::Resume),
-        "{x:x?} went to the host: {step:?}"
-    );
-    (ctx.x[0], ctx.x[1])
-}
-
 /// A guest call forwarded to the host: the exit's data.
 fn forwarded(r: &mut Rig, vcpu: u64, x: [u64; 4]) -> [u64; 5] {
     let (setup, exit) = hvc(x);

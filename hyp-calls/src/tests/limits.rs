@@ -12,13 +12,6 @@ use hyp_core::VmHandle;
 const P: u64 = PAGE_SIZE;
 const IP: (u64, u64) = (SMCCC_INVALID_PARAMETER, 0);
 
-fn served(r: &mut Rig, vcpu: u64, x: [u64; 4]) -> (u64, u64) {
-    let (setup, exit) = hvc(x);
-    let (step, ctx) = r.exit(vcpu, 0, setup, exit);
-    assert!(matches!(step, Step::Resume), "{x:x?}: {step:?}");
-    (ctx.x[0], ctx.x[1])
-}
-
 #[test]
 fn vcpus_per_vm_end_at_their_limit_and_the_other_vms_go_on() {
     let mut r = rig();

@@ -356,6 +356,17 @@ impl Rig {
     }
 }
 
+/// A guest call's answer when it is served at EL2 (the guest resumes): x0, x1.
+pub(crate) fn served(r: &mut Rig, vcpu: u64, x: [u64; 4]) -> (u64, u64) {
+    let (setup, exit) = hvc(x);
+    let (step, ctx) = r.exit(vcpu, 0, setup, exit);
+    assert!(
+        matches!(step, Step::Resume),
+        "{x:x?} went to the host: {step:?}"
+    );
+    (ctx.x[0], ctx.x[1])
+}
+
 /// A guest HVC exit with `x0..x3`.
 pub(crate) fn hvc(x: [u64; 4]) -> (impl FnOnce(&mut FakeVcpu), GuestExit) {
     (
