@@ -11,7 +11,11 @@ pub const HOST_CALL_BASE: u64 = 0xC600_1000;
 pub enum HostCall {
     /// -> x0 = ABI version ([`ABI_VERSION`]), x1 = RAM base, x2 = RAM size.
     Version = HOST_CALL_BASE,
-    /// x1 = [`crate::flags::VmType`] -> x0 = VM handle.
+    /// x1 = [`crate::flags::VmType`], x2 = physical address, x3 = pages (at least
+    /// [`VM_CREATE_PAGES`]): host pages donated for the VM, as pKVM's `__pkvm_init_vm` takes
+    /// them; they open its pool, from which its metadata and stage-2 tables come -> x0 = VM
+    /// handle. `EINVAL` for fewer pages or a run outside RAM, `EPERM` for a page not the host's,
+    /// `ENOSPC` with [`VMS_MAX`] VMs alive; nothing is taken then.
     VmCreate,
     /// x1 = VM. Every page the VM held goes back to the host, zeroed.
     VmDestroy,
@@ -50,8 +54,11 @@ pub enum HostCall {
     /// at `IPA`, outside every memslot (`EEXIST` where one is). The host keeps them. `plain`
     /// and `coco` VMs only (`EPERM` for `pkvm`); for `coco` the IPA is the shared alias.
     MapHostShared,
-    /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest -> x0 = vCPU handle. `EPERM` for a
-    /// `pkvm` VM once one of its vCPUs ran (its vCPUs, like its memslots, are then fixed).
+    /// x1 = VM, x2 = entry IPA, x3 = x0 for the guest, x4 = physical address, x5 = pages (at
+    /// least [`VCPU_CREATE_PAGES`]): host pages donated to the VM's pool for the vCPU's state
+    /// -> x0 = vCPU handle. `EPERM` for a `pkvm` VM once one of its vCPUs ran (its vCPUs, like
+    /// its memslots, are then fixed); `ENOMEM` if the VM's pool cannot keep its heap's reserve;
+    /// nothing is taken on a refusal.
     VcpuCreate,
     /// x1 = vCPU, x2 = completion value 0, x3 = completion value 1 (see [`ExitReason`]):
     /// runs the vCPU until an exit that needs the host. -> x0 = [`ExitReason`], x1..x5 = data.
@@ -249,6 +256,12 @@ pub const COMPLETE_INJECT_ABORT: u64 = 1;
 
 /// Largest gmem file, in bytes (Trust rule 7): 2^48. Larger is `EINVAL`.
 pub const GMEM_MAX_SIZE: u64 = 1 << 48;
+
+/// Pages `VmCreate` takes at least: the first reserve of the VM's metadata heap (16 pages: the
+/// most one call may need).
+pub const VM_CREATE_PAGES: u64 = 16;
+/// Pages `VcpuCreate` takes at least: one, for the vCPU's context (under 4 KiB).
+pub const VCPU_CREATE_PAGES: u64 = 1;
 
 /// VMs at once (VMIDs 1..=255; VMID 0 is the host's stage-2): `VmCreate` beyond it is `ENOSPC`.
 pub const VMS_MAX: u32 = 255;

@@ -73,6 +73,16 @@ extern "C" fn host_rust_start(x0: u64, x1: u64, x2: u64, x3: u64) -> ! {
     unsafe { host_image_main([x0, x1, x2, x3]) }
 }
 
+/// Bytes at the top of RAM the host keeps for the donations `VmCreate` and `VcpuCreate` take
+/// (`vm::vm_create`, `vm::vcpu_create`): 24 MiB, for 255 VMs and their vCPUs at once.
+pub const CREATE_REGION: u64 = 24 << 20;
+
+/// The end of the memory from [`free_memory_start`] on that the host may donate or use freely
+/// (below [`CREATE_REGION`]), given the RAM's base and size.
+pub fn free_memory_end(ram_base: u64, ram_size: u64) -> u64 {
+    ram_base + ram_size - CREATE_REGION
+}
+
 /// The first byte above the host heap and the host input blob: memory the host may donate or
 /// use freely.
 pub fn free_memory_start() -> usize {

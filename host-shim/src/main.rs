@@ -251,7 +251,10 @@ fn demo() -> Result<(), abi::Errno> {
     use host_shim::runner::forward_hypercall;
 
     let (base, size) = vm::ram()?;
-    let mut pages = HostPages::new(host_shim::free_memory_start() as u64, base + size);
+    let mut pages = HostPages::new(
+        host_shim::free_memory_start() as u64,
+        host_shim::free_memory_end(base, size),
+    );
     let mut failures = 0;
     let mut step = |ok: bool, what: &str| {
         if ok {
@@ -421,7 +424,7 @@ fn host_pages() -> Option<HostPages> {
     let (base, size) = vm::ram().ok()?;
     Some(HostPages::new(
         host_shim::free_memory_start() as u64,
-        base + size,
+        host_shim::free_memory_end(base, size),
     ))
 }
 

@@ -923,6 +923,15 @@ impl<'p> Runner<'p> {
         for (r, a) in regs.iter_mut().zip(args) {
             *r = match a {
                 CallArg::Num(n) => *n,
+                CallArg::Fresh(n) => match self.pages.alloc_contiguous(*n, PAGE_SIZE) {
+                    Some(pa) => pa,
+                    None => {
+                        return done(
+                            Outcome::Errno(Errno::ENOMEM),
+                            format!("no {n} fresh host pages left; nothing called"),
+                        )
+                    }
+                },
                 CallArg::Name(name) => match self.names.get(name) {
                     Some(Obj::Vm(i)) => self.vms.get(*i).map_or(0, |v| v.id.0),
                     Some(Obj::Gmem { id, .. }) => id.0,

@@ -3,7 +3,10 @@
 
 use abi::flags::{ContentMode, ConvertTo, GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::{ExitReason, HostCall, SLOT_UADDR_SHIFT};
-use abi::Errno;
+use abi::{Errno, PAGE_SIZE};
+use alloc::vec::Vec;
+
+use crate::pages::HostPages;
 
 use crate::hvc;
 
@@ -75,15 +78,84 @@ pub fn ram() -> Result<(u64, u64), Errno> {
     Ok((r[1], r[2]))
 }
 
-pub fn vm_create(t: VmType) -> Result<VmId, Errno> {
-    Ok(VmId(
-        call(HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])?[0],
-    ))
+/// The pages `VmCreate` and `VcpuCreate` donate come from the top of RAM
+/// ([`crate::CREATE_REGION`]); what each VM was given comes back when it is destroyed.
+struct CreatePages {
+    pages: HostPages,
+    /// `(vm, first page, pages)` of every creation donation of a live VM.
+    given: Vec<(u64, u64, u64)>,
+    /// Runs of `VM_CREATE_PAGES` pages given back.
+    runs: Vec<u64>,
 }
 
-/// Destroys a VM: -> pages returned to the host.
+impl CreatePages {
+    fn free(&mut self, pa: u64, n: u64) {
+        if n == abi::host::VM_CREATE_PAGES {
+            self.runs.push(pa);
+        } else {
+            self.pages.free_run(pa, n);
+        }
+    }
+}
+
+static CREATE: spin::Mutex<Option<CreatePages>> = spin::Mutex::new(None);
+
+/// `n` contiguous pages of the creation region for `vm` (0 while the VM does not exist yet).
+fn create_pages(n: u64) -> Result<u64, Errno> {
+    let mut c = CREATE.lock();
+    if c.is_none() {
+        let (base, size) = ram()?;
+        *c = Some(CreatePages {
+            pages: HostPages::new(crate::free_memory_end(base, size), base + size),
+            given: Vec::new(),
+            runs: Vec::new(),
+        });
+    }
+    let c = c.as_mut().ok_or(Errno::ENOMEM)?;
+    if n == 1 {
+        c.pages.alloc().ok_or(Errno::ENOMEM)
+    } else if let Some(pa) = (n == abi::host::VM_CREATE_PAGES)
+        .then(|| c.runs.pop())
+        .flatten()
+    {
+        Ok(pa)
+    } else {
+        c.pages.alloc_contiguous(n, PAGE_SIZE).ok_or(Errno::ENOMEM)
+    }
+}
+
+/// Records a creation donation to `vm`, or (`vm` = None: the call failed) takes it back.
+fn settle_create_pages(vm: Option<u64>, pa: u64, n: u64) {
+    if let Some(c) = CREATE.lock().as_mut() {
+        match vm {
+            Some(vm) => c.given.push((vm, pa, n)),
+            None => c.free(pa, n),
+        }
+    }
+}
+
+/// Creates a VM, donating the [`abi::host::VM_CREATE_PAGES`] pages `VmCreate` takes.
+pub fn vm_create(t: VmType) -> Result<VmId, Errno> {
+    vm_create_raw(t as u64)
+}
+
+/// Destroys a VM: -> pages returned to the host (its creation donations come back to the
+/// creation region).
 pub fn vm_destroy(vm: VmId) -> Result<u64, Errno> {
-    Ok(call(HostCall::VmDestroy, [vm.0, 0, 0, 0, 0, 0])?[0])
+    let n = call(HostCall::VmDestroy, [vm.0, 0, 0, 0, 0, 0])?[0];
+    if let Some(c) = CREATE.lock().as_mut() {
+        let mut back = Vec::new();
+        c.given.retain(|&(v, pa, n)| {
+            if v == vm.0 {
+                back.push((pa, n));
+            }
+            v != vm.0
+        });
+        for (pa, n) in back {
+            c.free(pa, n);
+        }
+    }
+    Ok(n)
 }
 
 pub fn gmem_create(vm: VmId, size: u64, flags: GmemFlags) -> Result<GmemId, Errno> {
@@ -205,10 +277,20 @@ pub fn map_host_shared(vm: VmId, ipa: u64, pa: u64, pages: u64) -> Result<(), Er
     call(HostCall::MapHostShared, [vm.0, ipa, pa, pages, 0, 0]).map(|_| ())
 }
 
+/// Creates a vCPU, donating the [`abi::host::VCPU_CREATE_PAGES`] page `VcpuCreate` takes.
 pub fn vcpu_create(vm: VmId, entry: u64, arg: u64) -> Result<VcpuId, Errno> {
-    Ok(VcpuId(
-        call(HostCall::VcpuCreate, [vm.0, entry, arg, 0, 0, 0])?[0],
-    ))
+    let n = abi::host::VCPU_CREATE_PAGES;
+    let pa = create_pages(n)?;
+    match call(HostCall::VcpuCreate, [vm.0, entry, arg, pa, n, 0]) {
+        Ok(r) => {
+            settle_create_pages(Some(vm.0), pa, n);
+            Ok(VcpuId(r[0]))
+        }
+        Err(e) => {
+            settle_create_pages(None, pa, n);
+            Err(e)
+        }
+    }
 }
 
 pub fn stats(vm: VmId) -> Result<Stats, Errno> {
@@ -261,7 +343,18 @@ pub fn run(vcpu: VcpuId, c0: u64, c1: u64) -> Result<Exit, Errno> {
 
 /// `vm_create` with a raw type number (for testing refusals).
 pub fn vm_create_raw(t: u64) -> Result<VmId, Errno> {
-    Ok(VmId(call(HostCall::VmCreate, [t, 0, 0, 0, 0, 0])?[0]))
+    let n = abi::host::VM_CREATE_PAGES;
+    let pa = create_pages(n)?;
+    match call(HostCall::VmCreate, [t, pa, n, 0, 0, 0]) {
+        Ok(r) => {
+            settle_create_pages(Some(r[0]), pa, n);
+            Ok(VmId(r[0]))
+        }
+        Err(e) => {
+            settle_create_pages(None, pa, n);
+            Err(e)
+        }
+    }
 }
 
 /// Carries out the guest share/unshare the vCPU's last exit asked for.

@@ -185,7 +185,7 @@ impl<P: Platform> Hyp<P> {
         self.host_unmap(pa);
         let ram = self.platform.ram();
         self.owners
-            .guest_reclaim_to_hyp(pa, vmid(vm), &mut |p| pool::zero(&ram, p, 1))
+            .guest_reclaim_to_hyp(pa, vmid(vm), &mut |p| pool::zero_in_pool(&ram, p))
     }
 
     /// Ownership side of an [`Invalidation`] (after the guest stage-2 unmaps): freed pages go
@@ -274,6 +274,39 @@ impl<P: Platform> Hyp<P> {
         self.owners.check_invariants(accesses)
     }
 
+    /// The memory check (Trust rule 8): no charged allocation overdrew its heap, no VM's heap
+    /// outlived it, every pool's lists hold what its counts say, and no call took more of its
+    /// heap's reserve than [`hyp_mem::heap::CALL_PAGES_MAX`].
+    pub fn check_memory(&self) -> Vec<MemoryViolation> {
+        let mut out = Vec::new();
+        let over = P::overdrafts();
+        if over > 0 {
+            out.push(MemoryViolation::Overdrafts(over));
+        }
+        if self.leaked_heaps > 0 {
+            out.push(MemoryViolation::LeakedHeaps(self.leaked_heaps));
+        }
+        for (&id, v) in &self.vms {
+            let pool = v.stage2.mm();
+            let (counted, found) = (pool.stats(), pool.walk_counts());
+            if counted != found {
+                out.push(MemoryViolation::PoolLists {
+                    vm: id,
+                    counted,
+                    found,
+                });
+            }
+            let took = v.heap.stats().max_call_pages;
+            if took > hyp_mem::heap::CALL_PAGES_MAX {
+                out.push(MemoryViolation::CallTookPages {
+                    vm: id,
+                    pages: took,
+                });
+            }
+        }
+        out
+    }
+
     /// The guest's view (Trust rules 1 and 3): every page a guest's stage-2 maps is the page the
     /// core says a fault there would map now (no stale mapping of a page that changed hands), and
     /// every page the guest was told is private is owned by that guest alone.
@@ -306,6 +339,23 @@ impl<P: Platform> Hyp<P> {
         }
         out
     }
+}
+
+/// What the memory check found wrong (Trust rule 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryViolation {
+    /// Allocations charged to a VM that its heap could not serve (the boot heap took them).
+    Overdrafts(u64),
+    /// VM heaps that still served an object when their VM went.
+    LeakedHeaps(u32),
+    /// A VM's pool lists do not hold what its counts say: `(loose, chunks)` counted and found.
+    PoolLists {
+        vm: u32,
+        counted: (usize, usize),
+        found: (usize, usize),
+    },
+    /// One call took more reserve pages than any call may.
+    CallTookPages { vm: u32, pages: usize },
 }
 
 /// What the guest-view check found wrong with one guest mapping.

@@ -2,6 +2,7 @@
 //! maintenance (the `hyp-mem` traits), and a vCPU's saved registers. The hyp's arch corner
 //! implements these; host tests use fakes (`hyp_mem::fake`, and the tests' fake vCPU).
 
+use hyp_mem::heap::VmHeap;
 use hyp_mem::pool::Ram;
 use hyp_mem::stage2::TlbMaintenance;
 
@@ -27,6 +28,13 @@ pub trait Platform {
     fn counter(&self) -> u64;
     /// Invalidates this CPU's TLB entries of the running VMID (a TLB conflict abort).
     fn flush_tlb_conflict(&self);
+    /// Charges this CPU's allocations to `heap` (null: the hyp's boot heap) from now on, and
+    /// returns the heap charged so far. The global allocator serves a charged allocation from
+    /// that heap.
+    fn set_charge(heap: *const VmHeap) -> *const VmHeap;
+    /// Charged allocations the charged heap could not serve (the boot heap served them): 0
+    /// unless a call needed more than the reserve it was given (a bug the checker reports).
+    fn overdrafts() -> u64;
 }
 
 /// A vCPU's saved registers, as the portable handlers read and change them.
@@ -41,6 +49,9 @@ pub trait VcpuContext {
     fn skip_instruction(&mut self, wide: bool);
     /// [`VcpuContext::skip_instruction`] for the instruction of the last exit (a trapped SMC).
     fn skip_trapped_instruction(&mut self);
+    /// Steps back over the `HVC` of the last exit (4 bytes in every instruction set), so that
+    /// the guest makes the call again when it next runs.
+    fn rewind_hvc(&mut self);
     /// Makes the guest take `what` at its own EL1 when it next runs, reporting `far`, while its
     /// EL1 state is live on this CPU (inside the run loop).
     fn inject_live(&mut self, what: Injected, far: u64);

@@ -8,7 +8,8 @@ use alloc::boxed::Box;
 
 use abi::guest::{
     MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD_ENROLL, MMIO_GUARD_MAP,
-    MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, SMCCC_NOT_SUPPORTED,
+    MMIO_GUARD_MAP_RANGE, MMIO_GUARD_UNMAP, MMIO_GUARD_UNMAP_RANGE, SMCCC_INVALID_PARAMETER,
+    SMCCC_NOT_SUPPORTED,
 };
 use abi::host::{ExitReason, COMPLETE_INJECT_ABORT};
 use abi::Errno;
@@ -60,6 +61,15 @@ fn complete<C: VcpuContext>(world: &World, vm: VmHandle, ctx: &mut C, pending: P
             }
             ctx.skip_instruction(m.wide);
         }
+        Pending::NeedPagesCall => {
+            if c0 == COMPLETE_INJECT_ABORT {
+                // The host will not pay: the call fails.
+                ctx.set_reg(0, SMCCC_INVALID_PARAMETER);
+            } else {
+                // The host topped the pool up: the guest makes the call again.
+                ctx.rewind_hvc();
+            }
+        }
         Pending::MemoryFault { .. } | Pending::NeedPages { .. } => {
             if c0 == COMPLETE_INJECT_ABORT {
                 // The abort that matches the access (a fetch gets an instruction abort), at the
@@ -109,10 +119,44 @@ impl<P: Platform> Hyp<P> {
     pub fn handle_exit(&mut self, vm: VmHandle, ctx: &mut P::Vcpu, exit: GuestExit) -> Step {
         match exit {
             GuestExit::Stage2Abort { ipa, access, mmio } => {
+                // What the fault keeps comes from the VM's heap (Trust rule 8): short, the host
+                // is asked for pages and the access retried.
+                let _charge = match self.charge(vm.0) {
+                    Ok(c) => c,
+                    Err(wanted) => {
+                        return Step::Exit(
+                            (ExitReason::NeedPages, [wanted, 0, 0, 0, 0]),
+                            Pending::NeedPages { ipa },
+                        )
+                    }
+                };
                 crate::fault::stage2_abort(self, vm, ctx, ipa, access, mmio)
             }
             GuestExit::Hvc { .. } => {
                 let x = [ctx.reg(0), ctx.reg(1), ctx.reg(2), ctx.reg(3)];
+                let keeps = matches!(
+                    x[0],
+                    MEM_SHARE
+                        | MEM_UNSHARE
+                        | MEM_RELINQUISH
+                        | MMIO_GUARD_ENROLL
+                        | MMIO_GUARD_MAP
+                        | MMIO_GUARD_UNMAP
+                        | MMIO_GUARD_MAP_RANGE
+                        | MMIO_GUARD_UNMAP_RANGE
+                );
+                // A call that may keep something is charged to the VM's heap; short, the host is
+                // asked for pages and the call made again (or failed, if the host says so).
+                let _charge = match keeps.then(|| self.charge(vm.0)) {
+                    Some(Err(wanted)) => {
+                        return Step::Exit(
+                            (ExitReason::NeedPages, [wanted, 0, 0, 0, 0]),
+                            Pending::NeedPagesCall,
+                        )
+                    }
+                    Some(Ok(c)) => Some(c),
+                    None => None,
+                };
                 match x[0] {
                     MEM_SHARE | MEM_UNSHARE => guest::guest_share_call(self, vm, ctx, x),
                     MEM_RELINQUISH => guest::guest_relinquish(self, vm, ctx, x),

@@ -4,12 +4,15 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::marker::PhantomData;
 
 use abi::flags::ConvertTo;
 use abi::{Errno, PAGE_SIZE};
 use hyp_core::{GmemHandle, GuestRangePiece, Invalidation, VmHandle, World};
+use hyp_mem::heap::{VmHeap, CALL_PAGES_MAX, RESERVE_PAGES};
 use hyp_mem::ownership::{Ownership, PageMeta, Transition};
 use hyp_mem::pool::{HypTables, Pool};
+use hyp_mem::provider::PageProvider;
 use hyp_mem::stage2::{IpaSize, Stage2};
 
 use crate::exit::MmioAccess;
@@ -58,6 +61,10 @@ pub struct HypVm<P: Platform> {
     pub cntvoff: u64,
     /// vCPUs created so far (the next one's index).
     pub vcpus_created: u32,
+    /// The VM's metadata heap, over pages of its pool: every byte the hyp keeps for the VM
+    /// (its gmem files' page maps and ranges, memslots' maps, pins, the MMIO guard set, vCPU
+    /// contexts). Boxed: its pages name it. Emptied by teardown before it goes.
+    pub heap: core::mem::ManuallyDrop<Box<VmHeap>>,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -73,6 +80,10 @@ pub enum Pending {
     NeedPages {
         ipa: u64,
     },
+    /// The VM's heap was short for a guest call: the host donates and re-runs (the call is
+    /// made again), or completes with an injected abort (the call fails with
+    /// `INVALID_PARAMETER`).
+    NeedPagesCall,
     /// A validated MEM_SHARE / MEM_UNSHARE the host may carry out with `GuestConvert`.
     GuestRequest(GuestRequest),
 }
@@ -84,6 +95,20 @@ pub struct GuestRequest {
     pub piece: GuestRangePiece,
     /// Set once the host carried it out.
     pub converted: bool,
+}
+
+/// While it lives, this CPU's allocations are charged to one VM's heap ([`Hyp::charge`]); then
+/// to whatever was charged before.
+#[must_use]
+pub struct Charge<P: Platform> {
+    prev: *const VmHeap,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<P: Platform> Drop for Charge<P> {
+    fn drop(&mut self) {
+        P::set_charge(self.prev);
+    }
 }
 
 /// One vCPU.
@@ -99,12 +124,17 @@ pub struct Vcpu<P: Platform> {
 pub struct Hyp<P: Platform> {
     pub platform: P,
     pub world: World,
-    pub vms: BTreeMap<u32, HypVm<P>>,
+    /// Before `vms`: a vCPU's context lives in its VM's heap, so it goes first when the hyp's
+    /// state is dropped (host tests).
     pub vcpus: BTreeMap<u32, Vcpu<P>>,
+    pub vms: BTreeMap<u32, HypVm<P>>,
     pub next_vcpu: u32,
     pub owners: Ownership<Vec<PageMeta>>,
     pub host_s2: Stage2<HypTables<P::Ram>, P::Tlb>,
     pub config: HypConfig,
+    /// VM heaps that still served an object when their VM went (kept, so the object stays
+    /// valid): 0 unless teardown missed an object (the checker reports it).
+    pub leaked_heaps: u32,
 }
 
 impl<P: Platform> Hyp<P> {
@@ -123,12 +153,54 @@ impl<P: Platform> Hyp<P> {
         Ok(Hyp {
             platform,
             world: World::new(),
-            vms: BTreeMap::new(),
             vcpus: BTreeMap::new(),
+            vms: BTreeMap::new(),
             next_vcpu: 0,
             owners,
             host_s2,
             config,
+            leaked_heaps: 0,
+        })
+    }
+
+    /// Charges this CPU's allocations to VM `vm`'s heap until the guard goes. A call may take
+    /// up to [`CALL_PAGES_MAX`] pages from the heap's reserve: when the reserve is under that,
+    /// it is first topped up to [`RESERVE_PAGES`] from the VM's pool (and above four times
+    /// that, it gives the excess back to the pool). `Err(pages wanted)`, with nothing changed,
+    /// when pool and reserve together are under [`CALL_PAGES_MAX`]. An unknown VM charges
+    /// nothing (the boot heap serves the call, which fails before it keeps anything).
+    pub(crate) fn charge(&mut self, vm: u32) -> Result<Charge<P>, u64> {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return Ok(Charge {
+                prev: P::set_charge(core::ptr::null()),
+                _p: PhantomData,
+            });
+        };
+        let have = v.heap.reserve();
+        let pool = v.stage2.mm_mut();
+        if have < CALL_PAGES_MAX {
+            if have + pool.free_pages() < CALL_PAGES_MAX {
+                return Err((CALL_PAGES_MAX - have - pool.free_pages()) as u64);
+            }
+            for _ in have..RESERVE_PAGES {
+                if !pool.lend_page(&v.heap) {
+                    break;
+                }
+            }
+        }
+        if have > 4 * RESERVE_PAGES {
+            while v.heap.reserve() > RESERVE_PAGES {
+                let Some((pa, _)) = v.heap.take_page() else {
+                    break;
+                };
+                pool.free_page(pa);
+            }
+        }
+        v.heap.begin_call();
+        let heap: *const VmHeap = &**v.heap;
+        Ok(Charge {
+            prev: P::set_charge(heap),
+            _p: PhantomData,
         })
     }
 

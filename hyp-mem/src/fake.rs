@@ -9,6 +9,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{RefCell, UnsafeCell};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::table::{PhysMem, TlbMaintenance, ENTRIES, PAGE_SIZE};
 
@@ -25,10 +26,60 @@ struct ArenaState {
     frees: usize,
 }
 
+/// One page of a fake arena, aligned as a real page (a per-VM heap finds its page header from an
+/// object's address).
+#[repr(C, align(4096))]
+struct FakePage(UnsafeCell<[u64; ENTRIES]>);
+
+impl FakePage {
+    fn get(&self) -> *mut [u64; ENTRIES] {
+        self.0.get()
+    }
+}
+
 struct ArenaInner {
     base: u64,
-    pages: Box<[UnsafeCell<[u64; ENTRIES]>]>,
+    pages: Box<[FakePage]>,
     state: RefCell<ArenaState>,
+}
+
+/// The address ranges of every live arena (of every thread): a test's global allocator routes
+/// a free inside one to the per-VM heap whose page it is ([`crate::heap`]).
+static ARENAS: [(AtomicUsize, AtomicUsize); 64] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 64];
+
+/// Whether `addr` lies in a live [`FakeArena`].
+pub fn in_arena(addr: usize) -> bool {
+    ARENAS.iter().any(|(s, e)| {
+        let s = s.load(Ordering::Acquire);
+        s != 0 && (s..e.load(Ordering::Acquire)).contains(&addr)
+    })
+}
+
+fn register(start: usize, end: usize) {
+    // A slot is claimed with its start while its end is 0 (an empty range), then given its end.
+    for (s, e) in &ARENAS {
+        if s.compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            e.store(end, Ordering::Release);
+            return;
+        }
+    }
+    panic!("more than 64 fake arenas live at once");
+}
+
+impl Drop for ArenaInner {
+    fn drop(&mut self) {
+        let start = self.pages.as_ptr() as usize;
+        for (s, e) in &ARENAS {
+            if s.load(Ordering::Acquire) == start {
+                e.store(0, Ordering::Release);
+                s.store(0, Ordering::Release);
+                return;
+            }
+        }
+    }
 }
 
 /// A fake physical memory of `n` pages at a base PA. Cloning gives another handle to the same
@@ -60,10 +111,14 @@ impl FakeArena {
     /// `pages` pages at `base` (8 KiB aligned).
     pub fn with_base(base: u64, pages: usize) -> FakeArena {
         assert_eq!(base % (2 * PAGE_SIZE), 0);
-        let pages: Box<[UnsafeCell<[u64; ENTRIES]>]> = (0..pages)
-            .map(|_| UnsafeCell::new([POISON; ENTRIES]))
+        let pages: Box<[FakePage]> = (0..pages)
+            .map(|_| FakePage(UnsafeCell::new([POISON; ENTRIES])))
             .collect();
         let n = pages.len();
+        if n > 0 {
+            let start = pages.as_ptr() as usize;
+            register(start, start + n * PAGE_SIZE as usize);
+        }
         FakeArena {
             inner: Rc::new(ArenaInner {
                 base,
@@ -347,7 +402,7 @@ impl RecordingTlb {
     }
 
     fn record(&mut self, ev: TlbEvent) {
-        self.events.push(ev);
+        uncharged(|| self.events.push(ev));
         if let Some(m) = self.model.as_mut() {
             m.observe(ev, &mut self.violations);
         }
@@ -387,5 +442,68 @@ unsafe impl crate::pool::Ram for FakeArena {
 
     fn free_pages(&mut self, pa: u64, count: usize) {
         PhysMem::free_pages(self, pa, count)
+    }
+}
+
+std::thread_local! {
+    static CHARGE: core::cell::Cell<*const crate::heap::VmHeap> =
+        const { core::cell::Cell::new(core::ptr::null()) };
+    static OVERDRAFTS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Charges this thread's allocations to `heap` (null: the system's), as the hyp charges a
+/// CPU's; returns the heap charged before.
+pub fn set_charge(heap: *const crate::heap::VmHeap) -> *const crate::heap::VmHeap {
+    CHARGE.with(|c| c.replace(heap))
+}
+
+/// Runs `f` with this thread's allocations charged to no VM: what a test fake records while the
+/// hyp works for a VM is the test's, not the VM's.
+pub fn uncharged<R>(f: impl FnOnce() -> R) -> R {
+    let prev = set_charge(core::ptr::null());
+    let r = f();
+    set_charge(prev);
+    r
+}
+
+/// Charged allocations of this thread its heap could not serve (the system served them).
+pub fn overdrafts() -> u64 {
+    OVERDRAFTS.with(core::cell::Cell::get)
+}
+
+/// A global allocator for host tests, as the hyp's: an allocation charged to a VM heap
+/// ([`set_charge`]) comes from that heap; a free inside a fake arena goes to the heap whose page
+/// it is; everything else is the system's. An allocation the charged heap cannot serve is
+/// counted ([`overdrafts`]) and served by the system.
+pub struct Router;
+
+// SAFETY: allocations come from the system or from a live VM heap (whose pages are fake-arena
+// pages it owns); each free goes back where its allocation came from: a VM heap's objects lie in
+// a fake arena, the system's never do (an arena is one system allocation, never split).
+unsafe impl core::alloc::GlobalAlloc for Router {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let heap = CHARGE
+            .try_with(core::cell::Cell::get)
+            .unwrap_or(core::ptr::null());
+        if !heap.is_null() {
+            // SAFETY: a charged heap lives while it is charged (the charge guard's scope).
+            let p = unsafe { (*heap).alloc(layout) };
+            if !p.is_null() {
+                return p;
+            }
+            let _ = OVERDRAFTS.try_with(|o| o.set(o.get() + 1));
+        }
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        if in_arena(ptr as usize) {
+            // SAFETY: an object inside a fake arena came from a VM heap.
+            unsafe { crate::heap::dealloc(ptr, layout) }
+        } else {
+            // SAFETY: forwarded: the system's allocation.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
     }
 }

@@ -10,8 +10,11 @@
 #![warn(missing_docs)]
 
 extern crate alloc;
+#[cfg(any(test, feature = "fake"))]
+extern crate std;
 
 pub mod el2;
+pub mod heap;
 pub mod ownership;
 pub mod pool;
 pub mod provider;

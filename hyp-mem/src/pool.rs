@@ -10,8 +10,6 @@
 //! free), so the fault path never zeroes. A stage-2 root (two pages, 8 KiB aligned) comes from
 //! the hyp's own allocator.
 
-use alloc::vec::Vec;
-
 use abi::{Errno, PAGE_SIZE};
 
 use crate::provider::{PageProvider, BLOCK_PAGES, BLOCK_SIZE};
@@ -49,6 +47,15 @@ pub fn zero<R: Ram>(ram: &R, pa: u64, pages: u64) {
     }
 }
 
+/// Zeroes a page that is free in a [`Pool`] already, all but its first word (the pool's link,
+/// or zero): a second zeroing, after the core's, before the page is the hyp's again.
+pub fn zero_in_pool<R: Ram>(ram: &R, pa: u64) {
+    let page = ram.page(pa);
+    // SAFETY: by the `Ram` contract the pointer is valid for writes of the whole page and
+    // unaliased; the caller's pool owns the page. Word 0 is left alone.
+    unsafe { page.cast::<u64>().add(1).write_bytes(0, ENTRIES - 1) };
+}
+
 /// The hyp's own table pages (the host stage-2's), from [`Ram::alloc_pages`].
 #[derive(Debug, Default, Clone)]
 pub struct HypTables<R: Ram>(pub R);
@@ -69,14 +76,22 @@ unsafe impl<R: Ram> PhysMem for HypTables<R> {
     }
 }
 
-/// Free pages of one VM, by physical address.
+/// How deep [`Pool::remove`] looks for a page just freed.
+pub const REMOVE_DEPTH: usize = 8;
+
+/// Free pages of one VM, by physical address, kept as two intrusive LIFO lists (no memory of its
+/// own, whatever the host donates): loose pages and whole 2 MiB chunks, each linked through the
+/// first word of its (first) page. That word is cleared when a page leaves the pool, so a page
+/// taken out is all zero, as every page of the pool is but for its link.
 #[derive(Debug)]
 pub struct Pool<R: Ram> {
     ram: R,
-    /// Loose free pages (a page just freed is at the end).
-    free: Vec<u64>,
-    /// Free 2 MiB-aligned chunks of 512 pages.
-    blocks: Vec<u64>,
+    /// First loose free page (0: none; RAM never starts at PA 0).
+    free: u64,
+    free_len: usize,
+    /// First free 2 MiB-aligned chunk of 512 pages (0: none).
+    blocks: u64,
+    blocks_len: usize,
 }
 
 impl<R: Ram> Pool<R> {
@@ -84,9 +99,64 @@ impl<R: Ram> Pool<R> {
     pub fn new(ram: R) -> Self {
         Pool {
             ram,
-            free: Vec::new(),
-            blocks: Vec::new(),
+            free: 0,
+            free_len: 0,
+            blocks: 0,
+            blocks_len: 0,
         }
+    }
+
+    fn link_word(&self, pa: u64) -> *mut u64 {
+        self.ram.page(pa).cast::<u64>()
+    }
+
+    /// Reads and clears the link of a pool page.
+    fn unlink_word(&self, pa: u64) -> u64 {
+        let w = self.link_word(pa);
+        // SAFETY: `pa` is a page of the pool (the caller took it off a list), which the pool
+        // owns; by the `Ram` contract the pointer is valid and unaliased.
+        unsafe {
+            let next = w.read_volatile();
+            w.write_volatile(0);
+            next
+        }
+    }
+
+    fn set_link(&self, pa: u64, next: u64) {
+        // SAFETY: `pa` is a page the caller hands to the pool (it owns it); see `unlink_word`.
+        unsafe { self.link_word(pa).write_volatile(next) };
+    }
+
+    fn push_page(&mut self, pa: u64) {
+        self.set_link(pa, self.free);
+        self.free = pa;
+        self.free_len += 1;
+    }
+
+    fn push_block(&mut self, pa: u64) {
+        self.set_link(pa, self.blocks);
+        self.blocks = pa;
+        self.blocks_len += 1;
+    }
+
+    fn pop_loose(&mut self) -> Option<u64> {
+        let p = self.free;
+        if p == 0 {
+            return None;
+        }
+        self.free = self.unlink_word(p);
+        self.free_len -= 1;
+        Some(p)
+    }
+
+    fn pop_block(&mut self) -> Option<u64> {
+        let b = self.blocks;
+        if b == 0 {
+            return None;
+        }
+        self.blocks = self.unlink_word(b);
+        self.blocks_len -= 1;
+        Some(b)
     }
 
     /// Takes a donated run of pages (zeroing them), keeping aligned 2 MiB chunks whole. The
@@ -97,34 +167,59 @@ impl<R: Ram> Pool<R> {
         let mut p = pa;
         while p < end {
             if p.is_multiple_of(BLOCK_SIZE) && p.saturating_add(BLOCK_SIZE) <= end {
-                self.blocks.push(p);
+                self.push_block(p);
                 p += BLOCK_SIZE;
             } else {
-                self.free.push(p);
+                self.push_page(p);
                 p += PAGE_SIZE;
             }
         }
     }
 
+    /// Walks both lists: `(loose pages, chunks)` found by following the links (at most the
+    /// counts, plus one), for checks.
+    pub fn walk_counts(&self) -> (usize, usize) {
+        let walk = |mut p: u64, max: usize| {
+            let mut n = 0;
+            while p != 0 && n <= max {
+                n += 1;
+                // SAFETY: a page on a list is the pool's; see `unlink_word`.
+                p = unsafe { self.link_word(p).read_volatile() };
+            }
+            n
+        };
+        (
+            walk(self.free, self.free_len),
+            walk(self.blocks, self.blocks_len),
+        )
+    }
+
     /// Free pages left.
     pub fn free_pages(&self) -> usize {
-        self.free.len() + self.blocks.len() * BLOCK_PAGES as usize
+        self.free_len + self.blocks_len * BLOCK_PAGES as usize
     }
 
     /// Free loose pages and free 2 MiB chunks.
     pub fn stats(&self) -> (usize, usize) {
-        (self.free.len(), self.blocks.len())
+        (self.free_len, self.blocks_len)
     }
 
     fn pop_page(&mut self) -> Option<u64> {
-        if let Some(p) = self.free.pop() {
+        if let Some(p) = self.pop_loose() {
             return Some(p);
         }
-        let b = self.blocks.pop()?;
-        // Break a chunk: hand out its first page, keep the rest loose.
-        self.free
-            .extend((1..BLOCK_PAGES).rev().map(|i| b + i * PAGE_SIZE));
+        let b = self.pop_block()?;
+        // Break a chunk: hand out its first page, keep the rest loose (in address order).
+        for i in (1..BLOCK_PAGES).rev() {
+            self.push_page(b + i * PAGE_SIZE);
+        }
         Some(b)
+    }
+
+    /// One free page (breaking a chunk if need be), zeroed, out of the pool for the hyp's own
+    /// use (the VM's metadata heap), or `None`.
+    pub fn take_page(&mut self) -> Option<u64> {
+        self.pop_page()
     }
 
     /// Takes one free page (`block = false`) or one free 2 MiB chunk out of the pool for good
@@ -132,41 +227,62 @@ impl<R: Ram> Pool<R> {
     /// are zero already.
     pub fn take_free(&mut self, block: bool) -> Option<u64> {
         if block {
-            self.blocks.pop()
+            self.pop_block()
         } else {
-            self.free.pop()
+            self.pop_loose()
         }
     }
 
-    /// Takes a free page out of the pool for good (it goes back to the host). `false` if it is
-    /// not a free page of this pool. A page just freed is found at once (Trust rule 7).
+    /// Takes a page just freed into the pool out for good (it goes back to the host). `false` if
+    /// it is not among the last [`REMOVE_DEPTH`] loose pages freed (Trust rule 7: found at once,
+    /// without a search of the pool; an unmap may free a table page after the data page).
     pub fn remove(&mut self, pa: u64) -> bool {
-        if let Some(i) = self.free.iter().rposition(|&p| p == pa) {
-            self.free.swap_remove(i);
-        } else if let Some(i) = self
-            .blocks
-            .iter()
-            .position(|&b| (b..b + BLOCK_SIZE).contains(&pa))
-        {
-            let b = self.blocks.swap_remove(i);
-            self.free.extend(
-                (0..BLOCK_PAGES)
-                    .map(|k| b + k * PAGE_SIZE)
-                    .filter(|&p| p != pa),
-            );
-        } else {
+        if pa == 0 {
             return false;
         }
+        let mut prev = 0u64;
+        let mut cur = self.free;
+        for _ in 0..REMOVE_DEPTH {
+            if cur == 0 {
+                return false;
+            }
+            if cur == pa {
+                let next = self.unlink_word(cur);
+                if prev == 0 {
+                    self.free = next;
+                } else {
+                    self.set_link(prev, next);
+                }
+                self.free_len -= 1;
+                return true;
+            }
+            prev = cur;
+            // SAFETY: `cur` is a page of the loose list, the pool's; see `unlink_word`.
+            cur = unsafe { self.link_word(cur).read_volatile() };
+        }
+        false
+    }
+
+    /// Lends one free page to `heap`'s reserve (a VM's metadata heap); `false` if the pool is
+    /// empty. The page is the heap's until [`crate::heap::VmHeap::take_page`] hands it back
+    /// (to [`PageProvider::free_page`]).
+    pub fn lend_page(&mut self, heap: &crate::heap::VmHeap) -> bool {
+        let Some(pa) = self.pop_page() else {
+            return false;
+        };
+        // SAFETY: a page taken off the pool is the pool owner's alone, zeroed (its link just
+        // cleared) and, by the `Ram` contract, reached through a valid, unaliased pointer for the
+        // whole page, 4 KiB aligned; it is the heap's from now on.
+        unsafe { heap.give_page(pa, self.ram.page(pa).cast()) };
         true
     }
 
-    /// Empties the pool, for teardown: every free page, zeroed.
-    pub fn drain(&mut self) -> Vec<u64> {
-        let mut out = core::mem::take(&mut self.free);
-        for b in core::mem::take(&mut self.blocks) {
-            out.extend((0..BLOCK_PAGES).map(|k| b + k * PAGE_SIZE));
+    /// Takes any free run out, for teardown: a chunk `(pa, 512)` or a page `(pa, 1)`, zeroed.
+    pub fn take_any(&mut self) -> Option<(u64, u64)> {
+        if let Some(b) = self.pop_block() {
+            return Some((b, BLOCK_PAGES));
         }
-        out
+        self.pop_loose().map(|p| (p, 1))
     }
 }
 
@@ -176,7 +292,7 @@ impl<R: Ram> PageProvider for Pool<R> {
     }
 
     fn free_page(&mut self, pa: u64) {
-        self.free.push(pa);
+        self.push_page(pa);
     }
 
     fn zero_page(&mut self, pa: u64) {
@@ -184,15 +300,15 @@ impl<R: Ram> PageProvider for Pool<R> {
     }
 
     fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
-        self.blocks.pop().ok_or(Errno::ENOMEM)
+        self.pop_block().ok_or(Errno::ENOMEM)
     }
 
     fn free_block(&mut self, pa: u64) {
-        self.blocks.push(pa);
+        self.push_block(pa);
     }
 
     fn may_have_block(&self) -> bool {
-        !self.blocks.is_empty()
+        self.blocks != 0
     }
 }
 
@@ -212,7 +328,7 @@ unsafe impl<R: Ram> PhysMem for Pool<R> {
         match count {
             1 => {
                 zero(&self.ram, pa, 1);
-                self.free.push(pa);
+                self.push_page(pa);
             }
             _ => self.ram.free_pages(pa, count),
         }
@@ -252,20 +368,44 @@ mod tests {
         assert_eq!(b, base + BLOCK_SIZE);
         assert!(!pool.may_have_block());
         let t = PhysMem::alloc_pages(&mut pool, 1).unwrap();
-        ram.write_u64(t, 5);
+        ram.write_u64(t + 8, 5);
         PhysMem::free_pages(&mut pool, t, 1);
-        assert_eq!(ram.read_u64(t), Some(0));
+        assert_eq!(
+            ram.read_u64(t + 8),
+            Some(0),
+            "zeroed but for the pool's link"
+        );
         assert!(pool.remove(t), "the page just freed is found");
         assert!(!pool.remove(t), "only once");
         assert!(!pool.remove(0x1234_5000), "not a pool page");
         pool.free_block(b);
-        // Taking one page out of a chunk breaks it.
-        assert!(pool.remove(b + 3 * PAGE_SIZE));
-        assert_eq!(pool.stats(), (255 + 511, 0));
+        assert!(
+            !pool.remove(b + 3 * PAGE_SIZE),
+            "a page of a chunk is not the last freed"
+        );
+        // Loose pages go first; then a page from a chunk breaks it and the rest stay loose.
+        for _ in 0..255 {
+            assert!(pool.take_page().is_some());
+        }
+        assert_eq!(pool.stats(), (0, 1));
+        assert_eq!(pool.take_page(), Some(b));
+        assert_eq!(pool.stats(), (511, 0));
         assert_eq!(pool.take_free(true), None);
-        assert!(pool.take_free(false).is_some());
-        assert_eq!(pool.drain().len(), 255 + 511 - 1);
+        assert_eq!(pool.take_free(false), Some(b + PAGE_SIZE));
+        assert_eq!(drain(&mut pool, &ram), 510);
         assert_eq!(pool.free_pages(), 0);
+    }
+
+    /// Empties a pool, checking each run comes out all zero (links cleared): the pages.
+    fn drain(pool: &mut Pool<FakeArena>, ram: &FakeArena) -> usize {
+        let mut n = 0;
+        while let Some((pa, pages)) = pool.take_any() {
+            for i in 0..pages * (PAGE_SIZE / 8) {
+                assert_eq!(ram.read_u64(pa + i * 8), Some(0), "{pa:#x} + {i} not zero");
+            }
+            n += pages as usize;
+        }
+        n
     }
 
     #[test]
@@ -283,6 +423,6 @@ mod tests {
         assert_eq!(s2.mm().free_pages(), 6);
         let (mut pool, _) = s2.destroy();
         assert_eq!(pool.free_pages(), 8, "the tables went back, zeroed");
-        assert_eq!(pool.drain().len(), 8);
+        assert_eq!(drain(&mut pool, &ram), 8);
     }
 }

@@ -46,7 +46,18 @@ impl Platform for HypPlatform {
     fn flush_tlb_conflict(&self) {
         tlb::flush_local_current_vmid();
     }
+
+    fn set_charge(heap: *const hyp_mem::heap::VmHeap) -> *const hyp_mem::heap::VmHeap {
+        crate::mm::set_charge(heap)
+    }
+
+    fn overdrafts() -> u64 {
+        crate::mm::overdrafts()
+    }
 }
+
+// A vCPU's context is one object of its VM's heap.
+const _: () = assert!(core::mem::size_of::<GuestContext>() <= hyp_mem::heap::BIG_MAX);
 
 /// All VM state, behind one lock (first in the lock order).
 pub static HYP: spin::Mutex<Option<Hyp<HypPlatform>>> = spin::Mutex::new(None);

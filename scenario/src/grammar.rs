@@ -693,7 +693,13 @@ fn parse_host_call(w: &Words<'_>, names: &Names) -> Result<StatementKind, String
     let mut args: [CallArg; 6] = Default::default();
     for (a, key) in args.iter_mut().zip(KEYS) {
         if let Some(v) = w.get(key) {
-            *a = if v.starts_with(|c: char| c.is_ascii_digit()) {
+            *a = if let Some(n) = v.strip_prefix("fresh:") {
+                let n = parse_number(n).map_err(|e| format!("`{key}=fresh:`: {e}"))?;
+                if n == 0 || n > 512 {
+                    return Err(format!("`{key}=fresh:{n}`: 1 to 512 pages"));
+                }
+                CallArg::Fresh(n)
+            } else if v.starts_with(|c: char| c.is_ascii_digit()) {
                 CallArg::Num(parse_number(v).map_err(|e| format!("`{key}=`: {e}"))?)
             } else {
                 if !names.objs.contains_key(v) {

@@ -122,11 +122,13 @@ pub enum MmioGuardOp {
     Unmap,
 }
 
-/// One argument of `host call`: a number, or the name of a VM, gmem or slot (its handle or id).
+/// One argument of `host call`: a number, the name of a VM, gmem or slot (its handle or id), or
+/// `fresh:N`: the physical address of N contiguous host pages nothing uses (a donation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallArg {
     Num(u64),
     Name(String),
+    Fresh(u64),
 }
 
 /// What a statement does.

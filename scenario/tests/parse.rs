@@ -778,7 +778,7 @@ host raw-write hyp offset=0 value=1 expect=abort
 host dma-write g offset=0x2000 value=0x55 expect=abort
 host call VmDestroy a1=c expect=ENOENT
 host call MapHostShared a1=vm0 a2=0 a3=0x48000000 a4=0x10000000 a6=s expect=EINVAL
-host call Version
+host call Version a2=fresh:2
 host smc 0x84000000
 host smc 0xC2000000 a1=1 a3=3 expect=NOT_SUPPORTED
 pool pages=0
@@ -939,7 +939,14 @@ fn every_hostile_statement_form() {
         (
             &K::HostCall {
                 call: HostCall::Version,
-                args: Default::default()
+                args: [
+                    CallArg::Num(0),
+                    CallArg::Fresh(2),
+                    CallArg::Num(0),
+                    CallArg::Num(0),
+                    CallArg::Num(0),
+                    CallArg::Num(0)
+                ]
             },
             None
         )
@@ -1269,6 +1276,9 @@ fn hostile_errors_name_the_line() {
         ("host call Version a7=1", 4, "a7"),
         ("host call Version a1=nobody", 4, "nobody"),
         ("host call Version a1=0xzz", 4, "0xzz"),
+        ("host call VcpuCreate a4=fresh:0", 4, "1 to 512"),
+        ("host call VcpuCreate a4=fresh:513", 4, "1 to 512"),
+        ("host call VcpuCreate a4=fresh:x", 4, "fresh:"),
         ("host smc", 4, "function"),
         ("host smc PSCI", 4, "PSCI"),
         ("host smc 0 a4=1", 4, "a4"),

@@ -74,13 +74,17 @@ pub fn vm_open_pmu<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
 pub fn check_invariants<P: Platform>(hyp: &mut Hyp<P>) -> HostResult {
     let owners = hyp.check_invariants();
     let views = hyp.check_guest_views();
+    let memory = hyp.check_memory();
     for violation in owners.iter().take(16) {
         log::error!("invariant violated: {violation:?}");
     }
     for violation in views.iter().take(16) {
         log::error!("invariant violated: {violation:?}");
     }
-    ok((owners.len() + views.len()) as u64)
+    for violation in &memory {
+        log::error!("invariant violated: {violation:?}");
+    }
+    ok((owners.len() + views.len() + memory.len()) as u64)
 }
 
 pub fn vm_stats<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {

@@ -11,6 +11,7 @@ pub mod vms;
 
 use abi::host::{HostCall, ABI_VERSION};
 use abi::Errno;
+use hyp_core::GmemHandle;
 
 use crate::platform::Platform;
 use crate::state::Hyp;
@@ -20,6 +21,35 @@ pub type HostResult = Result<[u64; 6], Errno>;
 
 pub(crate) fn ok(v: u64) -> HostResult {
     Ok([v, 0, 0, 0, 0, 0])
+}
+
+/// The VM whose heap pays for what a host call keeps: the VM it names, or the owner of the gmem
+/// file or vCPU it names. Calls that add to the hyp's own tables (`VmCreate`, `GmemCreate`,
+/// `VcpuCreate`, bounded by the documented limits) or only free (`VmDestroy`, `GmemDestroy`,
+/// the pool calls) charge nothing here; `VcpuCreate` charges the vCPU's context itself.
+fn charged_vm<P: Platform>(hyp: &Hyp<P>, call: HostCall, a: &[u64; 6]) -> Option<u32> {
+    let gmem_owner = |g: u64| {
+        let g = GmemHandle(u32::try_from(g).ok()?);
+        hyp.world.gmem_owner(g).ok().map(|v| v.0)
+    };
+    match call {
+        HostCall::Convert
+        | HostCall::PunchHole
+        | HostCall::HostPin
+        | HostCall::HostUnpin
+        | HostCall::HostMapGmem => gmem_owner(a[0]),
+        HostCall::GuestConvert => {
+            let c = hyp.vcpus.get(&u32::try_from(a[0]).ok()?)?;
+            Some(c.vm.0)
+        }
+        HostCall::MemslotCreate
+        | HostCall::MemslotDelete
+        | HostCall::SetMemoryAttributes
+        | HostCall::HostMapUaddr
+        | HostCall::MapHostShared
+        | HostCall::ServeFault => u32::try_from(a[0]).ok(),
+        _ => None,
+    }
 }
 
 /// What [`Hyp::host_call`] decided.
@@ -44,6 +74,13 @@ impl<P: Platform> Hyp<P> {
             return HostAnswer::Done(Err((Errno::ENOSYS, 0)));
         }
         let hyp = self;
+        // Whatever the call keeps for a VM comes from that VM's heap, whose reserve covers the
+        // whole call before it starts (Trust rule 8): else ENOMEM, nothing changed.
+        let _charge = match charged_vm(hyp, call, &a).map(|vm| hyp.charge(vm)) {
+            Some(Err(_)) => return HostAnswer::Done(Err((Errno::ENOMEM, 0))),
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
         let r = match call {
             HostCall::Version => Ok([
                 ABI_VERSION,
@@ -53,9 +90,9 @@ impl<P: Platform> Hyp<P> {
                 0,
                 0,
             ]),
-            HostCall::VmCreate => vms::vm_create(hyp, a[0]),
+            HostCall::VmCreate => vms::vm_create(hyp, a[0], a[1], a[2]),
             HostCall::VmDestroy => vms::vm_destroy(hyp, a[0]),
-            HostCall::VcpuCreate => vms::vcpu_create(hyp, a[0], a[1], a[2]),
+            HostCall::VcpuCreate => vms::vcpu_create(hyp, a[0], a[1], a[2], a[3], a[4]),
             HostCall::Donate => vms::donate(hyp, a[0], a[1], a[2]),
             HostCall::PoolReclaim => vms::pool_reclaim(hyp, a[0], a[1]),
             HostCall::PoolStats => vms::pool_stats(hyp, a[0]),

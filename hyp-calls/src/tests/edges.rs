@@ -192,11 +192,12 @@ fn punch_unmaps_the_page_while_it_still_holds_the_guests_data() {
     let mut r = rig();
     let (vm, g, vcpu) = r.configured(VmType::Pkvm, 16, 32);
     let pa = touched(&mut r, vm, vcpu, GPA + 3 * P);
-    r.ram.write_u64(pa, MARK);
-    watch(&r, pa);
+    // Word 1: word 0 of a free page is the pool's link.
+    r.ram.write_u64(pa + 8, MARK);
+    watch(&r, pa + 8);
     r.ok(HostCall::PunchHole, [g, 3 * P, P, 0, 0, 0]);
     assert_eq!(seen_at_unmap(&r, vm, GPA + 3 * P), Some(Some(MARK)));
-    assert_eq!(r.ram.read_u64(pa), Some(0));
+    assert_eq!(r.ram.read_u64(pa + 8), Some(0));
     assert_eq!(mapped(&r, vm, GPA + 3 * P), None);
     assert_eq!(state(&r, pa, Component::Hyp), PageState::Owned);
     assert_eq!(r.invariants(), 0);
@@ -430,7 +431,8 @@ fn a_host_shared_run_is_checked_page_by_page_before_any_changes() {
 
 #[test]
 fn vmids_are_reused_after_destroy_under_a_new_handle() {
-    let mut r = rig();
+    // Each VM takes its own 16 pages of the fake host's memory (which never reuses them).
+    let mut r = rig_of(6 * RAM_PAGES);
     // Watch a page so that the fake TLB records every invalidation.
     r.watch.borrow_mut().pa = Some(FAKE_BASE);
     let mut seen = alloc::collections::BTreeSet::new();
@@ -462,18 +464,22 @@ fn vmids_are_reused_after_destroy_under_a_new_handle() {
 
 #[test]
 fn at_most_255_vms_at_once() {
-    let mut r = rig();
+    let mut r = rig_of(5 * RAM_PAGES);
     let vms: Vec<u64> = (0..255).map(|_| r.vm(VmType::Plain)).collect();
     let vmids: alloc::collections::BTreeSet<u16> =
         vms.iter().map(|&h| VmHandle(h as u32).vmid()).collect();
     assert_eq!(vmids.len(), 255);
     assert!(!vmids.contains(&0), "VMID 0 is the host's");
     // No VMID left: refused, and neither the core nor the hyp keeps a VM behind.
+    let n = abi::host::VM_CREATE_PAGES;
+    let pa = r.host_pages(n as usize);
     r.err(
         HostCall::VmCreate,
-        [VmType::Plain as u64, 0, 0, 0, 0, 0],
+        [VmType::Plain as u64, pa, n, 0, 0, 0],
         Errno::ENOSPC,
     );
+    // Nothing was taken: the same pages open the next VM once one goes.
+    r.ok(HostCall::Donate, [vms[0], pa, n, 0, 0, 0]);
     assert_eq!(r.hyp.vms.len(), 255);
     assert_eq!(r.hyp.world.vm_count(), 255);
     // One goes: its VMID serves the next VM, under another handle.

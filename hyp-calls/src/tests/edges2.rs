@@ -23,7 +23,7 @@ fn block_vm(r: &mut Rig) -> (u64, u64, u64, u64) {
     assert_eq!(chunk % SIZE_2M, 0);
     r.ok(HostCall::Donate, [vm, chunk, 512, 0, 0, 0]);
     r.donate(vm, 8);
-    let vcpu = r.ok(HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, 0, 0, 0]);
+    let vcpu = r.vcpu(vm, 0x1_4000_0000, 0);
     (vm, g, vcpu, chunk)
 }
 

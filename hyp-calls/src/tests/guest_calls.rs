@@ -92,7 +92,7 @@ fn a_pkvm_share_or_unshare_of_an_untouched_page_is_a_first_touch() {
     let both = MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES;
     r.slot(vm, GPA, 16, g, UserspaceAddr::None, both).unwrap();
     r.donate(vm, 32);
-    let vcpu = r.ok(HostCall::VcpuCreate, [vm, 0x1000, 0, 0, 0, 0]);
+    let vcpu = r.vcpu(vm, 0x1000, 0);
     let pa = r.ok(HostCall::HostMapGmem, [g, 2 * P, 1, 0, 0, 0]);
     assert!(r.hyp.owners.host_can_access(pa));
     // Unsharing an untouched INIT_SHARED page: refused, and the page is the guest's now.

@@ -48,8 +48,12 @@ fn vm_create_and_destroy() {
         r.err(HostCall::VmDestroy, [bad, 0, 0, 0, 0, 0], Errno::ENOENT);
     }
     r.donate(vm, 8);
-    // Teardown returns every donated page, and they are the host's again.
-    assert_eq!(r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]), 8);
+    // Teardown returns every donated page (those of VmCreate too), and they are the host's
+    // again.
+    assert_eq!(
+        r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]),
+        8 + abi::host::VM_CREATE_PAGES
+    );
     r.err(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0], Errno::ENOENT);
     assert_eq!(r.invariants(), 0);
 }
@@ -165,7 +169,7 @@ fn memslot_create_and_delete() {
         Errno::ENOENT,
     );
     // After the first run a pkvm VM's memslots are frozen.
-    let vcpu = r.ok(HostCall::VcpuCreate, [vm, 0x1000, 0, 0, 0, 0]);
+    let vcpu = r.vcpu(vm, 0x1000, 0);
     let t = r.hyp.begin_run(vcpu, 0).unwrap();
     r.hyp.end_run(
         t,
@@ -179,7 +183,8 @@ fn memslot_create_and_delete() {
         Err(Errno::EPERM)
     );
     // ... and so are its vCPUs.
-    r.err(HostCall::VcpuCreate, [vm, 0x1000, 0, 0, 0, 0], Errno::EPERM);
+    let a = r.vcpu_args(vm, 0x1000, 0);
+    r.err(HostCall::VcpuCreate, a, Errno::EPERM);
 }
 
 #[test]
@@ -442,8 +447,22 @@ fn vcpus_and_guest_convert() {
         [vm, 1 << 40, 0, 0, 0, 0],
         Errno::EINVAL,
     );
-    let a = r.ok(HostCall::VcpuCreate, [vm, 0x1000, 7, 0, 0, 0]);
-    let b = r.ok(HostCall::VcpuCreate, [vm, 0x2000, 0, 0, 0, 0]);
+    // Without its donation, or with a page not the host's, nothing is created.
+    r.err(
+        HostCall::VcpuCreate,
+        [vm, 0x1000, 7, 0, 0, 0],
+        Errno::EINVAL,
+    );
+    let taken = r.host_pages(1);
+    r.ok(HostCall::Donate, [vm, taken, 1, 0, 0, 0]);
+    r.err(
+        HostCall::VcpuCreate,
+        [vm, 0x1000, 7, taken, 1, 0],
+        Errno::EPERM,
+    );
+    assert!(r.hyp.vcpus.is_empty());
+    let a = r.vcpu(vm, 0x1000, 7);
+    let b = r.vcpu(vm, 0x2000, 0);
     assert_ne!(a, b);
     // Each vCPU knows its index in the VM (its stable identity).
     assert_eq!(r.hyp.vcpus[&(a as u32)].ctx.as_ref().unwrap().index, 0);

@@ -17,14 +17,11 @@ fn vcpus_per_vm_end_at_their_limit_and_the_other_vms_go_on() {
     let mut r = rig();
     let (a, _, _) = r.configured(VmType::Plain, 16, 8);
     for _ in 1..VCPUS_PER_VM_MAX {
-        r.ok(HostCall::VcpuCreate, [a, 0x1_4000_0000, 0, 0, 0, 0]);
+        r.vcpu(a, 0x1_4000_0000, 0);
     }
     let before = r.hyp.vcpus.len();
-    r.err(
-        HostCall::VcpuCreate,
-        [a, 0x1_4000_0000, 0, 0, 0, 0],
-        Errno::ENOSPC,
-    );
+    let args = r.vcpu_args(a, 0x1_4000_0000, 0);
+    r.err(HostCall::VcpuCreate, args, Errno::ENOSPC);
     assert_eq!(r.hyp.vcpus.len(), before);
     // Another VM gets its vCPUs, and its first is index 0 (MPIDR).
     let (b, _, vb) = r.configured(VmType::Plain, 16, 8);

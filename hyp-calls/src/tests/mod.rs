@@ -17,6 +17,8 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use hyp_mem::heap::VmHeap;
+
 use abi::flags::{GmemFlags, MemslotFlags, UserspaceAddr, VmType};
 use abi::host::{HostCall, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
@@ -37,6 +39,16 @@ pub(crate) const DEVICE: (u64, u64) = (0x0900_0000, 0x0900_1000);
 /// Where tests put memslots.
 pub(crate) const GPA: u64 = 0x8000_0000;
 
+/// The tests' global allocator routes charged allocations to VM heaps, as the hyp's does
+/// ([`hyp_mem::fake::Router`]).
+#[global_allocator]
+static ROUTER: hyp_mem::fake::Router = hyp_mem::fake::Router;
+
+/// Charged allocations of this thread its heaps could not serve.
+pub(crate) fn overdrafts() -> u64 {
+    hyp_mem::fake::overdrafts()
+}
+
 /// What the hyp did to a fake vCPU.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FakeVcpu {
@@ -49,6 +61,8 @@ pub(crate) struct FakeVcpu {
     pub injected: Vec<(Injected, u64)>,
     pub saved_aborts: u32,
     pub live_aborts: u32,
+    /// HVCs stepped back over, to be made again.
+    pub rewound: u32,
     pub traps: Vec<bool>,
 }
 
@@ -71,6 +85,9 @@ impl VcpuContext for FakeVcpu {
     }
     fn skip_trapped_instruction(&mut self) {
         self.skipped += 1;
+    }
+    fn rewind_hvc(&mut self) {
+        self.rewound += 1;
     }
     fn inject_live(&mut self, what: Injected, far: u64) {
         self.injected.push((what, far));
@@ -140,7 +157,7 @@ impl WatchTlb {
         let mut w = self.watch.borrow_mut();
         if let Some(pa) = w.pa {
             let word = self.ram.read_u64(pa);
-            w.seen.push((ev, word));
+            hyp_mem::fake::uncharged(|| w.seen.push((ev, word)));
         }
     }
 }
@@ -202,6 +219,12 @@ impl Platform for FakePlatform {
         0
     }
     fn flush_tlb_conflict(&self) {}
+    fn set_charge(heap: *const VmHeap) -> *const VmHeap {
+        hyp_mem::fake::set_charge(heap)
+    }
+    fn overdrafts() -> u64 {
+        overdrafts()
+    }
 }
 
 /// A hyp over fake RAM, with a handle to the RAM for the test's own "host memory".
@@ -268,7 +291,21 @@ impl Rig {
     }
 
     pub fn vm(&mut self, t: VmType) -> u64 {
-        self.ok(HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])
+        let n = abi::host::VM_CREATE_PAGES;
+        let pa = self.host_pages(n as usize);
+        self.ok(HostCall::VmCreate, [t as u64, pa, n, 0, 0, 0])
+    }
+
+    /// `VcpuCreate` with its one donated page.
+    pub fn vcpu_args(&mut self, vm: u64, entry: u64, arg: u64) -> [u64; 6] {
+        let pa = self.host_pages(1);
+        [vm, entry, arg, pa, 1, 0]
+    }
+
+    /// `VcpuCreate` with its one donated page, which must succeed: the vCPU.
+    pub fn vcpu(&mut self, vm: u64, entry: u64, arg: u64) -> u64 {
+        let a = self.vcpu_args(vm, entry, arg);
+        self.ok(HostCall::VcpuCreate, a)
     }
 
     pub fn donate(&mut self, vm: u64, n: usize) {
@@ -318,7 +355,7 @@ impl Rig {
         if pool > 0 {
             self.donate(vm, pool);
         }
-        let vcpu = self.ok(HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, 0, 0, 0]);
+        let vcpu = self.vcpu(vm, 0x1_4000_0000, 0);
         (vm, g, vcpu)
     }
 
@@ -352,6 +389,8 @@ impl Rig {
 
     /// The invariant checker: ownership against every stage-2, and the guests' view.
     pub fn invariants(&self) -> usize {
+        let memory = self.hyp.check_memory();
+        assert!(memory.is_empty(), "memory check: {memory:?}");
         self.hyp.check_invariants().len() + self.hyp.check_guest_views().len()
     }
 }

@@ -127,7 +127,9 @@ fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
     let call = |r: &mut Rig, c: HostCall, a: [u64; 6]| r.call(c, a).ok().map(|x| x[0]);
     match *op {
         Op::VmCreate(t) => {
-            if let Some(h) = call(r, HostCall::VmCreate, [t, 0, 0, 0, 0, 0]) {
+            let n = abi::host::VM_CREATE_PAGES;
+            let pa = Ram::alloc_pages(&mut r.ram, n as usize).unwrap_or(0);
+            if let Some(h) = call(r, HostCall::VmCreate, [t, pa, n, 0, 0, 0]) {
                 seen.vms.push(h);
             }
         }
@@ -182,7 +184,8 @@ fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
             );
         }
         Op::VcpuCreate(v) => {
-            let a = [pick(&seen.vms, v), 0x1_4000_0000, 0, 0, 0, 0];
+            let pa = Ram::alloc_pages(&mut r.ram, 1).unwrap_or(0);
+            let a = [pick(&seen.vms, v), 0x1_4000_0000, 0, pa, 1, 0];
             if let Some(h) = call(r, HostCall::VcpuCreate, a) {
                 seen.vcpus.push(h);
             }
@@ -295,6 +298,8 @@ proptest! {
             prop_assert!(bad.is_empty(), "step {} {:?}: {:?}", n, op, bad);
             let view = r.hyp.check_guest_views();
             prop_assert!(view.is_empty(), "step {} {:?}: {:?}", n, op, view);
+            let memory = r.hyp.check_memory();
+            prop_assert!(memory.is_empty(), "step {} {:?}: {:?}", n, op, memory);
             if let Err(e) = every_page_owned(&r) {
                 return Err(TestCaseError::fail(format!("step {n} {op:?}: {e}")));
             }

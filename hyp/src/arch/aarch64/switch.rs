@@ -261,6 +261,11 @@ impl hyp_calls::VcpuContext for GuestContext {
         self.skip_trapped();
     }
 
+    fn rewind_hvc(&mut self) {
+        // HVC is 4 bytes in A64, A32 and T32; its exception returns past it.
+        self.pc = self.pc.wrapping_sub(4);
+    }
+
     fn inject_live(&mut self, what: Injected, far: u64) {
         GuestContext::inject_live(self, what, far);
     }

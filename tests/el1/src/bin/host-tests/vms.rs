@@ -19,7 +19,7 @@ pub fn init_pages() {
     if let Ok((base, size)) = vm::ram() {
         *PAGES.lock() = Some(HostPages::new(
             host_shim::free_memory_start() as u64,
-            base + size,
+            host_shim::free_memory_end(base, size),
         ));
     }
 }
@@ -158,7 +158,11 @@ fn vm_destroy_returns_every_page_zeroed() -> TestResult {
         );
     }
     let returned = vm::vm_destroy(v.vm).map_err(e)?;
-    ensure_eq!(returned, v.pool_pages);
+    // The pool, and what VmCreate and VcpuCreate took.
+    ensure_eq!(
+        returned,
+        v.pool_pages + abi::host::VM_CREATE_PAGES + abi::host::VCPU_CREATE_PAGES
+    );
     // The pool pages are the host's again; all of them must read as zero.
     let len = (v.pool_pages * PAGE_SIZE) as usize;
     // SAFETY: the VM is gone and the hyp gave these host pages back; the host reads its own RAM.
