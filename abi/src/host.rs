@@ -17,7 +17,11 @@ pub enum HostCall {
     /// handle. `EINVAL` for fewer pages or a run outside RAM, `EPERM` for a page not the host's,
     /// `ENOSPC` with [`VMS_MAX`] VMs alive; nothing is taken then.
     VmCreate,
-    /// x1 = VM. Every page the VM held goes back to the host, zeroed.
+    /// x1 = VM: a step of its teardown, at most [`TEARDOWN_STEP_PAGES`] pages of work; the
+    /// host calls again while x1 = 1 (the VM is dying meanwhile: no other call reaches it or
+    /// its gmem files). -> x0 = pages this step gave back to the host, zeroed (over all steps:
+    /// every page donated for the VM), x1 = 1 while the VM is not gone. `EBUSY` (first step
+    /// only) while one of its vCPUs runs.
     VmDestroy,
     /// x1 = VM, x2 = size, x3 = [`crate::flags::GmemFlags`] -> x0 = gmem handle.
     GmemCreate,
@@ -256,6 +260,9 @@ pub const COMPLETE_INJECT_ABORT: u64 = 1;
 
 /// Largest gmem file, in bytes (Trust rule 7): 2^48. Larger is `EINVAL`.
 pub const GMEM_MAX_SIZE: u64 = 1 << 48;
+
+/// The most pages one `VmDestroy` step frees or gives back (a 2 MiB chunk counts 512).
+pub const TEARDOWN_STEP_PAGES: u64 = 512;
 
 /// Pages `VmCreate` takes at least: the first reserve of the VM's metadata heap (16 pages: the
 /// most one call may need).

@@ -142,7 +142,15 @@ pub fn vm_create(t: VmType) -> Result<VmId, Errno> {
 /// Destroys a VM: -> pages returned to the host (its creation donations come back to the
 /// creation region).
 pub fn vm_destroy(vm: VmId) -> Result<u64, Errno> {
-    let n = call(HostCall::VmDestroy, [vm.0, 0, 0, 0, 0, 0])?[0];
+    // The hyp tears a VM down in bounded steps: call until it says it is done.
+    let mut n = 0u64;
+    loop {
+        let r = call(HostCall::VmDestroy, [vm.0, 0, 0, 0, 0, 0])?;
+        n += r[0];
+        if r[1] == 0 {
+            break;
+        }
+    }
     if let Some(c) = CREATE.lock().as_mut() {
         let mut back = Vec::new();
         c.given.retain(|&(v, pa, n)| {

@@ -16,7 +16,7 @@ use hyp_mem::pool;
 use hyp_mem::stage2::{MapError, S2Attrs};
 
 use crate::platform::Platform;
-use crate::state::Hyp;
+use crate::state::{Hyp, PIECE_PAGES};
 
 fn vmid(vm: VmHandle) -> u16 {
     vm.vmid()
@@ -146,16 +146,24 @@ impl<P: Platform> Hyp<P> {
         size: u64,
     ) -> Result<(), Errno> {
         let owner = self.world.gmem_owner(g)?;
-        let file = self.world.gmem(g)?;
-        let mut plans = Vec::new();
-        for (pa, allowed) in file.allocated_with_host_access(offset, size) {
-            let plan = self.settle_checked(owner, pa, allowed)?;
-            if plan != Settle::Nothing {
-                plans.push((pa, plan));
+        // Two passes over pieces of at most `PIECE_PAGES` pages (so no list outgrows a page):
+        // every page checked, then every page moved (the plans come out the same: nothing
+        // changes in between).
+        let end = offset.saturating_add(size).min(self.world.gmem(g)?.size());
+        for apply in [false, true] {
+            let mut at = offset;
+            while at < end {
+                let file = self.world.gmem(g)?;
+                let stop = file.end_after(at, end - at, PIECE_PAGES);
+                let stop = if stop <= at { end } else { stop };
+                for (pa, allowed) in file.allocated_with_host_access(at, stop - at) {
+                    let plan = self.settle_checked(owner, pa, allowed)?;
+                    if apply && plan != Settle::Nothing {
+                        self.settle(pa, plan)?;
+                    }
+                }
+                at = stop;
             }
-        }
-        for (pa, plan) in plans {
-            self.settle(pa, plan)?;
         }
         Ok(())
     }
@@ -167,11 +175,6 @@ impl<P: Platform> Hyp<P> {
         }
         self.owners
             .check(pa, Transition::GuestReclaimToHyp(vmid(vm)))
-    }
-
-    /// Checks [`Hyp::check_reclaim`] for every page.
-    pub(crate) fn check_reclaim_all(&self, vm: VmHandle, pages: &[u64]) -> Result<(), Errno> {
-        pages.iter().try_for_each(|&pa| self.check_reclaim(vm, pa))
     }
 
     /// A page the core freed (zeroed) into `vm`'s pool becomes the hyp's again: out of the

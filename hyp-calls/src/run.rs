@@ -18,7 +18,7 @@ use hyp_core::{VmHandle, World};
 use crate::exit::GuestExit;
 use crate::guest;
 use crate::platform::{Platform, VcpuContext};
-use crate::state::{handle32, Hyp, Pending};
+use crate::state::{handle32, Dying, Hyp, Pending};
 
 /// An exit to report to the host: reason and `x1..x5`.
 pub type HostExit = (ExitReason, [u64; 5]);
@@ -94,7 +94,11 @@ impl<P: Platform> Hyp<P> {
         let id = handle32(vcpu)?;
         let c = self.vcpus.get_mut(&id).ok_or(Errno::ENOENT)?;
         let vm = c.vm;
-        let v = self.vms.get(&vm.0).ok_or(Errno::ENOENT)?;
+        let v = self
+            .vms
+            .get(&vm.0)
+            .filter(|v| v.dying == Dying::Live)
+            .ok_or(Errno::ENOENT)?;
         let mut ctx = c.ctx.take().ok_or(Errno::EBUSY)?;
         let pending = core::mem::replace(&mut c.pending, Pending::None);
         complete(&self.world, vm, &mut *ctx, pending, c0);

@@ -21,6 +21,11 @@ use crate::platform::Platform;
 /// IPA size of every VM (the coco shared bit is bit 39).
 pub const IPA: IpaSize = IpaSize::Bits40;
 
+/// The most pages one piece of a long operation (a punch, a file's destruction, a memslot's
+/// deletion, a conversion's ownership moves) handles: its lists then fit a 2 KiB object of the
+/// VM's heap.
+pub const PIECE_PAGES: u64 = 256;
+
 /// What the hyp knows of the machine when it sets up: RAM, its own region at the start of RAM,
 /// and the device MMIO the host may reach (`[lo, hi)`, execute-never device memory).
 #[derive(Clone, Debug, Default)]
@@ -65,6 +70,19 @@ pub struct HypVm<P: Platform> {
     /// (its gmem files' page maps and ranges, memslots' maps, pins, the MMIO guard set, vCPU
     /// contexts). Boxed: its pages name it. Emptied by teardown before it goes.
     pub heap: core::mem::ManuallyDrop<Box<VmHeap>>,
+    /// Where its teardown is (`VmDestroy`, in steps).
+    pub dying: Dying,
+}
+
+/// Where a VM's teardown is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dying {
+    /// Not dying.
+    Live,
+    /// Its pages go back into its pool, a step at a time.
+    Freeing,
+    /// Its records and heap are gone; its pool goes back to the host, a step at a time.
+    Draining,
 }
 
 /// What the host must complete before a vCPU runs again.
@@ -170,7 +188,7 @@ impl<P: Platform> Hyp<P> {
     /// when pool and reserve together are under [`CALL_PAGES_MAX`]. An unknown VM charges
     /// nothing (the boot heap serves the call, which fails before it keeps anything).
     pub(crate) fn charge(&mut self, vm: u32) -> Result<Charge<P>, u64> {
-        let Some(v) = self.vms.get_mut(&vm) else {
+        let Some(v) = self.vms.get_mut(&vm).filter(|v| v.dying == Dying::Live) else {
             return Ok(Charge {
                 prev: P::set_charge(core::ptr::null()),
                 _p: PhantomData,
@@ -204,8 +222,12 @@ impl<P: Platform> Hyp<P> {
         })
     }
 
+    /// A live VM (`ENOENT` for an unknown one, or one being torn down).
     pub(crate) fn vm_mut(&mut self, vm: u64) -> Result<&mut HypVm<P>, Errno> {
-        self.vms.get_mut(&handle32(vm)?).ok_or(Errno::ENOENT)
+        self.vms
+            .get_mut(&handle32(vm)?)
+            .filter(|v| v.dying == Dying::Live)
+            .ok_or(Errno::ENOENT)
     }
 
     /// Rule 5, then ownership: removes every stage-2 mapping the change invalidated (both coco
@@ -260,9 +282,9 @@ impl<P: Platform> Hyp<P> {
     ) -> Result<(), Errno> {
         let file = self.world.gmem(g)?;
         for &(off, size) in ranges {
-            for pa in file.allocated_in(off, size) {
-                self.settle_checked(owner, pa, host_allowed)?;
-            }
+            file.try_for_each_allocated(off, size, |pa| {
+                self.settle_checked(owner, pa, host_allowed).map(|_| ())
+            })?;
         }
         Ok(())
     }

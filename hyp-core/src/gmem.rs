@@ -302,6 +302,53 @@ impl GmemFile {
         check != BlockCheck::NoValidate || self.take(offset, BLOCK_SIZE).is_ok()
     }
 
+    /// Calls `f(pa)` for every allocated page of `[offset, offset + size)` (clipped to the
+    /// file), in order, until it fails: a check over a range that keeps no list. O(pages
+    /// present).
+    pub fn try_for_each_allocated<E>(
+        &self,
+        offset: u64,
+        size: u64,
+        mut f: impl FnMut(u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let first = offset >> PAGE_SHIFT;
+        let last = offset.saturating_add(size).min(self.size) >> PAGE_SHIFT;
+        let mut r = Ok(());
+        self.pages.for_each_in(first, last, |_, pa, count| {
+            for i in 0..count {
+                if r.is_ok() {
+                    r = f(pa.saturating_add(i << PAGE_SHIFT));
+                }
+            }
+        });
+        r
+    }
+
+    /// The end (a byte offset, at most `offset + size` clipped to the file) of the range from
+    /// `offset` that holds at most `max` allocated pages: how a long operation is cut into
+    /// pieces of bounded work.
+    pub fn end_after(&self, offset: u64, size: u64, max: u64) -> u64 {
+        let first = offset >> PAGE_SHIFT;
+        let end = offset.saturating_add(size).min(self.size);
+        let last = end >> PAGE_SHIFT;
+        (self.pages.end_after(first, last, max) << PAGE_SHIFT).min(end)
+    }
+
+    /// Frees at most `max` pages (zeroed first) from the start of the file, pins or not, for
+    /// file destruction and VM teardown in bounded steps. Returns the freed physical pages.
+    pub fn release_some(&mut self, max: u64, provider: &mut dyn PageProvider) -> Vec<u64> {
+        let last = self.size >> PAGE_SHIFT;
+        let end = self.pages.end_after(0, last, max);
+        let mut freed = Vec::new();
+        self.pages.remove_range(0, end, |_, pa, count| {
+            free_run(pa, count, provider, &mut freed)
+        });
+        if self.pages.is_empty() {
+            self.pins.clear();
+        }
+        freed
+    }
+
     /// The allocated pages of `[offset, offset + size)` (clipped to the file), in order: what
     /// a punch of that range would free. O(runs), whatever the size.
     pub fn allocated_in(&self, offset: u64, size: u64) -> Vec<u64> {
@@ -641,6 +688,15 @@ impl GmemFile {
             free_run(pa, count, provider, &mut freed)
         });
         Ok(freed)
+    }
+
+    /// The checks of [`GmemFile::punch`] (`EINVAL`, `EBUSY`), changing nothing.
+    pub fn punch_check(&self, offset: u64, size: u64) -> Result<(), Errno> {
+        let (first, last) = page_range(offset, size, self.size)?;
+        if self.pins.range(first..last).next().is_some() {
+            return Err(Errno::EBUSY);
+        }
+        Ok(())
     }
 
     /// The checks of [`GmemFile::punch`] (`EINVAL`, `EBUSY`), changing nothing: the pages a

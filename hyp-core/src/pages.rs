@@ -196,6 +196,43 @@ impl PageMap {
         }
     }
 
+    /// The index after the first `max` allocated pages of `[first, last)` (`last` if there are
+    /// fewer): a range whose work is bounded by `max` pages. O(runs visited).
+    pub fn end_after(&self, first: u64, last: u64, max: u64) -> u64 {
+        if max == 0 {
+            return first.min(last);
+        }
+        let mut left = max;
+        let mut end = last;
+        let mut visit = |s: u64, c: u64| {
+            if left == 0 {
+                return true;
+            }
+            if c >= left {
+                end = s.saturating_add(left);
+                left = 0;
+                return true;
+            }
+            left -= c;
+            false
+        };
+        if let Some((s, _, c)) = self.run_at(first) {
+            if s < first {
+                let n = s.saturating_add(c).min(last) - first;
+                if visit(first, n) {
+                    return end.min(last);
+                }
+            }
+        }
+        for (&s, &(_, c)) in self.runs.range(first..last) {
+            let n = s.saturating_add(c).min(last) - s;
+            if visit(s, n) {
+                break;
+            }
+        }
+        end.min(last)
+    }
+
     /// Removes every page, calling `f(index, pa, count)` for every run, in order.
     pub fn take_all(&mut self, mut f: impl FnMut(u64, u64, u64)) {
         let runs = core::mem::take(&mut self.runs);

@@ -151,6 +151,27 @@ impl Memslot {
         self.anon.get(&(offset >> PAGE_SHIFT)).copied()
     }
 
+    /// Frees at most `max` of the `anon` pages (zeroed first), appending them to `freed`: a
+    /// bounded step of a teardown. -> how many.
+    pub(crate) fn release_some(
+        &mut self,
+        max: u64,
+        provider: &mut dyn PageProvider,
+        freed: &mut alloc::vec::Vec<u64>,
+    ) -> u64 {
+        let mut n = 0;
+        while n < max {
+            let Some((_, pa)) = self.anon.pop_first() else {
+                break;
+            };
+            provider.zero_page(pa);
+            provider.free_page(pa);
+            freed.push(pa);
+            n += 1;
+        }
+        n
+    }
+
     /// Frees the `anon` pages (zeroed first), appending them to `freed`.
     pub(crate) fn release(
         &mut self,
@@ -186,6 +207,9 @@ pub struct Vm {
     pub(crate) host_shared: BTreeMap<u64, u64>,
     /// Set at the first `VcpuRun`: a `pkvm` VM's memslots are then frozen (Trust rule 9).
     started: bool,
+    /// Being torn down ([`crate::World::begin_teardown`]): no call but the teardown's reaches
+    /// the VM or its gmem files.
+    pub(crate) dying: bool,
 }
 
 impl Vm {
@@ -205,6 +229,7 @@ impl Vm {
             attrs: RangeStore::new(0, false),
             host_shared: BTreeMap::new(),
             started: false,
+            dying: false,
         };
         vm.attrs = RangeStore::new(vm.gpa_limit() >> PAGE_SHIFT, false);
         Ok(vm)
@@ -311,6 +336,11 @@ impl Vm {
     /// Every host page shared into the guest.
     pub fn host_shared_pages(&self) -> Vec<u64> {
         self.host_shared.values().copied().collect()
+    }
+
+    /// Every host page shared into the guest, without a list.
+    pub fn host_shared_iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.host_shared.values().copied()
     }
 
     /// Whether a host-shared page lies in `[gpa, end)`.

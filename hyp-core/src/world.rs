@@ -245,12 +245,154 @@ impl World {
         Ok(gpa)
     }
 
+    /// A live VM (`ENOENT` for an unknown one, or one being torn down).
     pub fn vm(&self, vm: VmHandle) -> Result<&Vm, Errno> {
-        self.vms.get(&vm.0).ok_or(Errno::ENOENT)
+        self.vms
+            .get(&vm.0)
+            .filter(|v| !v.dying)
+            .ok_or(Errno::ENOENT)
     }
 
     pub(crate) fn vm_mut(&mut self, vm: VmHandle) -> Result<&mut Vm, Errno> {
-        self.vms.get_mut(&vm.0).ok_or(Errno::ENOENT)
+        self.vms
+            .get_mut(&vm.0)
+            .filter(|v| !v.dying)
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn owner_live(&self, owner: VmHandle) -> bool {
+        self.vms.get(&owner.0).is_some_and(|v| !v.dying)
+    }
+
+    // ---- teardown in bounded steps ----
+
+    /// Starts tearing `vm` down: from now on no call reaches it or its gmem files (`ENOENT`)
+    /// but the teardown's steps. `ENOENT` unknown; a VM already dying stays so.
+    pub fn begin_teardown(&mut self, vm: VmHandle) -> Result<(), Errno> {
+        let v = self.vms.get_mut(&vm.0).ok_or(Errno::ENOENT)?;
+        v.dying = true;
+        Ok(())
+    }
+
+    /// Whether `vm` is being torn down.
+    pub fn is_dying(&self, vm: VmHandle) -> bool {
+        self.vms.get(&vm.0).is_some_and(|v| v.dying)
+    }
+
+    /// One step of a teardown: frees at most `max` pages of the dying `vm` (its memslots'
+    /// `anon` memory, then its gmem files' pages, pins or not; zeroed first) and takes at most
+    /// `max` of the host pages shared into it. An empty step means nothing is left: then
+    /// [`World::destroy_vm`] finishes in bounded time. `ENOENT` unless `vm` is dying.
+    pub fn teardown_step(
+        &mut self,
+        vm: VmHandle,
+        max: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Teardown, Errno> {
+        let v = self
+            .vms
+            .get_mut(&vm.0)
+            .filter(|v| v.dying)
+            .ok_or(Errno::ENOENT)?;
+        let mut step = Teardown::default();
+        let mut left = max;
+        for slot in v.slots.values_mut() {
+            left -= slot.release_some(left, provider, &mut step.freed);
+        }
+        while left > 0 {
+            let Some((_, pa)) = v.host_shared.pop_first() else {
+                break;
+            };
+            step.host_shared.push(pa);
+            left -= 1;
+        }
+        for e in self.gmems.values_mut().filter(|e| e.owner == vm) {
+            if left == 0 {
+                break;
+            }
+            let freed = e.file.release_some(left, provider);
+            left = left.saturating_sub(freed.len() as u64);
+            step.freed.extend(freed);
+        }
+        Ok(step)
+    }
+
+    /// Calls `f(pa)` for every page a teardown of `vm` would free (its memslots' `anon` memory
+    /// and its gmem files' pages), until it fails, without a list: the checks before a
+    /// teardown starts. `ENOENT` for an unknown VM.
+    pub fn try_for_each_vm_page(
+        &self,
+        vm: VmHandle,
+        mut f: impl FnMut(u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let v = self.vms.get(&vm.0).ok_or(Errno::ENOENT)?;
+        for s in v.slots.values() {
+            s.anon_pages().try_for_each(&mut f)?;
+        }
+        for e in self.gmems.values().filter(|e| e.owner == vm) {
+            e.file.try_for_each_allocated(0, e.file.size(), &mut f)?;
+        }
+        Ok(())
+    }
+
+    /// Frees at most `max` of memslot `slot`'s `anon` pages (zeroed first): a step of deleting
+    /// it; the caller unmapped the slot's range first and checked every page. -> the freed
+    /// pages.
+    pub fn slot_release_some(
+        &mut self,
+        vm: VmHandle,
+        slot: SlotId,
+        max: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<u64>, Errno> {
+        let v = self.vm_mut(vm)?;
+        let s = v.slots.get_mut(&slot.0).ok_or(Errno::ENOENT)?;
+        let mut freed = Vec::new();
+        s.release_some(max, provider, &mut freed);
+        Ok(freed)
+    }
+
+    /// Calls `f(pa)` for every `anon` page of memslot `slot`, until it fails: what deleting it
+    /// would free, without a list.
+    pub fn try_for_each_slot_page(
+        &self,
+        vm: VmHandle,
+        slot: SlotId,
+        f: impl FnMut(u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let s = self.vm(vm)?.slot(slot).ok_or(Errno::ENOENT)?;
+        s.anon_pages().try_for_each(f)
+    }
+
+    /// The checks of [`World::delete_memslot`] (`ENOENT`, `EPERM`), changing nothing: the
+    /// slot's range `(gpa, size)`.
+    pub fn delete_memslot_check(&self, vm: VmHandle, slot: SlotId) -> Result<(u64, u64), Errno> {
+        let v = self.vm(vm)?;
+        let s = v.slot(slot).ok_or(Errno::ENOENT)?;
+        if v.vm_type() == VmType::Pkvm && v.started() {
+            return Err(Errno::EPERM);
+        }
+        Ok((s.gpa(), s.size()))
+    }
+
+    /// The checks of [`World::destroy_gmem`] (`ENOENT`, `EBUSY`), changing nothing.
+    pub fn destroy_gmem_check(&self, gmem: GmemHandle) -> Result<(), Errno> {
+        let file = self.gmem(gmem)?;
+        if file.has_pins() || self.is_bound(gmem) {
+            return Err(Errno::EBUSY);
+        }
+        Ok(())
+    }
+
+    /// Frees at most `max` pages of gmem `g` (zeroed first): a step of destroying it. The
+    /// caller checked what [`World::destroy_gmem`] checks. -> the freed pages.
+    pub fn gmem_release_some(
+        &mut self,
+        gmem: GmemHandle,
+        max: u64,
+        provider: &mut dyn PageProvider,
+    ) -> Result<Vec<u64>, Errno> {
+        Ok(self.gmem_mut(gmem)?.release_some(max, provider))
     }
 
     // ---- gmem files ----
@@ -301,18 +443,22 @@ impl World {
         })
     }
 
+    /// A gmem file of a live VM (`ENOENT` for an unknown one, or one whose VM is being torn
+    /// down).
     pub fn gmem(&self, gmem: GmemHandle) -> Result<&GmemFile, Errno> {
         self.gmems
             .get(&gmem.0)
+            .filter(|e| self.owner_live(e.owner))
             .map(|e| &e.file)
             .ok_or(Errno::ENOENT)
     }
 
     pub(crate) fn gmem_mut(&mut self, gmem: GmemHandle) -> Result<&mut GmemFile, Errno> {
-        self.gmems
-            .get_mut(&gmem.0)
-            .map(|e| &mut e.file)
-            .ok_or(Errno::ENOENT)
+        let owner = self.gmem_owner(gmem)?;
+        match self.gmems.get_mut(&gmem.0) {
+            Some(e) if e.owner == owner => Ok(&mut e.file),
+            _ => Err(Errno::ENOENT),
+        }
     }
 
     /// The VM owning a gmem file.
@@ -320,6 +466,7 @@ impl World {
         self.gmems
             .get(&gmem.0)
             .map(|e| e.owner)
+            .filter(|&o| self.owner_live(o))
             .ok_or(Errno::ENOENT)
     }
 

@@ -257,8 +257,6 @@ impl Slab {
         self.reserve = unsafe { (*r).next };
         self.stats.reserve -= 1;
         self.stats.low_water = self.stats.low_water.min(self.stats.reserve);
-        let took = self.stats.call_start.saturating_sub(self.stats.reserve);
-        self.stats.max_call_pages = self.stats.max_call_pages.max(took);
         Some(r)
     }
 
@@ -271,6 +269,10 @@ impl Slab {
             let Some(r) = self.take_reserve() else {
                 return null_mut();
             };
+            // What this call took from the reserve (`take_page`, giving pages back, does not
+            // count).
+            let took = self.stats.call_start.saturating_sub(self.stats.reserve);
+            self.stats.max_call_pages = self.stats.max_call_pages.max(took);
             // SAFETY: a reserve page is the heap's and valid for the whole page.
             let pa = unsafe { (*r).pa };
             h = r.cast::<Hdr>();

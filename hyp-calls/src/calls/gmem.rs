@@ -8,7 +8,7 @@ use hyp_core::{ConvertRequest, GmemHandle, Initiator, VmHandle};
 
 use super::{ok, HostResult};
 use crate::platform::Platform;
-use crate::state::{handle32, GuestRequest, Hyp, Pending};
+use crate::state::{handle32, GuestRequest, Hyp, Pending, PIECE_PAGES};
 
 pub fn gmem_create<P: Platform>(hyp: &mut Hyp<P>, vm: u64, size: u64, flags: u64) -> HostResult {
     let g = hyp
@@ -20,11 +20,24 @@ pub fn gmem_create<P: Platform>(hyp: &mut Hyp<P>, vm: u64, size: u64, flags: u64
 pub fn gmem_destroy<P: Platform>(hyp: &mut Hyp<P>, gmem: u64) -> HostResult {
     let g = GmemHandle(handle32(gmem)?);
     let owner = hyp.world.gmem_owner(g)?;
+    hyp.world.destroy_gmem_check(g)?;
     let file = hyp.world.gmem(g)?;
-    let pages = file.allocated_in(0, file.size());
-    hyp.check_reclaim_all(owner, &pages)?;
+    file.try_for_each_allocated(0, file.size(), |pa| hyp.check_reclaim(owner, pa))?;
+    // No memslot binds the file (EBUSY otherwise), so no guest maps its pages. They go back
+    // in pieces (each checked above), so that no list outgrows a page.
+    loop {
+        let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+        let freed = hyp
+            .world
+            .gmem_release_some(g, PIECE_PAGES, v.stage2.mm_mut())?;
+        if freed.is_empty() {
+            break;
+        }
+        for pa in freed {
+            hyp.reclaim_to_pool(owner, pa)?;
+        }
+    }
     let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
-    // No memslot binds the file (EBUSY otherwise), so no guest maps its pages.
     let freed = hyp.world.destroy_gmem(g, v.stage2.mm_mut())?;
     for pa in freed {
         hyp.reclaim_to_pool(owner, pa)?;
@@ -105,13 +118,27 @@ pub fn convert<P: Platform>(hyp: &mut Hyp<P>, a: [u64; 6]) -> Result<[u64; 6], (
 pub fn punch_hole<P: Platform>(hyp: &mut Hyp<P>, gmem: u64, offset: u64, size: u64) -> HostResult {
     let g = GmemHandle(handle32(gmem)?);
     let owner = hyp.world.gmem_owner(g)?;
-    let pages = hyp.world.gmem(g)?.punch_plan(offset, size)?;
-    hyp.check_reclaim_all(owner, &pages)?;
-    // Unmapped before the core zeroes and frees anything (as for a conversion).
-    hyp.unmap_bindings(g, offset, size);
-    let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
-    let inv = hyp.world.punch(g, offset, size, v.stage2.mm_mut())?;
-    hyp.apply_and_sync(owner, &inv)?;
+    let file = hyp.world.gmem(g)?;
+    file.punch_check(offset, size)?;
+    file.try_for_each_allocated(offset, size, |pa| hyp.check_reclaim(owner, pa))?;
+    // Every page checked: the punch goes in pieces of at most `PIECE_PAGES` pages, so that
+    // no list outgrows a page; each piece is unmapped before the core zeroes and frees
+    // anything (as for a conversion).
+    let end = offset + size;
+    let mut at = offset;
+    while at < end {
+        let stop = hyp
+            .world
+            .gmem(g)?
+            .end_after(at, end - at, PIECE_PAGES)
+            .max(at);
+        let stop = if stop == at { end } else { stop };
+        hyp.unmap_bindings(g, at, stop - at);
+        let v = hyp.vms.get_mut(&owner.0).ok_or(Errno::ENOENT)?;
+        let inv = hyp.world.punch(g, at, stop - at, v.stage2.mm_mut())?;
+        hyp.apply_and_sync(owner, &inv)?;
+        at = stop;
+    }
     ok(0)
 }
 

@@ -4,13 +4,13 @@
 use abi::flags::{MemoryAttributes, UserspaceAddr, VmType};
 use abi::host::SLOT_UADDR_SHIFT;
 use abi::{Errno, PAGE_SIZE};
-use hyp_core::{GmemBinding, GmemHandle, MemslotSpec, SlotId, VmHandle};
+use hyp_core::{GmemBinding, GmemHandle, Invalidation, MemslotSpec, SlotId, Stage2Unmap, VmHandle};
 use hyp_mem::ownership::Transition;
 
 use super::gmem::check_gmem_page;
 use super::{ok, HostResult};
 use crate::platform::Platform;
-use crate::state::{handle32, Hyp};
+use crate::state::{handle32, Hyp, PIECE_PAGES};
 
 pub fn memslot_create<P: Platform>(hyp: &mut Hyp<P>, a: [u64; 6]) -> HostResult {
     let [vm, gpa, size, gmem, offset, packed] = a;
@@ -37,8 +37,27 @@ pub fn memslot_create<P: Platform>(hyp: &mut Hyp<P>, a: [u64; 6]) -> HostResult 
 pub fn memslot_delete<P: Platform>(hyp: &mut Hyp<P>, vm: u64, slot: u64) -> HostResult {
     let h = VmHandle(handle32(vm)?);
     let slot = SlotId(handle32(slot)?);
-    let pages = hyp.world.slot_pages(h, slot)?;
-    hyp.check_reclaim_all(h, &pages)?;
+    let (gpa, size) = hyp.world.delete_memslot_check(h, slot)?;
+    hyp.world
+        .try_for_each_slot_page(h, slot, |pa| hyp.check_reclaim(h, pa))?;
+    // The slot's range leaves the guest's stage-2 (both aliases) before any page is zeroed
+    // or changes hands; its `anon` pages go back in pieces (each checked above).
+    hyp.apply(&Invalidation {
+        stage2_unmap: alloc::vec![Stage2Unmap { vm: h, gpa, size }],
+        ..Invalidation::default()
+    });
+    loop {
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        let freed = hyp
+            .world
+            .slot_release_some(h, slot, PIECE_PAGES, v.stage2.mm_mut())?;
+        if freed.is_empty() {
+            break;
+        }
+        for pa in freed {
+            hyp.reclaim_to_pool(h, pa)?;
+        }
+    }
     let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
     let inv = hyp.world.delete_memslot(h, slot, v.stage2.mm_mut())?;
     hyp.apply_and_sync(h, &inv)?;

@@ -15,7 +15,7 @@ use hyp_mem::stage2::Stage2;
 
 use super::{ok, HostResult};
 use crate::platform::Platform;
-use crate::state::{handle32, Hyp, HypVm, Pending, Vcpu, VmStats, IPA};
+use crate::state::{handle32, Dying, Hyp, HypVm, Pending, Vcpu, VmStats, IPA};
 
 /// Creates a VM over the host pages it donates (`pa`, `pages`): its pool and the first
 /// reserve of its metadata heap. Every argument, the VM limit and every page's ownership are
@@ -59,6 +59,7 @@ pub fn vm_create<P: Platform>(hyp: &mut Hyp<P>, vm_type: u64, pa: u64, pages: u6
         cntvoff: hyp.platform.counter(),
         vcpus_created: 0,
         heap: ManuallyDrop::new(Box::new(VmHeap::new())),
+        dying: Dying::Live,
     };
     v.stage2.mm_mut().add_run(pa, pages);
     hyp.vms.insert(h.0, v);
@@ -74,50 +75,97 @@ pub fn vm_create<P: Platform>(hyp: &mut Hyp<P>, vm_type: u64, pa: u64, pages: u6
     ok(u64::from(h.0))
 }
 
-/// Tears a VM down; every page it held goes back to the host zeroed. -> x0 = pages returned.
-/// Every page's ownership change is checked before anything changes.
+/// Tears a VM down in bounded steps (as pKVM reclaims a dying guest's pages one call at a
+/// time): each call does at most [`abi::host::TEARDOWN_STEP_PAGES`] pages of work and the host
+/// calls again while `x1 = 1`. -> x0 = pages this call gave back to the host (zeroed), x1 = 1
+/// while the VM is not gone yet. The first call checks every page's ownership change before
+/// anything changes (`EBUSY` while a vCPU runs), then the VM is dying: no other call reaches
+/// it or its gmem files (`ENOENT`), and its stage-2 maps nothing any more. The steps free its
+/// pages into its pool (memslots' `anon` memory, gmem pages, pins or not; host pages shared
+/// into it go back to the host alone), then its records and heap go, then the pool goes back
+/// to the host; the last step frees the VMID (its TLB entries invalidated first).
 pub fn vm_destroy<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
     let h = VmHandle(handle32(vm)?);
-    if !hyp.vms.contains_key(&h.0) {
-        return Err(Errno::ENOENT);
+    let state = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?.dying;
+    if state == Dying::Live {
+        if hyp.vcpus.values().any(|c| c.vm == h && c.ctx.is_none()) {
+            return Err(Errno::EBUSY);
+        }
+        hyp.world
+            .try_for_each_vm_page(h, |pa| hyp.check_reclaim(h, pa))?;
+        let t = Transition::HostUnshareFromGuest(h.vmid());
+        for pa in hyp.world.vm(h)?.host_shared_iter() {
+            hyp.owners.check(pa, t)?;
+        }
+        hyp.world.begin_teardown(h)?;
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        v.dying = Dying::Freeing;
+        // The guest runs no more: every mapping of its stage-2 goes (both coco aliases, with
+        // their TLB entries) before any page is zeroed or changes hands (Trust rule 3).
+        v.stage2.unmap_clamped(0, IPA.limit());
     }
-    if hyp.vcpus.values().any(|c| c.vm == h && c.ctx.is_none()) {
-        return Err(Errno::EBUSY);
+    let step = abi::host::TEARDOWN_STEP_PAGES;
+    if state != Dying::Draining {
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        let t = hyp.world.teardown_step(h, step, v.stage2.mm_mut())?;
+        // Checked at the first step: each page goes back to the hyp, each shared host page to
+        // the host alone.
+        for &pa in &t.freed {
+            hyp.reclaim_to_pool(h, pa)?;
+        }
+        for &pa in &t.host_shared {
+            hyp.owners.host_unshare_from_guest(pa, h.vmid())?;
+        }
+        if !t.freed.is_empty() || !t.host_shared.is_empty() {
+            return Ok([0, 1, 0, 0, 0, 0]);
+        }
+        // Nothing of the VM holds a page any more: its records go (memslots, gmem files,
+        // vCPU contexts, guard set), so its heap serves nothing and goes back to the pool.
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        let rest = hyp.world.destroy_vm(h, v.stage2.mm_mut())?;
+        // (Empty: every step took what it found.)
+        for &pa in &rest.freed {
+            hyp.reclaim_to_pool(h, pa)?;
+        }
+        for &pa in &rest.host_shared {
+            hyp.owners.host_unshare_from_guest(pa, h.vmid())?;
+        }
+        drop(rest);
+        hyp.vcpus.retain(|_, c| c.vm != h);
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        v.mmio_guard = None;
+        while let Some((pa, _)) = v.heap.take_page() {
+            v.stage2.mm_mut().free_page(pa);
+        }
+        v.dying = Dying::Draining;
     }
-    let pages = hyp.world.vm_pages(h)?;
-    hyp.check_reclaim_all(h, &pages)?;
-    for &pa in hyp.world.vm(h)?.host_shared_pages().iter() {
-        hyp.owners
-            .check(pa, Transition::HostUnshareFromGuest(h.vmid()))?;
+    // The pool back to the host, a step at a time.
+    let mut returned = 0u64;
+    while returned < step {
+        let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+        let Some((pa, pages)) = v.stage2.mm_mut().take_any() else {
+            break;
+        };
+        for i in 0..pages {
+            hyp.owners.hyp_donate_to_host(pa + i * PAGE_SIZE)?;
+        }
+        returned += pages;
     }
+    let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
+    if v.stage2.mm().free_pages() > 0 {
+        return Ok([returned, 1, 0, 0, 0, 0]);
+    }
+    // The last step: the stage-2 goes (every TLB entry of the VMID) and the VMID is free.
     let Some(v) = hyp.vms.remove(&h.0) else {
         return Err(Errno::ENOENT);
     };
-    let HypVm {
-        stage2,
-        mmio_guard,
-        heap,
-        ..
-    } = v;
-    // The guest runs no more: its stage-2 goes first (every TLB entry of the VMID, the
-    // table pages back into the pool), then the core zeroes every page that held data
-    // as it frees it into the pool; each goes back to the hyp's ownership, then the
-    // whole pool back to the host.
+    let HypVm { stage2, heap, .. } = v;
     let (mut pool, _) = stage2.destroy();
-    let mut teardown = hyp.world.destroy_vm(h, &mut pool)?;
-    for &pa in &teardown.freed {
-        hyp.reclaim_to_pool(h, pa)?;
-    }
-    for pa in core::mem::take(&mut teardown.host_shared) {
-        hyp.owners.host_unshare_from_guest(pa, h.vmid())?;
-    }
-    drop(teardown);
-    // Every object the VM's heap served is gone with the VM (its gmem files, memslots, vCPU
-    // contexts, guard set): the heap's pages go back to the pool, zeroed.
-    hyp.vcpus.retain(|_, c| c.vm != h);
-    drop(mmio_guard);
-    while let Some((pa, _)) = heap.take_page() {
-        pool.free_page(pa);
+    while let Some((pa, pages)) = pool.take_any() {
+        for i in 0..pages {
+            hyp.owners.hyp_donate_to_host(pa + i * PAGE_SIZE)?;
+        }
+        returned += pages;
     }
     if heap.is_empty() {
         // The heap serves no object and holds no page: nothing refers to it any more.
@@ -127,15 +175,8 @@ pub fn vm_destroy<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
         // that object stays valid.
         hyp.leaked_heaps += 1;
     }
-    let mut returned = 0u64;
-    while let Some((pa, pages)) = pool.take_any() {
-        for i in 0..pages {
-            hyp.owners.hyp_donate_to_host(pa + i * PAGE_SIZE)?;
-        }
-        returned += pages;
-    }
-    log::debug!("VM {} destroyed: {} pages back to the host", h.0, returned);
-    ok(returned)
+    log::debug!("VM {} destroyed", h.0);
+    Ok([returned, 0, 0, 0, 0, 0])
 }
 
 /// Creates a vCPU of `vm` starting at `entry` with `x0 = arg`, over the host pages it donates

@@ -446,7 +446,7 @@ fn vmids_are_reused_after_destroy_under_a_new_handle() {
             r.err(HostCall::VmDestroy, [stale, 0, 0, 0, 0, 0], Errno::ENOENT);
             r.err(HostCall::VcpuCreate, [stale, 0, 0, 0, 0, 0], Errno::ENOENT);
         }
-        r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]);
+        r.destroy(vm);
         stale = vm;
     }
     // Every teardown invalidated the VMID before it was free again.
@@ -484,7 +484,7 @@ fn at_most_255_vms_at_once() {
     assert_eq!(r.hyp.world.vm_count(), 255);
     // One goes: its VMID serves the next VM, under another handle.
     let gone = vms[99];
-    r.ok(HostCall::VmDestroy, [gone, 0, 0, 0, 0, 0]);
+    r.destroy(gone);
     let again = r.vm(VmType::Plain);
     assert_ne!(again, gone);
     assert_eq!(VmHandle(again as u32).vmid(), VmHandle(gone as u32).vmid());
@@ -496,7 +496,7 @@ fn destroying_a_vm_takes_its_vcpus_and_only_those() {
     let mut r = rig();
     let (a, _, va) = r.configured(VmType::Pkvm, 16, 8);
     let (_, _, vb) = r.configured(VmType::Pkvm, 16, 8);
-    r.ok(HostCall::VmDestroy, [a, 0, 0, 0, 0, 0]);
+    r.destroy(a);
     assert!(!r.hyp.vcpus.contains_key(&(va as u32)));
     assert!(r.hyp.vcpus.contains_key(&(vb as u32)));
     let t = r.hyp.begin_run(vb, 0).unwrap();

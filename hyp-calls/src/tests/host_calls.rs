@@ -50,10 +50,7 @@ fn vm_create_and_destroy() {
     r.donate(vm, 8);
     // Teardown returns every donated page (those of VmCreate too), and they are the host's
     // again.
-    assert_eq!(
-        r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]),
-        8 + abi::host::VM_CREATE_PAGES
-    );
+    assert_eq!(r.destroy(vm), 8 + abi::host::VM_CREATE_PAGES);
     r.err(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0], Errno::ENOENT);
     assert_eq!(r.invariants(), 0);
 }
@@ -71,7 +68,7 @@ fn a_vm_whose_vcpu_runs_cannot_be_destroyed() {
         (abi::host::ExitReason::Interrupt, [0; 5]),
         crate::state::Pending::None,
     );
-    r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]);
+    r.destroy(vm);
     assert!(matches!(r.hyp.begin_run(vcpu, 0), Err(Errno::ENOENT)));
     assert!(matches!(r.hyp.begin_run(1 << 40, 0), Err(Errno::ENOENT)));
 }
@@ -428,8 +425,8 @@ fn host_pages_shared_into_a_guest() {
         [cc, 0x9000_0000 | 1 << 39, pb, 1, 0, 0],
     );
     assert_eq!(r.invariants(), 0);
-    r.ok(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]);
-    r.ok(HostCall::VmDestroy, [cc, 0, 0, 0, 0, 0]);
+    r.destroy(vm);
+    r.destroy(cc);
     assert_eq!(
         r.hyp.owners.state(pa, Component::Host).unwrap(),
         PageState::Owned

@@ -12,6 +12,7 @@ mod guest_calls;
 mod host_calls;
 mod limits;
 mod storm;
+mod teardown;
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -294,6 +295,24 @@ impl Rig {
         let n = abi::host::VM_CREATE_PAGES;
         let pa = self.host_pages(n as usize);
         self.ok(HostCall::VmCreate, [t as u64, pa, n, 0, 0, 0])
+    }
+
+    /// Destroys a VM, every step of it: the pages given back in all.
+    pub fn destroy(&mut self, vm: u64) -> u64 {
+        let mut total = 0;
+        for _ in 0..1_000_000 {
+            let r = self.call(HostCall::VmDestroy, [vm, 0, 0, 0, 0, 0]);
+            match r {
+                Ok(x) => {
+                    total += x[0];
+                    if x[1] == 0 {
+                        return total;
+                    }
+                }
+                Err(e) => panic!("VmDestroy {vm:#x}: {e:?}"),
+            }
+        }
+        panic!("VmDestroy {vm:#x} never finished")
     }
 
     /// `VcpuCreate` with its one donated page.

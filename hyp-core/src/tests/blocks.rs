@@ -526,3 +526,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn end_after_bounds_a_range_by_the_pages_it_holds() {
+    let mut m = crate::PageMap::new();
+    // Runs: [2, 5) at 0x10000, [10, 20) at 0x80000 (not contiguous with the first).
+    m.insert_run(2, 0x10000, 3);
+    m.insert_run(10, 0x80000, 10);
+    assert_eq!(m.end_after(0, 100, 0), 0);
+    assert_eq!(m.end_after(0, 100, 2), 4);
+    assert_eq!(m.end_after(0, 100, 3), 5);
+    assert_eq!(m.end_after(0, 100, 4), 11);
+    assert_eq!(m.end_after(0, 100, 13), 20);
+    assert_eq!(m.end_after(0, 100, 14), 100, "fewer pages: the whole range");
+    // From inside a run, and clipped to `last`.
+    assert_eq!(m.end_after(3, 100, 1), 4);
+    assert_eq!(m.end_after(3, 100, 3), 11);
+    assert_eq!(m.end_after(12, 15, 2), 14);
+    assert_eq!(m.end_after(12, 15, 5), 15);
+    assert_eq!(m.end_after(30, 40, 5), 40);
+}
