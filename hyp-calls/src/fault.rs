@@ -111,6 +111,23 @@ pub(crate) fn stage2_abort<P: Platform>(
             Pending::None,
         );
     }
+    // A fault that may map (in a memslot, or on a page the host shared) checks first that the
+    // pool holds what the map may take: then it completes, or changes nothing and asks for
+    // pages.
+    let may_map = hyp.world.gpa_to_gmem(h, ipa).is_ok()
+        || hyp.world.vm(h).is_ok_and(|vm| {
+            let gpa = vm.shared_bit().map_or(ipa, |bit| ipa & !bit);
+            vm.host_shared_pa(gpa).is_some()
+        });
+    let Some(v) = hyp.vms.get_mut(&h.0) else {
+        return guest_exception(ctx);
+    };
+    if may_map && !v.stage2.mm().can_map_fault() {
+        return Step::Exit(
+            (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+            Pending::NeedPages { ipa },
+        );
+    }
     let resolution = match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
         Ok(r) => r,
         Err(_) => return guest_exception(ctx),

@@ -205,6 +205,17 @@ impl<P: Platform> Hyp<P> {
                     break;
                 }
             }
+            if v.heap.reserve() < CALL_PAGES_MAX {
+                // The pool failed to give what it counted (a host test's injected failure):
+                // what it lent goes back, and the call is refused with nothing changed.
+                while v.heap.reserve() > have {
+                    let Some((pa, _)) = v.heap.take_page() else {
+                        break;
+                    };
+                    pool.free_page(pa);
+                }
+                return Err((CALL_PAGES_MAX - v.heap.reserve()) as u64);
+            }
         }
         if have > 4 * RESERVE_PAGES {
             while v.heap.reserve() > RESERVE_PAGES {

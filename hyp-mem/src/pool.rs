@@ -76,6 +76,10 @@ unsafe impl<R: Ram> PhysMem for HypTables<R> {
     }
 }
 
+/// Table pages one stage-2 map of a page or block may need at most (levels 2 and 3 below a
+/// 40-bit IPA space's root).
+pub const TABLES_PER_MAP: usize = 2;
+
 /// How deep [`Pool::remove`] looks for a page just freed.
 pub const REMOVE_DEPTH: usize = 8;
 
@@ -92,6 +96,9 @@ pub struct Pool<R: Ram> {
     /// First free 2 MiB-aligned chunk of 512 pages (0: none).
     blocks: u64,
     blocks_len: usize,
+    /// Host tests: allocations left before the pool runs dry (`None`: as many as it has).
+    #[cfg(any(test, feature = "fake"))]
+    budget: Option<u64>,
 }
 
 impl<R: Ram> Pool<R> {
@@ -103,7 +110,48 @@ impl<R: Ram> Pool<R> {
             free_len: 0,
             blocks: 0,
             blocks_len: 0,
+            #[cfg(any(test, feature = "fake"))]
+            budget: None,
         }
+    }
+
+    /// Host tests: a memcache that runs dry after `n` more allocations (a page, a chunk or a
+    /// page lent to the heap each count one), as a real one does when its pages are used up;
+    /// `None`: as many as it has.
+    #[cfg(any(test, feature = "fake"))]
+    pub fn fail_after(&mut self, n: Option<u64>) {
+        self.budget = n;
+    }
+
+    /// Allocations the pool can still make (its pages, or a host test's budget).
+    fn allocations_left(&self) -> usize {
+        #[cfg(any(test, feature = "fake"))]
+        if let Some(n) = self.budget {
+            return usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        usize::MAX
+    }
+
+    /// Whether the next allocation may go ahead (a host test's budget may say no).
+    fn may_allocate(&mut self) -> bool {
+        #[cfg(any(test, feature = "fake"))]
+        match &mut self.budget {
+            Some(0) => return false,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        true
+    }
+
+    /// Whether a guest fault's stage-2 map cannot run short: its data page (or 2 MiB chunk)
+    /// and [`TABLES_PER_MAP`] table pages. A fault checks this before it takes anything, so
+    /// it completes or changes nothing.
+    pub fn can_map_fault(&self) -> bool {
+        let t = TABLES_PER_MAP;
+        self.allocations_left() > t
+            && (self.free_len > t
+                || self.blocks_len >= 2
+                || (self.blocks_len >= 1 && self.free_len >= t))
     }
 
     fn link_word(&self, pa: u64) -> *mut u64 {
@@ -194,9 +242,9 @@ impl<R: Ram> Pool<R> {
         )
     }
 
-    /// Free pages left.
+    /// Free pages left (as far as a host test's budget lets them be taken).
     pub fn free_pages(&self) -> usize {
-        self.free_len + self.blocks_len * BLOCK_PAGES as usize
+        (self.free_len + self.blocks_len * BLOCK_PAGES as usize).min(self.allocations_left())
     }
 
     /// Free loose pages and free 2 MiB chunks.
@@ -267,6 +315,9 @@ impl<R: Ram> Pool<R> {
     /// empty. The page is the heap's until [`crate::heap::VmHeap::take_page`] hands it back
     /// (to [`PageProvider::free_page`]).
     pub fn lend_page(&mut self, heap: &crate::heap::VmHeap) -> bool {
+        if !self.may_allocate() {
+            return false;
+        }
         let Some(pa) = self.pop_page() else {
             return false;
         };
@@ -288,6 +339,9 @@ impl<R: Ram> Pool<R> {
 
 impl<R: Ram> PageProvider for Pool<R> {
     fn alloc_zeroed_page(&mut self) -> Result<u64, Errno> {
+        if !self.may_allocate() {
+            return Err(Errno::ENOMEM);
+        }
         self.pop_page().ok_or(Errno::ENOMEM)
     }
 
@@ -300,6 +354,9 @@ impl<R: Ram> PageProvider for Pool<R> {
     }
 
     fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
+        if !self.may_allocate() {
+            return Err(Errno::ENOMEM);
+        }
         self.pop_block().ok_or(Errno::ENOMEM)
     }
 
@@ -319,7 +376,8 @@ impl<R: Ram> PageProvider for Pool<R> {
 unsafe impl<R: Ram> PhysMem for Pool<R> {
     fn alloc_pages(&mut self, count: usize) -> Option<u64> {
         match count {
-            1 => self.pop_page(),
+            1 if self.may_allocate() => self.pop_page(),
+            1 => None,
             _ => self.ram.alloc_pages(count),
         }
     }

@@ -5,6 +5,7 @@
 //! check, bound and mask with huge, wrapping, unaligned, off-by-one, someone-else's and
 //! twice-arriving arguments, and the order of unmaps and zeroing (the [`WatchTlb`]).
 
+mod alloc_fail;
 mod edges;
 mod edges2;
 mod exits;
