@@ -123,8 +123,9 @@ pub(crate) fn stage2_abort<P: Platform>(
         return guest_exception(ctx);
     };
     if may_map && !v.stage2.mm().can_map_fault() {
+        let wanted = (hyp_mem::pool::TABLES_PER_MAP + 1).saturating_sub(v.stage2.mm().free_pages());
         return Step::Exit(
-            (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+            (ExitReason::NeedPages, [wanted.max(1) as u64, 0, 0, 0, 0]),
             Pending::NeedPages { ipa },
         );
     }

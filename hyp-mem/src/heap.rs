@@ -207,6 +207,8 @@ impl VmHeap {
     /// 4 KiB aligned, zeroed, used by nothing else until [`VmHeap::take_page`] returns it.
     pub unsafe fn give_page(&self, pa: u64, ptr: *mut u8) {
         let mut s = self.slab.lock();
+        // Frees find the page's header from an object's address alone.
+        let _ = ptr.expose_provenance();
         let r = ptr.cast::<ResPage>();
         // SAFETY: the caller hands the whole page over; its start is aligned for `ResPage`.
         unsafe {
@@ -388,7 +390,9 @@ impl Slab {
 /// # Safety
 /// `ptr` was returned by [`VmHeap::alloc`] or lies in memory whose page start is readable.
 unsafe fn header_of(ptr: *mut u8) -> Option<*mut Hdr> {
-    let h = ptr.map_addr(|a| a & !(PAGE - 1)).cast::<Hdr>();
+    // The header is reached through the page's own pointer (exposed when the page joined the
+    // heap), not the object's: the object's pointer may only reach the object.
+    let h = core::ptr::with_exposed_provenance_mut::<Hdr>(ptr.addr() & !(PAGE - 1));
     // SAFETY: by the contract the page's start is readable.
     (unsafe { (*h).magic } == MAGIC).then_some(h)
 }

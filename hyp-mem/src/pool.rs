@@ -458,8 +458,11 @@ mod tests {
     fn drain(pool: &mut Pool<FakeArena>, ram: &FakeArena) -> usize {
         let mut n = 0;
         while let Some((pa, pages)) = pool.take_any() {
-            for i in 0..pages * (PAGE_SIZE / 8) {
-                assert_eq!(ram.read_u64(pa + i * 8), Some(0), "{pa:#x} + {i} not zero");
+            // The link (word 0) is cleared; a word after it and the last stay zero.
+            for p in (0..pages).map(|i| pa + i * PAGE_SIZE) {
+                for w in [0, 8, PAGE_SIZE - 8] {
+                    assert_eq!(ram.read_u64(p + w), Some(0), "{p:#x} + {w} not zero");
+                }
             }
             n += pages as usize;
         }
