@@ -449,6 +449,17 @@ std::thread_local! {
     static CHARGE: core::cell::Cell<*const crate::heap::VmHeap> =
         const { core::cell::Cell::new(core::ptr::null()) };
     static OVERDRAFTS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    static SYSTEM_BYTES: core::cell::Cell<isize> = const { core::cell::Cell::new(0) };
+}
+
+/// Bytes this thread holds from the system allocator now (what the hyp's boot heap would
+/// serve: allocations charged to no VM).
+pub fn system_bytes() -> isize {
+    SYSTEM_BYTES.with(core::cell::Cell::get)
+}
+
+fn count_system(delta: isize) {
+    let _ = SYSTEM_BYTES.try_with(|b| b.set(b.get() + delta));
 }
 
 /// Charges this thread's allocations to `heap` (null: the system's), as the hyp charges a
@@ -493,6 +504,7 @@ unsafe impl core::alloc::GlobalAlloc for Router {
             }
             let _ = OVERDRAFTS.try_with(|o| o.set(o.get() + 1));
         }
+        count_system(layout.size() as isize);
         // SAFETY: forwarded.
         unsafe { std::alloc::System.alloc(layout) }
     }
@@ -502,6 +514,7 @@ unsafe impl core::alloc::GlobalAlloc for Router {
             // SAFETY: an object inside a fake arena came from a VM heap.
             unsafe { crate::heap::dealloc(ptr, layout) }
         } else {
+            count_system(-(layout.size() as isize));
             // SAFETY: forwarded: the system's allocation.
             unsafe { std::alloc::System.dealloc(ptr, layout) }
         }
