@@ -18,7 +18,8 @@
 //! Larger objects are refused (null): the callers keep their lists short.
 //!
 //! # Reserve
-//! Whole free pages, linked through their first words. A new page of a class comes only from
+//! Whole free pages, linked through their first words (not zeroed: a page is zeroed when it
+//! leaves the heap). A new page of a class comes only from
 //! the reserve; the hyp tops the reserve up to [`RESERVE_PAGES`] from the VM's pool before each
 //! call it charges to the VM and fails the call (`ENOMEM`, or `NeedPages` for a guest) before
 //! anything changes when the pool cannot. One call never needs more than the reserve (the host
@@ -371,8 +372,8 @@ impl Slab {
                 self.unlink(c, h);
                 let pa = (*h).pa;
                 self.stats.pages -= 1;
-                // The page goes back whole: zeroed but for the reserve link.
-                h.cast::<u8>().write_bytes(0, PAGE);
+                // The page goes back to the reserve whole (zeroed only when it leaves the
+                // heap, `take_page`: objects are handed out uninitialised anyway).
                 let r = h.cast::<ResPage>();
                 r.write(ResPage {
                     next: self.reserve,

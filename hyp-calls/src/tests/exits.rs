@@ -55,7 +55,7 @@ fn an_empty_pool_asks_for_pages_and_the_host_may_end_the_access() {
     let (step, _) = touch(&mut r, vcpu, GPA);
     assert!(matches!(
         step,
-        Step::Exit((ExitReason::NeedPages, [1, 0, 0, 0, 0]), _)
+        Step::Exit((ExitReason::NeedPages, [3, 0, 0, 0, 0]), _)
     ));
     // The host will not donate: it completes with an injected abort.
     let t = r.hyp.begin_run(vcpu, COMPLETE_INJECT_ABORT).unwrap();
