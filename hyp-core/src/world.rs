@@ -77,7 +77,7 @@ pub(crate) struct GmemEntry {
 }
 
 /// Every gmem file and VM of the system, by handle; an unknown handle is `ENOENT`. Gmem handles
-/// are small integers from 1, never reused (`ENOSPC` after 2^32 - 1 files). VM handles carry a
+/// are small integers from 1, reused only once the counter wraps. VM handles carry a
 /// VMID, reused after destroy with a new generation ([`VmHandle`]): at most [`MAX_VMS`] at once.
 #[derive(Debug, Default)]
 pub struct World {
@@ -88,10 +88,19 @@ pub struct World {
     next_gmem: u32,
 }
 
-fn next_handle(counter: &mut u32) -> Result<u32, Errno> {
-    let h = counter.checked_add(1).ok_or(Errno::ENOSPC)?;
-    *counter = h;
-    Ok(h)
+/// The next handle after `counter` that `in_use` does not hold: 1, 2, ... and, once the counter
+/// wraps, the handles of destroyed objects again (so handles never run out; at most
+/// [`MAX_VMS`] x the per-VM limit are in use, so the search is short).
+pub fn next_handle(counter: &mut u32, in_use: impl Fn(u32) -> bool) -> Result<u32, Errno> {
+    let mut h = *counter;
+    for _ in 0..=u32::MAX {
+        h = h.wrapping_add(1).max(1);
+        if !in_use(h) {
+            *counter = h;
+            return Ok(h);
+        }
+    }
+    Err(Errno::ENOSPC)
 }
 
 impl World {
@@ -413,7 +422,8 @@ impl World {
         {
             return Err(Errno::ENOSPC);
         }
-        let h = next_handle(&mut self.next_gmem)?;
+        let gmems = &self.gmems;
+        let h = next_handle(&mut self.next_gmem, |h| gmems.contains_key(&h))?;
         self.gmems.insert(h, GmemEntry { file, owner });
         Ok(GmemHandle(h))
     }

@@ -201,7 +201,9 @@ pub fn vcpu_create<P: Platform>(
     if v.vm_type() == VmType::Pkvm && v.started() {
         return Err(Errno::EPERM);
     }
-    let id = hyp.next_vcpu.checked_add(1).ok_or(Errno::ENOSPC)?;
+    let mut next = hyp.next_vcpu;
+    let vcpus = &hyp.vcpus;
+    let id = hyp_core::world::next_handle(&mut next, |h| vcpus.contains_key(&h))?;
     let index = hyp.vm_mut(vm)?.vcpus_created;
     if index >= abi::host::VCPUS_PER_VM_MAX {
         return Err(Errno::ENOSPC);

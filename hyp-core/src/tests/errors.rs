@@ -1220,3 +1220,15 @@ fn teardown_frees_every_page_once() {
     assert_eq!(r.a.bad_frees(), 0);
     assert_eq!(r.w.gmem(r.g).err(), Some(Errno::ENOENT));
 }
+
+#[test]
+fn handles_wrap_to_the_free_ones_and_never_run_out() {
+    let mut c = 0u32;
+    assert_eq!(crate::world::next_handle(&mut c, |_| false), Ok(1));
+    assert_eq!(crate::world::next_handle(&mut c, |_| false), Ok(2));
+    // At the top the counter wraps past 0 and skips the handles in use.
+    let mut c = u32::MAX - 1;
+    assert_eq!(crate::world::next_handle(&mut c, |_| false), Ok(u32::MAX));
+    assert_eq!(crate::world::next_handle(&mut c, |h| h < 4), Ok(4));
+    assert_eq!(c, 4);
+}
