@@ -48,21 +48,26 @@ struct ArenaInner {
 static ARENAS: [(AtomicUsize, AtomicUsize); 64] =
     [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 64];
 
+/// One past the highest slot of [`ARENAS`] ever used (the scan stops there).
+static ARENAS_USED: AtomicUsize = AtomicUsize::new(0);
+
 /// Whether `addr` lies in a live [`FakeArena`].
 pub fn in_arena(addr: usize) -> bool {
-    ARENAS.iter().any(|(s, e)| {
+    let used = ARENAS_USED.load(Ordering::Acquire).min(ARENAS.len());
+    ARENAS[..used].iter().any(|(s, e)| {
         let s = s.load(Ordering::Acquire);
-        s != 0 && (s..e.load(Ordering::Acquire)).contains(&addr)
+        s != 0 && s <= addr && addr < e.load(Ordering::Acquire)
     })
 }
 
 fn register(start: usize, end: usize) {
     // A slot is claimed with its start while its end is 0 (an empty range), then given its end.
-    for (s, e) in &ARENAS {
+    for (i, (s, e)) in ARENAS.iter().enumerate() {
         if s.compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             e.store(end, Ordering::Release);
+            ARENAS_USED.fetch_max(i + 1, Ordering::AcqRel);
             return;
         }
     }
