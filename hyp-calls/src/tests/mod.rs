@@ -12,6 +12,7 @@ mod exits;
 mod guest_calls;
 mod host_calls;
 mod limits;
+mod model;
 mod storm;
 mod teardown;
 

@@ -7,6 +7,7 @@
 
 use proptest::prelude::*;
 
+use super::model::{Answer, Model};
 use super::*;
 use abi::guest::{MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE};
 use hyp_core::Access;
@@ -20,7 +21,7 @@ const SEED_PAGES: u64 = 32;
 const WINDOW: u64 = 64;
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     VmCreate(u64),
     VmDestroy(usize),
     GmemCreate(usize, u64, u64),
@@ -37,6 +38,10 @@ enum Op {
     Punch(usize, u64, u64),
     Pin(usize, u64, bool),
     HostMap(usize, u64),
+    /// The host stores a word in a gmem page through its mmap view.
+    HostWrite(usize, u64, u64),
+    /// A guest stores a word in the page it maps at `GPA + page`.
+    GuestWrite(usize, u64, u64),
     Junk(u8, [u64; 3]),
 }
 
@@ -80,13 +85,15 @@ fn op() -> impl Strategy<Value = Op> {
         (i.clone(), 0u64..70, 0u64..70).prop_map(|(g, o, n)| Op::Punch(g, o, n)),
         (i.clone(), 0u64..70, any::<bool>()).prop_map(|(g, o, p)| Op::Pin(g, o, p)),
         (i.clone(), 0u64..70).prop_map(|(g, o)| Op::HostMap(g, o)),
+        (i.clone(), 0u64..70, 1u64..1000).prop_map(|(g, o, v)| Op::HostWrite(g, o, v)),
+        (i.clone(), 0..SEED_PAGES + 8, 1u64..1000).prop_map(|(c, o, v)| Op::GuestWrite(c, o, v)),
         (0u8..40, any::<[u64; 3]>()).prop_map(|(c, a)| Op::Junk(c, a)),
     ]
 }
 
 /// Handles the storm has seen (live or not: stale ones are part of the attack).
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     vms: Vec<u64>,
     gmems: Vec<u64>,
     vcpus: Vec<u64>,
@@ -101,17 +108,31 @@ fn pick(v: &[u64], i: usize) -> u64 {
     }
 }
 
+/// What one run of a vCPU showed: the guest's `x0, x1` after the completion of its last exit
+/// (`None`: the run was refused), the step, and `x0, x1` after the exit was handled.
+struct RunOut {
+    begun: Option<(u64, u64)>,
+    step: Option<Step>,
+    after: (u64, u64),
+}
+
 /// One exit of a vCPU, if it can run now (a destroyed VM's vCPU cannot).
-fn run_exit(r: &mut Rig, vcpu: u64, c0: u64, x: Option<[u64; 4]>, exit: GuestExit) {
+fn run_exit(r: &mut Rig, vcpu: u64, c0: u64, x: Option<[u64; 4]>, exit: GuestExit) -> RunOut {
     let Ok(mut t) = r.hyp.begin_run(vcpu, c0) else {
-        return;
+        return RunOut {
+            begun: None,
+            step: None,
+            after: (0, 0),
+        };
     };
+    let begun = Some((t.ctx.x[0], t.ctx.x[1]));
     if let Some(x) = x {
         for (i, v) in x.into_iter().enumerate() {
             t.ctx.set_reg(i, v);
         }
     }
     let step = r.hyp.handle_exit(t.vm, &mut t.ctx, exit);
+    let after = (t.ctx.x[0], t.ctx.x[1]);
     let (e, p) = match step {
         Step::Exit(e, p) => (e, p),
         Step::Resume => (
@@ -120,34 +141,63 @@ fn run_exit(r: &mut Rig, vcpu: u64, c0: u64, x: Option<[u64; 4]>, exit: GuestExi
         ),
     };
     r.hyp.end_run(t, e, p);
+    RunOut {
+        begun,
+        step: Some(step),
+        after,
+    }
 }
 
-fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
+/// The free pages of the pool a call may draw on, before it runs.
+fn free_before(r: &mut Rig, m: &Model, c: HostCall, a: [u64; 6]) -> Option<u64> {
+    let vm = match c {
+        HostCall::Donate | HostCall::PoolReclaim => a[0],
+        HostCall::HostPin | HostCall::HostMapGmem => m.gmems.get(&a[0])?.vm,
+        _ => return None,
+    };
+    let s = r.call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0]).ok()?;
+    Some(s[0] + 512 * s[1])
+}
+
+/// A host call, told to the model with its answer.
+fn mcall(r: &mut Rig, m: &mut Model, c: HostCall, a: [u64; 6]) -> Result<Answer, String> {
+    let free = free_before(r, m, c, a);
+    let ans = r.call(c, a);
+    m.host_call(r, c, a, &ans, free)?;
+    Ok(ans)
+}
+
+fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Result<(), String> {
     let p = PAGE_SIZE;
-    let call = |r: &mut Rig, c: HostCall, a: [u64; 6]| r.call(c, a).ok().map(|x| x[0]);
+    m.begin_op();
+    let call = |r: &mut Rig, m: &mut Model, c: HostCall, a: [u64; 6]| {
+        mcall(r, m, c, a).map(|x| x.ok().map(|x| x[0]))
+    };
     match *op {
         Op::VmCreate(t) => {
             let n = abi::host::VM_CREATE_PAGES;
             let pa = Ram::alloc_pages(&mut r.ram, n as usize).unwrap_or(0);
-            if let Some(h) = call(r, HostCall::VmCreate, [t, pa, n, 0, 0, 0]) {
+            if let Some(h) = call(r, m, HostCall::VmCreate, [t, pa, n, 0, 0, 0])? {
                 seen.vms.push(h);
             }
         }
         Op::VmDestroy(v) => {
-            call(r, HostCall::VmDestroy, [pick(&seen.vms, v), 0, 0, 0, 0, 0]);
+            call(
+                r,
+                m,
+                HostCall::VmDestroy,
+                [pick(&seen.vms, v), 0, 0, 0, 0, 0],
+            )?;
         }
         Op::GmemCreate(v, pages, flags) => {
             let a = [pick(&seen.vms, v), pages * p, flags, 0, 0, 0];
-            if let Some(h) = call(r, HostCall::GmemCreate, a) {
+            if let Some(h) = call(r, m, HostCall::GmemCreate, a)? {
                 seen.gmems.push(h);
             }
         }
         Op::GmemDestroy(g) => {
-            call(
-                r,
-                HostCall::GmemDestroy,
-                [pick(&seen.gmems, g), 0, 0, 0, 0, 0],
-            );
+            let a = [pick(&seen.gmems, g), 0, 0, 0, 0, 0];
+            call(r, m, HostCall::GmemDestroy, a)?;
         }
         Op::SlotCreate(v, g, s, pages, off, flags) => {
             let packed = flags & 3 | ((flags >> 2) << abi::host::SLOT_UADDR_SHIFT);
@@ -160,63 +210,70 @@ fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
                 off * p,
                 packed,
             ];
-            call(r, HostCall::MemslotCreate, a);
+            call(r, m, HostCall::MemslotCreate, a)?;
         }
         Op::SlotDelete(v, s) => {
-            call(
-                r,
-                HostCall::MemslotDelete,
-                [pick(&seen.vms, v), s, 0, 0, 0, 0],
-            );
+            let a = [pick(&seen.vms, v), s, 0, 0, 0, 0];
+            call(r, m, HostCall::MemslotDelete, a)?;
         }
         Op::Donate(v, off, n) => {
             // Pages of the host's region, possibly donated already (the fake RAM's own
             // allocator knows only that region as the host's; the junk calls name others).
             let n = n.min(HOST_PAGES - off);
             let a = [pick(&seen.vms, v), host + off * p, n, 0, 0, 0];
-            call(r, HostCall::Donate, a);
+            call(r, m, HostCall::Donate, a)?;
         }
         Op::Reclaim(v, kind) => {
-            call(
-                r,
-                HostCall::PoolReclaim,
-                [pick(&seen.vms, v), kind, 0, 0, 0, 0],
-            );
+            let a = [pick(&seen.vms, v), kind, 0, 0, 0, 0];
+            call(r, m, HostCall::PoolReclaim, a)?;
         }
         Op::VcpuCreate(v) => {
             let pa = Ram::alloc_pages(&mut r.ram, 1).unwrap_or(0);
             let a = [pick(&seen.vms, v), 0x1_4000_0000, 0, pa, 1, 0];
-            if let Some(h) = call(r, HostCall::VcpuCreate, a) {
+            if let Some(h) = call(r, m, HostCall::VcpuCreate, a)? {
                 seen.vcpus.push(h);
             }
         }
         Op::Fault(c, page, access, c0) => {
             let access = [Access::Read, Access::Write, Access::Exec][usize::from(access)];
+            let ipa = GPA + page * p;
             let exit = GuestExit::Stage2Abort {
-                ipa: GPA + page * p,
+                ipa,
                 access,
                 mmio: None,
             };
+            let vcpu = pick(&seen.vcpus, c);
+            if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
+                m.allow_touch(vm, ipa);
+            }
             // c0 is whatever the host says: an abort to inject, or nothing, or junk.
-            run_exit(r, pick(&seen.vcpus, c), c0, None, exit);
+            let out = run_exit(r, vcpu, c0, None, exit);
+            m.run_begun(vcpu, out.begun)?;
         }
         Op::Hvc(c, f, page, n, x3) => {
             let func = [MEM_SHARE, MEM_UNSHARE, MEM_RELINQUISH][usize::from(f)];
             let x = [func, GPA + page * p, n, x3];
-            run_exit(
-                r,
-                pick(&seen.vcpus, c),
-                0,
-                Some(x),
-                GuestExit::Hvc { imm: 0 },
-            );
+            let vcpu = pick(&seen.vcpus, c);
+            if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
+                if func != MEM_RELINQUISH {
+                    m.allow_share_call(vm, x[1], n);
+                }
+            }
+            let out = run_exit(r, vcpu, 0, Some(x), GuestExit::Hvc { imm: 0 });
+            m.run_begun(vcpu, out.begun)?;
+            match out.step {
+                None => {}
+                Some(_) if func == MEM_RELINQUISH => m.relinquish(r, vcpu, x, out.after)?,
+                Some(Step::Exit((abi::host::ExitReason::Hypercall, d), _)) => {
+                    m.share_call(vcpu, x, func == MEM_SHARE, Ok((d[1], d[2])))?;
+                }
+                Some(Step::Exit(e, _)) => return Err(format!("share call exit {e:?}")),
+                Some(Step::Resume) => m.share_call(vcpu, x, func == MEM_SHARE, Err(out.after))?,
+            }
         }
         Op::GuestConvert(c) => {
-            call(
-                r,
-                HostCall::GuestConvert,
-                [pick(&seen.vcpus, c), 0, 0, 0, 0, 0],
-            );
+            let a = [pick(&seen.vcpus, c), 0, 0, 0, 0, 0];
+            call(r, m, HostCall::GuestConvert, a)?;
         }
         Op::Convert(g, off, n, to, mode) => {
             let mode = if mode == 2 {
@@ -225,14 +282,11 @@ fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
                 mode
             };
             let a = [pick(&seen.gmems, g), off * p, n * p, to, mode, 0];
-            call(r, HostCall::Convert, a);
+            call(r, m, HostCall::Convert, a)?;
         }
         Op::Punch(g, off, n) => {
-            call(
-                r,
-                HostCall::PunchHole,
-                [pick(&seen.gmems, g), off * p, n * p, 0, 0, 0],
-            );
+            let a = [pick(&seen.gmems, g), off * p, n * p, 0, 0, 0];
+            call(r, m, HostCall::PunchHole, a)?;
         }
         Op::Pin(g, off, pin) => {
             let c = if pin {
@@ -240,69 +294,163 @@ fn step(r: &mut Rig, seen: &mut Seen, host: u64, op: &Op) {
             } else {
                 HostCall::HostUnpin
             };
-            call(r, c, [pick(&seen.gmems, g), off * p, 0, 0, 0, 0]);
+            call(r, m, c, [pick(&seen.gmems, g), off * p, 0, 0, 0, 0])?;
         }
         Op::HostMap(g, off) => {
-            call(
-                r,
-                HostCall::HostMapGmem,
-                [pick(&seen.gmems, g), off * p, 0, 0, 0, 0],
-            );
+            let a = [pick(&seen.gmems, g), off * p, 0, 0, 0, 0];
+            call(r, m, HostCall::HostMapGmem, a)?;
         }
-        Op::Junk(c, a) => {
-            // Any call but a run, with arbitrary arguments.
-            if let Some(c) = HostCall::from_id(abi::host::HOST_CALL_BASE + u64::from(c)) {
-                if c != HostCall::VcpuRun {
-                    let _ = r.call(c, [a[0], a[1], a[2], 0, 0, 0]);
-                }
+        Op::HostWrite(g, off, val) => {
+            let g = pick(&seen.gmems, g);
+            if let Some(pa) = call(r, m, HostCall::HostMapGmem, [g, off * p, 0, 0, 0, 0])? {
+                // The page the fault brought in is learnt first, then written.
+                m.check(r)?;
+                m.host_write(r, g, off, pa, val)?;
             }
         }
-    }
-}
-
-/// Every page of RAM has exactly one owner in the ownership table.
-fn every_page_owned(r: &Rig) -> Result<(), String> {
-    let pages = r.hyp.config.ram_size / PAGE_SIZE;
-    for i in 0..pages {
-        let pa = r.hyp.config.ram_base + i * PAGE_SIZE;
-        if r.hyp.owners.owner(pa).is_none() {
-            return Err(format!("page 0x{pa:x} has no owner"));
+        Op::GuestWrite(c, page, val) => {
+            if let Some(vm) = m.vcpus.get(&pick(&seen.vcpus, c)).map(|c| c.vm) {
+                m.guest_write(r, vm, GPA + page * p, val);
+            }
+        }
+        Op::Junk(c, a) => {
+            // Any call but a run, with arbitrary arguments; one the model does not follow only
+            // where it must be refused.
+            if let Some(c) = HostCall::from_id(abi::host::HOST_CALL_BASE + u64::from(c)) {
+                let followed = !matches!(
+                    c,
+                    HostCall::SetMemoryAttributes
+                        | HostCall::HostMapUaddr
+                        | HostCall::MapHostShared
+                        | HostCall::VmSetFaultMode
+                        | HostCall::ServeFault
+                        | HostCall::VmOpenPmu
+                );
+                if c != HostCall::VcpuRun && (followed || m.may_issue_unmodelled(a[0])) {
+                    mcall(r, m, c, [a[0], a[1], a[2], 0, 0, 0])?;
+                }
+            }
         }
     }
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if cfg!(miri) { 2 } else { 64 },
+/// Pages donated to each seeded VM's pool.
+const SEED_POOL: u64 = 48;
+
+/// A VM ready to run, made through the model: a gmem bound at [`GPA`], a pool, one vCPU.
+fn seed(r: &mut Rig, m: &mut Model, seen: &mut Seen, t: VmType, pool: u64) -> Result<(), String> {
+    let ok = |r: &mut Rig, m: &mut Model, c: HostCall, a: [u64; 6]| match mcall(r, m, c, a)? {
+        Ok(x) => Ok(x[0]),
+        Err(e) => Err(format!("seed {c:?}: {e:?}")),
+    };
+    let vm = ok(r, m, HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])?;
+    // The pkvm one starts shared, so its guest's first touches take pages (Trust rule 9).
+    let mut flags = GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY;
+    if t == VmType::Pkvm {
+        flags |= GmemFlags::INIT_SHARED;
+    }
+    let a = [vm, SEED_PAGES * PAGE_SIZE, flags.bits(), 0, 0, 0];
+    let g = ok(r, m, HostCall::GmemCreate, a)?;
+    let both = MemslotFlags::ALWAYS_FAULT_FROM_GMEM | MemslotFlags::DONT_CHECK_MISMATCHES;
+    let a = [vm, GPA, SEED_PAGES * PAGE_SIZE, g, 0, both.bits()];
+    ok(r, m, HostCall::MemslotCreate, a)?;
+    ok(r, m, HostCall::Donate, [vm, pool, SEED_POOL, 0, 0, 0])?;
+    let vcpu = ok(r, m, HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, 0, 0, 0])?;
+    seen.vms.push(vm);
+    seen.gmems.push(g);
+    seen.vcpus.push(vcpu);
+    Ok(())
+}
+
+/// The checks after every step: the invariant checker, the guests' view, the model and the
+/// page accounting.
+fn check_all(r: &mut Rig, m: &mut Model) -> Result<(), String> {
+    let bad = r.hyp.check_invariants();
+    if !bad.is_empty() {
+        return Err(format!("invariants: {bad:?}"));
+    }
+    let view = r.hyp.check_guest_views();
+    if !view.is_empty() {
+        return Err(format!("guest views: {view:?}"));
+    }
+    let memory = r.hyp.check_memory();
+    if !memory.is_empty() {
+        return Err(format!("memory: {memory:?}"));
+    }
+    m.check(r)
+}
+
+/// One storm: two seeded VMs (a pkvm and a coco one), then `ops`, every check after each.
+pub(crate) fn run_ops(ops: &[Op]) -> Result<(), String> {
+    let mut r = rig();
+    let mut m = Model::default();
+    let total = HOST_PAGES + 2 * SEED_POOL;
+    let host = r.host_pages(total as usize);
+    m.give_host(host, total);
+    let mut seen = Seen::default();
+    for (k, t) in [VmType::Pkvm, VmType::Coco].into_iter().enumerate() {
+        let pool = host + (HOST_PAGES + k as u64 * SEED_POOL) * PAGE_SIZE;
+        seed(&mut r, &mut m, &mut seen, t, pool)?;
+        check_all(&mut r, &mut m).map_err(|e| format!("seeding: {e}"))?;
+    }
+    for (n, op) in ops.iter().enumerate() {
+        step(&mut r, &mut m, &mut seen, host, op).map_err(|e| format!("step {n} {op:?}: {e}"))?;
+        check_all(&mut r, &mut m).map_err(|e| format!("after step {n} {op:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..120)
+}
+
+/// Runs the storm of one seed: the case proptest draws from it, shrunk on failure. The same
+/// seed draws the same case and shrinks it the same way.
+fn storm_seed(seed: u64) -> Result<(), String> {
+    use proptest::test_runner::{RngAlgorithm, TestError, TestRng, TestRunner};
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+    let config = ProptestConfig {
+        cases: 1,
+        max_shrink_iters: 4096,
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn host_and_guest_storms_keep_every_invariant(ops in prop::collection::vec(op(), 1..120)) {
-        let mut r = rig();
-        let host = r.host_pages(HOST_PAGES as usize);
-        let mut seen = Seen::default();
-        // Two VMs ready to run (a pkvm and a coco one, each with a gmem bound at GPA, a pool
-        // and a vCPU), so that the storm reaches faults, conversions and teardown with data.
-        for t in [VmType::Pkvm, VmType::Coco] {
-            let (vm, g, vcpu) = r.configured(t, SEED_PAGES, 48);
-            seen.vms.push(vm);
-            seen.gmems.push(g);
-            seen.vcpus.push(vcpu);
+    };
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    match runner.run(&ops(), |ops| run_ops(&ops).map_err(TestCaseError::fail)) {
+        Ok(()) => Ok(()),
+        Err(TestError::Fail(why, ops)) => {
+            Err(format!("{why}\nminimal case ({} ops): {ops:?}", ops.len()))
         }
-        for (n, op) in ops.iter().enumerate() {
-            step(&mut r, &mut seen, host, op);
-            let bad = r.hyp.check_invariants();
-            prop_assert!(bad.is_empty(), "step {} {:?}: {:?}", n, op, bad);
-            let view = r.hyp.check_guest_views();
-            prop_assert!(view.is_empty(), "step {} {:?}: {:?}", n, op, view);
-            let memory = r.hyp.check_memory();
-            prop_assert!(memory.is_empty(), "step {} {:?}: {:?}", n, op, memory);
-            if let Err(e) = every_page_owned(&r) {
-                return Err(TestCaseError::fail(format!("step {n} {op:?}: {e}")));
-            }
+        Err(TestError::Abort(why)) => Err(format!("aborted: {why}")),
+    }
+}
+
+/// Storms of `PROPTEST_CASES` seeds (64 by default, 2 under Miri) from a random first seed, or
+/// the one storm of `STORM_SEED`. A failure names its seed.
+#[test]
+fn host_and_guest_storms_keep_every_invariant() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let (first, count) = match env("STORM_SEED") {
+        Some(s) => (s, 1),
+        None => {
+            use std::hash::BuildHasher;
+            let first = std::collections::hash_map::RandomState::new().hash_one(0u64);
+            (
+                first,
+                env("PROPTEST_CASES").unwrap_or(if cfg!(miri) { 2 } else { 64 }),
+            )
+        }
+    };
+    for i in 0..count {
+        let seed = first.wrapping_add(i);
+        if let Err(e) = storm_seed(seed) {
+            panic!(
+                "storm failed, seed {seed}: {e}\nreplay: STORM_SEED={seed} cargo test -p hyp-calls \
+                 --features introspection --lib -- tests::storm"
+            );
         }
     }
 }
