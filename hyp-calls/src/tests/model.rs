@@ -38,6 +38,9 @@ pub(crate) type Answer = Result<[u64; 6], (Errno, u64)>;
 
 type R<T = ()> = Result<T, String>;
 
+/// A gmem page: (handle, page index).
+type GmemPage = (u64, u64);
+
 macro_rules! ensure {
     ($c:expr, $($f:tt)*) => {
         if !$c {
@@ -81,7 +84,6 @@ pub(crate) struct MSlot {
     pub gmem: Option<(u64, u64)>,
     /// `userspace_addr` kind (0 none, 1 anon, 2 the gmem's view).
     pub uaddr: u64,
-    pub flags: MemslotFlags,
 }
 
 impl MSlot {
@@ -103,8 +105,6 @@ pub(crate) struct MVm {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MReq {
     pub to_shared: bool,
-    pub vm: u64,
-    pub gpa: u64,
     pub pages: u64,
     /// (gmem, first index) where the piece is a tracked gmem's.
     pub tracked: Option<(u64, u64)>,
@@ -162,10 +162,6 @@ impl Model {
         self.host_total += pages as usize;
     }
 
-    fn live_vm(&self, vm: u64) -> Option<&MVm> {
-        self.vms.get(&vm)
-    }
-
     fn gmem_slot(&self, vm: u64, g: u64, idx: u64) -> Option<(u64, MSlot)> {
         let v = self.vms.get(&vm)?;
         v.slots.iter().find_map(|(&id, s)| match s.gmem {
@@ -175,7 +171,7 @@ impl Model {
     }
 
     /// The slot of `vm` holding `gpa` (coco shared bit ignored) and the gmem page behind it.
-    fn at_gpa(&self, vm: u64, gpa: u64) -> Option<(u64, MSlot, Option<(u64, u64)>)> {
+    fn at_gpa(&self, vm: u64, gpa: u64) -> Option<(u64, MSlot, Option<GmemPage>)> {
         let v = self.vms.get(&vm)?;
         let gpa = if v.ty == VmType::Coco {
             gpa & !COCO_SHARED_BIT
@@ -526,7 +522,6 @@ impl Model {
                 pages,
                 gmem: binding,
                 uaddr,
-                flags,
             },
         );
         Ok(())
@@ -554,7 +549,7 @@ impl Model {
             && size.is_multiple_of(PAGE_SIZE)
             && size > 0
             && end <= p(f.pages))
-        .then(|| (off / PAGE_SIZE, end / PAGE_SIZE))
+        .then_some((off / PAGE_SIZE, end / PAGE_SIZE))
     }
 
     fn convert(&mut self, a: [u64; 6], ans: &Answer) -> R {
@@ -886,8 +881,6 @@ impl Model {
         if let Some(c) = self.vcpus.get_mut(&vcpu) {
             c.pending = Some(MReq {
                 to_shared,
-                vm,
-                gpa: ipa,
                 pages,
                 tracked,
                 converted: false,
@@ -926,7 +919,10 @@ impl Model {
             return Ok(());
         }
         let Some(m) = f.mem.get(&idx) else {
-            ensure!(told.0 == SMCCC_SUCCESS, "untouched page: a no-op success, told {told:x?}");
+            ensure!(
+                told.0 == SMCCC_SUCCESS,
+                "untouched page: a no-op success, told {told:x?}"
+            );
             return Ok(());
         };
         if m.pins > 0 {

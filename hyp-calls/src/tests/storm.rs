@@ -40,8 +40,13 @@ pub(crate) enum Op {
     HostMap(usize, u64),
     /// The host stores a word in a gmem page through its mmap view.
     HostWrite(usize, u64, u64),
-    /// A guest stores a word in the page it maps at `GPA + page`.
+    /// A guest (of a seeded vCPU) stores a word at `GPA + page`: its store faults, then writes
+    /// the page if the fault mapped it.
     GuestWrite(usize, u64, u64),
+    /// A cooperative guest call on a seeded vCPU: MEM_SHARE / MEM_UNSHARE / MEM_RELINQUISH
+    /// with valid zero fields, the host carrying the request out (or not), the guest run again
+    /// to hear its answer.
+    Cooperate(usize, u8, u64, u64, bool),
     Junk(u8, [u64; 3]),
 }
 
@@ -86,7 +91,11 @@ fn op() -> impl Strategy<Value = Op> {
         (i.clone(), 0u64..70, any::<bool>()).prop_map(|(g, o, p)| Op::Pin(g, o, p)),
         (i.clone(), 0u64..70).prop_map(|(g, o)| Op::HostMap(g, o)),
         (i.clone(), 0u64..70, 1u64..1000).prop_map(|(g, o, v)| Op::HostWrite(g, o, v)),
-        (i.clone(), 0..SEED_PAGES + 8, 1u64..1000).prop_map(|(c, o, v)| Op::GuestWrite(c, o, v)),
+        (0usize..2, 0..SEED_PAGES + 2, 1u64..1000).prop_map(|(c, o, v)| Op::GuestWrite(c, o, v)),
+        (0usize..2, 0u8..3, 0..SEED_PAGES + 2, 0u64..6, any::<bool>())
+            .prop_map(|(c, f, p, n, h)| Op::Cooperate(c, f, p, n, h)),
+        (0usize..2, 0u8..3, 0..SEED_PAGES + 2, 0u64..6, any::<bool>())
+            .prop_map(|(c, f, p, n, h)| Op::Cooperate(c, f, p, n, h)),
         (0u8..40, any::<[u64; 3]>()).prop_map(|(c, a)| Op::Junk(c, a)),
     ]
 }
@@ -251,25 +260,36 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
             m.run_begun(vcpu, out.begun)?;
         }
         Op::Hvc(c, f, page, n, x3) => {
-            let func = [MEM_SHARE, MEM_UNSHARE, MEM_RELINQUISH][usize::from(f)];
-            let x = [func, GPA + page * p, n, x3];
             let vcpu = pick(&seen.vcpus, c);
-            if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
-                if func != MEM_RELINQUISH {
-                    m.allow_share_call(vm, x[1], n);
+            guest_call(r, m, vcpu, f, GPA + page * p, n, x3)?;
+        }
+        Op::Cooperate(c, f, page, n, host_converts) => {
+            let vcpu = pick(&seen.vcpus, c);
+            let n = if f == 2 { 0 } else { n };
+            if f == 2 {
+                // A page it relinquishes is one it used.
+                if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
+                    m.allow_touch(vm, GPA + page * p);
+                    let exit = GuestExit::Stage2Abort {
+                        ipa: GPA + page * p,
+                        access: Access::Write,
+                        mmio: None,
+                    };
+                    let out = run_exit(r, vcpu, 0, None, exit);
+                    m.run_begun(vcpu, out.begun)?;
+                    check_all(r, m)?;
+                    m.begin_op();
                 }
             }
-            let out = run_exit(r, vcpu, 0, Some(x), GuestExit::Hvc { imm: 0 });
+            guest_call(r, m, vcpu, f, GPA + page * p, n, 0)?;
+            if host_converts {
+                call(r, m, HostCall::GuestConvert, [vcpu, 0, 0, 0, 0, 0])?;
+                check_all(r, m)?;
+                m.begin_op();
+            }
+            // Run again: the completion tells the guest; an interrupt brings it back.
+            let out = run_exit(r, vcpu, 0, None, GuestExit::Interrupt);
             m.run_begun(vcpu, out.begun)?;
-            match out.step {
-                None => {}
-                Some(_) if func == MEM_RELINQUISH => m.relinquish(r, vcpu, x, out.after)?,
-                Some(Step::Exit((abi::host::ExitReason::Hypercall, d), _)) => {
-                    m.share_call(vcpu, x, func == MEM_SHARE, Ok((d[1], d[2])))?;
-                }
-                Some(Step::Exit(e, _)) => return Err(format!("share call exit {e:?}")),
-                Some(Step::Resume) => m.share_call(vcpu, x, func == MEM_SHARE, Err(out.after))?,
-            }
         }
         Op::GuestConvert(c) => {
             let a = [pick(&seen.vcpus, c), 0, 0, 0, 0, 0];
@@ -309,8 +329,19 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
             }
         }
         Op::GuestWrite(c, page, val) => {
-            if let Some(vm) = m.vcpus.get(&pick(&seen.vcpus, c)).map(|c| c.vm) {
-                m.guest_write(r, vm, GPA + page * p, val);
+            let vcpu = pick(&seen.vcpus, c);
+            let ipa = GPA + page * p;
+            if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
+                m.allow_touch(vm, ipa);
+                let exit = GuestExit::Stage2Abort {
+                    ipa,
+                    access: Access::Write,
+                    mmio: None,
+                };
+                let out = run_exit(r, vcpu, 0, None, exit);
+                m.run_begun(vcpu, out.begun)?;
+                check_all(r, m)?;
+                m.guest_write(r, vm, ipa, val);
             }
         }
         Op::Junk(c, a) => {
@@ -327,12 +358,42 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
                         | HostCall::VmOpenPmu
                 );
                 if c != HostCall::VcpuRun && (followed || m.may_issue_unmodelled(a[0])) {
-                    mcall(r, m, c, [a[0], a[1], a[2], 0, 0, 0])?;
+                    let _ = mcall(r, m, c, [a[0], a[1], a[2], 0, 0, 0])?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A guest call (`f`: MEM_SHARE, MEM_UNSHARE, MEM_RELINQUISH) of `vcpu`, told to the model.
+fn guest_call(
+    r: &mut Rig,
+    m: &mut Model,
+    vcpu: u64,
+    f: u8,
+    ipa: u64,
+    n: u64,
+    x3: u64,
+) -> Result<(), String> {
+    let func = [MEM_SHARE, MEM_UNSHARE, MEM_RELINQUISH][usize::from(f)];
+    let x = [func, ipa, n, x3];
+    if let Some(vm) = m.vcpus.get(&vcpu).map(|c| c.vm) {
+        if func != MEM_RELINQUISH {
+            m.allow_share_call(vm, x[1], n);
+        }
+    }
+    let out = run_exit(r, vcpu, 0, Some(x), GuestExit::Hvc { imm: 0 });
+    m.run_begun(vcpu, out.begun)?;
+    match out.step {
+        None => Ok(()),
+        Some(_) if func == MEM_RELINQUISH => m.relinquish(r, vcpu, x, out.after),
+        Some(Step::Exit((abi::host::ExitReason::Hypercall, d), _)) => {
+            m.share_call(vcpu, x, func == MEM_SHARE, Ok((d[1], d[2])))
+        }
+        Some(Step::Exit(e, _)) => Err(format!("share call exit {e:?}")),
+        Some(Step::Resume) => m.share_call(vcpu, x, func == MEM_SHARE, Err(out.after)),
+    }
 }
 
 /// Pages donated to each seeded VM's pool.
