@@ -87,6 +87,9 @@ fn op() -> impl Strategy<Value = Op> {
         i.clone().prop_map(Op::GuestConvert),
         (i.clone(), 0u64..70, 0u64..70, 0u64..3, 0u64..3)
             .prop_map(|(g, o, n, t, m)| Op::Convert(g, o, n, t, m)),
+        // The same on the seeded VMs' files, in range.
+        (0usize..2, 0..SEED_PAGES, 1u64..4, 0u64..3, 0u64..3)
+            .prop_map(|(g, o, n, t, m)| Op::Convert(g, o, n, t, m)),
         (i.clone(), 0u64..70, 0u64..70).prop_map(|(g, o, n)| Op::Punch(g, o, n)),
         (i.clone(), 0u64..70, any::<bool>()).prop_map(|(g, o, p)| Op::Pin(g, o, p)),
         (i.clone(), 0u64..70).prop_map(|(g, o)| Op::HostMap(g, o)),
