@@ -465,6 +465,89 @@ pub(crate) fn run_ops(ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
+/// The same op sequences from bytes, for the fuzz target (`fuzz/`): each op is a tag byte and
+/// its fields, drawn into the ranges of [`op`]; at most 120 ops.
+pub(crate) fn decode(bytes: &[u8]) -> Vec<Op> {
+    let at = core::cell::Cell::new(0usize);
+    let next = |n: u64| -> u64 {
+        let mut v = 0u64;
+        for _ in 0..8 {
+            let b = bytes.get(at.get()).copied().unwrap_or(0);
+            at.set(at.get() + 1);
+            v = v << 8 | u64::from(b);
+            if n <= 1 << 8 || v >= n {
+                break;
+            }
+        }
+        if n == 0 {
+            v
+        } else {
+            v % n
+        }
+    };
+    let mut out = Vec::new();
+    while at.get() < bytes.len() && out.len() < 120 {
+        let i = |x: u64| x as usize;
+        let op = match next(24) {
+            0 => Op::VmCreate(next(5)),
+            1 => Op::VmDestroy(i(next(6))),
+            2 => Op::GmemCreate(i(next(6)), next(70), next(16)),
+            3 => Op::GmemDestroy(i(next(6))),
+            4 => Op::SlotCreate(
+                i(next(6)),
+                i(next(6)),
+                next(GPA_SLOTS),
+                next(70),
+                next(70),
+                next(8),
+            ),
+            5 => Op::SlotDelete(i(next(6)), next(6)),
+            6 => Op::Donate(i(next(6)), next(HOST_PAGES), next(40)),
+            7 => Op::Reclaim(i(next(6)), next(3)),
+            8 => Op::VcpuCreate(i(next(6))),
+            9 => Op::Fault(i(next(6)), next(SEED_PAGES + 8), next(3) as u8, next(3)),
+            10 => Op::Fault(
+                i(next(6)),
+                next(GPA_SLOTS * WINDOW + 4),
+                next(3) as u8,
+                next(3),
+            ),
+            11 => Op::Hvc(
+                i(next(6)),
+                next(3) as u8,
+                next(SEED_PAGES + 8),
+                next(40),
+                next(2),
+            ),
+            12 => Op::Hvc(
+                i(next(6)),
+                next(3) as u8,
+                next(GPA_SLOTS * WINDOW + 4),
+                next(300),
+                next(2),
+            ),
+            13 => Op::GuestConvert(i(next(6))),
+            14 => Op::Convert(i(next(6)), next(70), next(70), next(3), next(3)),
+            15 => Op::Convert(i(next(2)), next(SEED_PAGES), 1 + next(3), next(3), next(3)),
+            16 => Op::Punch(i(next(6)), next(70), next(70)),
+            17 => Op::Pin(i(next(6)), next(70), next(2) == 1),
+            18 => Op::HostMap(i(next(6)), next(70)),
+            19 => Op::HostWrite(i(next(6)), next(70), 1 + next(999)),
+            20 => Op::GuestWrite(i(next(2)), next(SEED_PAGES + 2), 1 + next(999)),
+            21 | 22 => Op::Cooperate(
+                i(next(2)),
+                next(3) as u8,
+                next(SEED_PAGES + 2),
+                next(6),
+                next(2) == 1,
+            ),
+            _ => Op::Junk(next(40) as u8, [next(0), next(0), next(0)]),
+        };
+        out.push(op);
+    }
+    out
+}
+
 pub(crate) fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..120)
 }
@@ -515,6 +598,27 @@ fn host_and_guest_storms_keep_every_invariant() {
                 "storm failed, seed {seed}: {e}\nreplay: STORM_SEED={seed} cargo test -p hyp-calls \
                  --features introspection --lib -- tests::storm"
             );
+        }
+    }
+}
+
+/// The fuzz target's decoding (`fuzz/`, `make fuzz`) runs the same storm: a few fixed inputs
+/// here, so that it keeps building and decoding into valid cases.
+#[test]
+fn decoded_storms_keep_every_invariant() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for len in [0usize, 1, 7, 64, 400, 1500] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let ops = decode(&bytes);
+        if let Err(e) = run_ops(&ops) {
+            panic!("decoded storm of {len} bytes: {e}\ncase: {ops:?}");
         }
     }
 }
