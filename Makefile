@@ -85,7 +85,7 @@ MIRI_CALLS_TESTS := tests::exits tests::guest_calls::mem_share_is_validated_at_e
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
-.PHONY: storm run test test-host miri test-target debug lint clean setup images test-images guest-image \
+.PHONY: storm fuzz run test test-host miri test-target debug lint clean setup images test-images guest-image \
         bench bench-pad-check bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test \
         trust-checks qemu-run-selfcheck semihost-check introspection-check dma-check
 
@@ -297,10 +297,26 @@ test-target: selfcheck
 
 ## ---- storms (long runs, not in `make test`) --------------------------------------------------
 # The host storm of `hyp-calls` (tests::storm) with many more cases than `make test`'s 64: random
-# host calls and guest exits, the invariant checker after every step. A failure prints the case.
+# host calls and guest exits, after every step the invariant checker, the reference model
+# (tests::model) and the page accounting. A failure prints its seed and the shrunk case;
+# `make storm STORM_SEED=<seed>` (or STORM_SEED=<seed> cargo test ...) replays that one storm.
 STORM_CASES ?= 20000
 storm: setup
-	PROPTEST_CASES=$(STORM_CASES) cargo test -p hyp-calls --features introspection --lib -- tests::storm
+	PROPTEST_CASES=$(STORM_CASES) $(if $(STORM_SEED),STORM_SEED=$(STORM_SEED)) \
+	  cargo test -p hyp-calls --features introspection --lib -- tests::storm
+
+# The same storm under libFuzzer (`fuzz/`, cargo-fuzz on a nightly toolchain; not in `make test`
+# or CI): the input bytes decode into the storm's op sequences, with the same checks. Installs
+# cargo-fuzz on first use. FUZZ_SECONDS=300 by default; a crash is kept in
+# fuzz/artifacts/storm/ and replays with `cd fuzz && cargo +nightly fuzz run storm <file>`.
+FUZZ_TOOLCHAIN ?= nightly
+FUZZ_SECONDS ?= 300
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
+	  rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
+	cd fuzz && cargo +$(FUZZ_TOOLCHAIN) fuzz run storm -- \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=2048 -timeout=30
 
 ## ---- benchmarks -------------------------------------------------------------------------------
 bench-host: setup
