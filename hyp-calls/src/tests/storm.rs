@@ -1,9 +1,14 @@
 //! A storm on the host: random sequences of host calls and guest exits, valid, invalid and
 //! adversarial (stale and foreign handles, overlapping ranges, pages donated twice, lies in
-//! completions, pins under conversions), driven through the portable calls. After every step
-//! the invariant checker (ownership against every stage-2, and what each guest was told) must
-//! be clean and every page of RAM must have an owner. A failure prints the case, which
-//! `PROPTEST_CASES` and proptest's seed replay.
+//! completions, dry pools, pins under conversions, junk calls), driven through the portable
+//! calls. After every step the invariant checker (ownership against every stage-2, and what each
+//! guest was told) must be clean, and the reference model (`model.rs`) must agree with what the
+//! implementation answered and exposes, with every page of RAM accounted for.
+//!
+//! Each storm is drawn from one seed: `PROPTEST_CASES` seeds (64 by default) from a random first
+//! one, or the one `STORM_SEED` names. A failure prints its seed and the shrunk case; the same
+//! seed replays it (with the same code). The fuzz target (`fuzz/`) decodes the same op
+//! sequences from bytes ([`decode`]).
 
 use proptest::prelude::*;
 
