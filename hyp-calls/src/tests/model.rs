@@ -139,6 +139,8 @@ pub(crate) struct Model {
     pub allow: Allow,
     /// A pin on a page the pin call itself brought in (counted once [`Model::check`] saw it).
     pub pending_pin: Option<(u64, u64)>,
+    /// Which closed page the host tries next.
+    pub probe: usize,
 }
 
 fn p(n: u64) -> u64 {
@@ -1175,7 +1177,8 @@ impl Model {
     /// host + pools + guests + hyp = RAM, from counts of different origins: the model's record
     /// of donations and returns, the pools' own counts (`PoolStats`), the stage-2 walkers'
     /// table pages, the ownership table, and the fake RAM's allocator.
-    fn check_accounts(&self, r: &mut Rig) -> R {
+    fn check_accounts(&mut self, r: &mut Rig) -> R {
+        self.probe = self.probe.wrapping_add(1);
         let vms: Vec<u64> = self.vms.keys().copied().collect();
         let mut donated_out = 0usize;
         for vm in vms {
@@ -1214,6 +1217,35 @@ impl Model {
                 ensure!(ok, "0x{pa:x}, donated for VM {vm}, is owned by {o:?}");
             }
             donated_out += v.donated.len() - anon;
+            // And the host's own try: one of those pages (a different one each step) that the
+            // rules keep from the host (pool, tables, private memory) refuses its access.
+            let open: BTreeSet<u64> = self
+                .gmems
+                .values()
+                .filter(|g| g.vm == vm)
+                .flat_map(|g| {
+                    g.mem
+                        .iter()
+                        .filter(|(&i, _)| {
+                            host_may_reach(v.ty, g.all.as_ref().map(|a| a[i as usize]))
+                        })
+                        .map(|(_, m)| m.pa)
+                })
+                .chain(self.anon.keys().copied())
+                .collect();
+            let closed: Vec<u64> = v
+                .donated
+                .iter()
+                .copied()
+                .filter(|pa| !open.contains(pa))
+                .collect();
+            if !closed.is_empty() {
+                let pa = closed[self.probe % closed.len()];
+                ensure!(
+                    !host_reach(r, pa),
+                    "the host reaches 0x{pa:x}, donated for VM {vm} and not open to it"
+                );
+            }
         }
         for &pa in &self.host {
             let info = r.hyp.owners.info(pa).map_err(|e| format!("{e:?}"))?;
