@@ -3,7 +3,9 @@
 //! arguments and the rules alone:
 //!
 //! - per VM: its type, whether a vCPU has run, its memslots, and the physical pages the host
-//!   donated for it and has not got back (`donated`);
+//!   donated for it and has not got back (`donated`: `VmCreate`'s and `VcpuCreate`'s donations
+//!   and the pool's); whether its teardown began (dying: every call on it, its gmem files or
+//!   vCPUs is answered as on a handle that names nothing) and the pages its steps gave back;
 //! - per gmem file and page: allocated or not (and then which physical page, and the word the
 //!   last writer left at its start), its shareability where the file tracks it, whether the
 //!   guest shared it itself (a `pkvm` guest, Trust rule 9), the host's pins;
@@ -15,7 +17,10 @@
 //! only from the VM's own donation, start zeroed; the host reaches a gmem page exactly when the
 //! rules say so; a guest maps only its own pages at the place they are bound. [`Model::check`]
 //! compares everything the implementation exposes after every call, and the page accounting
-//! (host + pools + guests + hyp = RAM) from counts that come from different places.
+//! (host + pools + guests + hyp = RAM; per VM, donated = pool free + table pages + gmem pages +
+//! anon pages + heap pages, serving or in reserve) from counts that come from different places.
+//! A call charged to a VM whose pool and heap reserve together are under what a call may take
+//! must be `ENOMEM` with nothing changed.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
@@ -28,6 +33,7 @@ use abi::guest::{
 };
 use abi::host::{CONVERT_MODE_DEFAULT, SLOT_UADDR_SHIFT};
 use abi::{Errno, PAGE_SIZE};
+use hyp_mem::heap::{CALL_PAGES_MAX, RESERVE_PAGES};
 use hyp_mem::ownership::{Component, PageState};
 
 use super::Rig;
@@ -99,6 +105,33 @@ pub(crate) struct MVm {
     pub vcpus_created: u32,
     pub slots: BTreeMap<u64, MSlot>,
     pub donated: BTreeSet<u64>,
+    /// Its teardown began (`VmDestroy`'s first step): no call reaches it or its gmem files.
+    pub dying: bool,
+    /// Pages its teardown's steps gave back so far.
+    pub returned: u64,
+}
+
+/// What a call may draw on, read before it runs: the free pages of its VM's pool and its
+/// heap's reserve, and whether the call is charged to that heap.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Before {
+    /// The VM (its pool counts read).
+    pub vm: Option<u64>,
+    pub free: Option<u64>,
+    pub reserve: u64,
+    pub charged: bool,
+    /// For a call naming a dying VM (or its file or vCPU): the answer of the same call on a
+    /// handle that names nothing.
+    pub twin: Option<Answer>,
+}
+
+impl Before {
+    /// The VM's heap cannot cover a call: pool and reserve together under what one call may
+    /// take ([`CALL_PAGES_MAX`]).
+    fn short(&self) -> bool {
+        self.free
+            .is_some_and(|f| f + self.reserve < CALL_PAGES_MAX as u64)
+    }
 }
 
 /// A forwarded MEM_SHARE / MEM_UNSHARE: the piece the host may carry out.
@@ -141,6 +174,11 @@ pub(crate) struct Model {
     pub pending_pin: Option<(u64, u64)>,
     /// Which closed page the host tries next.
     pub probe: usize,
+    /// Gmem files and vCPUs of dying VMs (handle -> VM): every call on them is `ENOENT`.
+    pub dead_gmems: BTreeMap<u64, u64>,
+    pub dead_vcpus: BTreeMap<u64, u64>,
+    /// VMs whose pool is told to fail its allocations from some point on (`Pool::fail_after`).
+    pub starved: BTreeSet<u64>,
 }
 
 fn p(n: u64) -> u64 {
@@ -210,13 +248,41 @@ impl Model {
         c: HostCall,
         a: [u64; 6],
         ans: &Answer,
-        free: Option<u64>,
+        before: Before,
     ) -> R {
         let who = format!("{c:?} {a:x?} -> {ans:x?}");
+        let free = before.free;
+        if c != HostCall::VmDestroy && self.names_dying(c, a) {
+            // A dying VM, or a file or vCPU of one: unreachable, answered as a handle that
+            // names nothing is (`ENOENT`, or an argument refused in itself first). But
+            // `GuestConvert` on a vCPU with no request to carry out is `EINVAL` first, as for
+            // a live one.
+            let einval = c == HostCall::GuestConvert && *ans == Err((Errno::EINVAL, 0));
+            let twin = before.twin.ok_or("no twin call")?;
+            ensure!(
+                twin.is_err() && (*ans == twin || einval),
+                "{who}: a call on a dying VM must be answered as on no VM: {twin:x?}"
+            );
+            return Ok(());
+        }
+        if before.charged && before.short() {
+            // The VM's heap cannot pay for the call: refused before it starts.
+            ensure!(
+                *ans == Err((Errno::ENOMEM, 0)),
+                "{who}: pool + reserve short ({before:?}): ENOMEM expected"
+            );
+            return Ok(());
+        }
+        if before.vm.is_some_and(|vm| self.starved.contains(&vm)) && *ans == Err((Errno::ENOMEM, 0))
+        {
+            // The VM's pool failed an allocation, which the model does not count: refused,
+            // with nothing changed (as the checks after the step see).
+            return Ok(());
+        }
         let res = match c {
             HostCall::VmCreate => self.vm_create(a, ans),
             HostCall::VmDestroy => self.vm_destroy(r, a, ans),
-            HostCall::VcpuCreate => self.vcpu_create(a, ans),
+            HostCall::VcpuCreate => self.vcpu_create(a, ans, before),
             HostCall::Donate => self.donate(a, ans, free),
             HostCall::PoolReclaim => self.pool_reclaim(a, ans, free),
             HostCall::GmemCreate => self.gmem_create(a, ans),
@@ -225,7 +291,7 @@ impl Model {
             HostCall::MemslotDelete => self.slot_delete(a, ans),
             HostCall::Convert => self.convert(a, ans),
             HostCall::PunchHole => self.punch(a, ans),
-            HostCall::HostPin | HostCall::HostMapGmem => self.host_fault(c, a, ans, free),
+            HostCall::HostPin | HostCall::HostMapGmem => self.host_fault(c, a, ans, before),
             HostCall::HostUnpin => self.unpin(a, ans),
             HostCall::GuestConvert => self.guest_convert(a, ans),
             // Read-only calls.
@@ -236,7 +302,8 @@ impl Model {
             | HostCall::GmemPhys
             | HostCall::CheckInvariants => Ok(()),
             // Calls the model does not follow: the storm issues them only where they must be
-            // refused (no live VM named), so they must change nothing.
+            // refused (no live VM named: none, or a dying one, seen above), so they must
+            // change nothing.
             _ => {
                 ensure!(ans.is_err(), "an unmodelled call on no live VM succeeded");
                 Ok(())
@@ -247,7 +314,50 @@ impl Model {
 
     /// Whether the storm may issue an unmodelled call with these arguments (see above).
     pub fn may_issue_unmodelled(&self, a0: u64) -> bool {
-        !self.vms.contains_key(&a0)
+        self.vms.get(&a0).is_none_or(|v| v.dying)
+    }
+
+    /// A VM's pool fails its allocations from some point on, or no more.
+    pub fn starve(&mut self, vm: u64, on: bool) {
+        if on {
+            self.starved.insert(vm);
+        } else {
+            self.starved.remove(&vm);
+        }
+    }
+
+    /// Whether a call names a dying VM (its first argument, as a VM, gmem file or vCPU).
+    pub fn names_dying(&self, c: HostCall, a: [u64; 6]) -> bool {
+        let vm_dying = |vm: u64| self.vms.get(&vm).is_some_and(|v| v.dying);
+        match c {
+            HostCall::Version | HostCall::VmCreate | HostCall::CheckInvariants => false,
+            HostCall::GmemDestroy
+            | HostCall::Convert
+            | HostCall::PunchHole
+            | HostCall::HostPin
+            | HostCall::HostUnpin
+            | HostCall::HostMapGmem
+            | HostCall::GmemPhys => self.dead_gmems.contains_key(&a[0]),
+            HostCall::GuestConvert | HostCall::VcpuRun => self.dead_vcpus.contains_key(&a[0]),
+            _ => vm_dying(a[0]),
+        }
+    }
+
+    /// Whether `n` pages from `pa` are all the host's, a run a call may take.
+    fn host_run(&self, pa: u64, n: u64) -> bool {
+        n > 0
+            && n < 1 << 20
+            && pa.is_multiple_of(PAGE_SIZE)
+            && (0..n).all(|i| self.host.contains(&(pa + p(i))))
+    }
+
+    /// A donation taken: from the host to the VM.
+    fn take(&mut self, vm: u64, pa: u64, n: u64) {
+        let v = self.vms.get_mut(&vm).unwrap_or_else(|| unreachable!());
+        for i in 0..n {
+            self.host.remove(&(pa + p(i)));
+            v.donated.insert(pa + p(i));
+        }
     }
 
     fn refused(ans: &Answer, what: &str) -> R {
@@ -262,6 +372,10 @@ impl Model {
         if self.vms.len() >= abi::host::VMS_MAX as usize {
             return Self::refused(ans, "VM limit");
         }
+        let (pa, n) = (a[1], a[2]);
+        if n < abi::host::VM_CREATE_PAGES || !self.host_run(pa, n) {
+            return Self::refused(ans, "a donation short or not the host's");
+        }
         let h = ans.map_err(|e| format!("refused a valid VM: {e:?}"))?[0];
         ensure!(
             !self.vms.contains_key(&h),
@@ -275,21 +389,68 @@ impl Model {
                 vcpus_created: 0,
                 slots: BTreeMap::new(),
                 donated: BTreeSet::new(),
+                dying: false,
+                returned: 0,
             },
         );
+        self.take(h, pa, n);
         Ok(())
     }
 
     fn vm_destroy(&mut self, r: &mut Rig, a: [u64; 6], ans: &Answer) -> R {
         let h = a[0];
-        let Some(v) = self.vms.get(&h) else {
+        let Some(v) = self.vms.get_mut(&h) else {
             return Self::refused(ans, "no such VM");
         };
-        let back = ans.map_err(|e| format!("refused: {e:?}"))?[0];
-        // Trust rule 8: every page donated for it back with the host, zeroed.
+        // (No vCPU of the storm's runs while it calls: the first step cannot be EBUSY.)
+        let x = ans.map_err(|e| format!("refused: {e:?}"))?;
+        ensure!(x[1] <= 1, "x1 = {} (1 or 0)", x[1]);
         ensure!(
-            back == v.donated.len() as u64,
-            "{back} pages back, {} donated",
+            x[0] <= abi::host::TEARDOWN_STEP_PAGES,
+            "{} pages back in one step",
+            x[0]
+        );
+        if !v.dying {
+            // The first step: unreachable from now on. Its slots map nothing any more.
+            v.dying = true;
+            v.slots.clear();
+            let gmems: Vec<u64> = self
+                .gmems
+                .iter()
+                .filter(|(_, g)| g.vm == h)
+                .map(|(&g, _)| g)
+                .collect();
+            for g in gmems {
+                self.gmems.remove(&g);
+                self.dead_gmems.insert(g, h);
+            }
+            let vcpus: Vec<u64> = self
+                .vcpus
+                .iter()
+                .filter(|(_, c)| c.vm == h)
+                .map(|(&c, _)| c)
+                .collect();
+            for c in vcpus {
+                self.vcpus.remove(&c);
+                self.dead_vcpus.insert(c, h);
+            }
+        }
+        let v = self.vms.get_mut(&h).unwrap_or_else(|| unreachable!());
+        v.returned += x[0];
+        ensure!(
+            v.returned <= v.donated.len() as u64,
+            "{} pages back, {} donated",
+            v.returned,
+            v.donated.len()
+        );
+        if x[1] == 1 {
+            return Ok(());
+        }
+        // The last step. Trust rule 8: every page donated for it back with the host, zeroed.
+        ensure!(
+            v.returned == v.donated.len() as u64,
+            "{} pages back over the steps, {} donated",
+            v.returned,
             v.donated.len()
         );
         let v = self.vms.remove(&h).unwrap_or_else(|| unreachable!());
@@ -303,18 +464,33 @@ impl Model {
             ensure!(r.ram.read_u64(pa) == Some(0), "page 0x{pa:x} back unzeroed");
             self.host.insert(pa);
         }
-        self.gmems.retain(|_, g| g.vm != h);
-        self.vcpus.retain(|_, c| c.vm != h);
+        self.starved.remove(&h);
+        // Its handles name nothing now (and may be given again).
+        self.dead_gmems.retain(|_, vm| *vm != h);
+        self.dead_vcpus.retain(|_, vm| *vm != h);
         self.anon.retain(|_, (vm, _)| *vm != h);
         Ok(())
     }
 
-    fn vcpu_create(&mut self, a: [u64; 6], ans: &Answer) -> R {
+    fn vcpu_create(&mut self, a: [u64; 6], ans: &Answer, before: Before) -> R {
+        let (pa, n) = (a[3], a[4]);
+        let host_run = self.host_run(pa, n);
         let Some(v) = self.vms.get_mut(&a[0]) else {
             return Self::refused(ans, "no such VM");
         };
         if (v.ty == VmType::Pkvm && v.started) || v.vcpus_created >= abi::host::VCPUS_PER_VM_MAX {
             return Self::refused(ans, "pkvm started or vCPU limit");
+        }
+        if n < abi::host::VCPU_CREATE_PAGES || !host_run {
+            return Self::refused(ans, "a donation short or not the host's");
+        }
+        let have = before.free.ok_or("no pool count")? + before.reserve;
+        if have + n < CALL_PAGES_MAX as u64 {
+            ensure!(
+                *ans == Err((Errno::ENOMEM, 0)),
+                "pool + reserve + donation short: ENOMEM expected"
+            );
+            return Ok(());
         }
         let id = ans.map_err(|e| format!("refused: {e:?}"))?[0];
         v.vcpus_created += 1;
@@ -329,6 +505,7 @@ impl Model {
                 pending: None,
             },
         );
+        self.take(a[0], pa, n);
         Ok(())
     }
 
@@ -337,22 +514,19 @@ impl Model {
         if !self.vms.contains_key(&vm) {
             return Self::refused(ans, "no such VM");
         }
-        let all_host = n > 0
-            && n < 1 << 20
-            && pa.is_multiple_of(PAGE_SIZE)
-            && (0..n).all(|i| self.host.contains(&(pa + p(i))));
-        if !all_host {
+        if !self.host_run(pa, n) {
             return Self::refused(ans, "a page the host does not hold");
         }
         let x0 = ans.map_err(|e| format!("refused: {e:?}"))?[0];
         if let Some(f) = free {
-            ensure!(x0 == f + n, "pool has {x0} free pages, {f} + {n} expected");
+            // (A pool told to fail counts only the allocations it has left.)
+            let starved = self.starved.contains(&vm);
+            ensure!(
+                x0 == f + n || (starved && x0 < f + n),
+                "pool has {x0} free pages, {f} + {n} expected"
+            );
         }
-        let v = self.vms.get_mut(&vm).unwrap_or_else(|| unreachable!());
-        for i in 0..n {
-            self.host.remove(&(pa + p(i)));
-            v.donated.insert(pa + p(i));
-        }
+        self.take(vm, pa, n);
         Ok(())
     }
 
@@ -652,7 +826,16 @@ impl Model {
     }
 
     /// HostPin and HostMapGmem: the host's fault through the mmap view.
-    fn host_fault(&mut self, c: HostCall, a: [u64; 6], ans: &Answer, free: Option<u64>) -> R {
+    fn host_fault(&mut self, c: HostCall, a: [u64; 6], ans: &Answer, before: Before) -> R {
+        // The pool after the charge topped the heap's reserve up (to RESERVE_PAGES from under
+        // CALL_PAGES_MAX): what the page may come from.
+        let free = before.free.map(|f| {
+            if before.reserve < CALL_PAGES_MAX as u64 {
+                f - f.min(RESERVE_PAGES as u64 - before.reserve)
+            } else {
+                f
+            }
+        });
         let [g, off, ..] = a;
         let Some(f) = self.gmems.get(&g) else {
             return Self::refused(ans, "no such gmem");
@@ -766,14 +949,20 @@ impl Model {
 
     // ---- guest exits -----------------------------------------------------------------------
 
-    /// The start of a run of `vcpu`: `begun` is `None` if the implementation refused it, else
+    /// The start of a run of `vcpu`: `begun` is why the implementation refused it, else
     /// the guest's `x0, x1` after the completion of its last exit (what it was told).
-    pub fn run_begun(&mut self, vcpu: u64, begun: Option<(u64, u64)>) -> R {
+    pub fn run_begun(&mut self, vcpu: u64, begun: Result<(u64, u64), Errno>) -> R {
         let Some(c) = self.vcpus.get_mut(&vcpu) else {
-            ensure!(begun.is_none(), "vCPU {vcpu} ran without existing");
+            ensure!(begun.is_err(), "vCPU {vcpu} ran without existing");
+            if self.dead_vcpus.contains_key(&vcpu) {
+                ensure!(
+                    begun == Err(Errno::ENOENT),
+                    "vCPU {vcpu} of a dying VM: {begun:?}, ENOENT expected"
+                );
+            }
             return Ok(());
         };
-        let told = begun.ok_or_else(|| format!("vCPU {vcpu} refused to run"))?;
+        let told = begun.map_err(|e| format!("vCPU {vcpu} refused to run: {e:?}"))?;
         let vm = c.vm;
         let pending = c.pending.take();
         if let Some(v) = self.vms.get_mut(&vm) {
@@ -995,22 +1184,32 @@ impl Model {
     /// accounting. Learns what the op was allowed to do without the model deciding it.
     pub fn check(&mut self, r: &mut Rig) -> R {
         ensure!(
-            r.hyp.world.vm_count() == self.vms.len(),
-            "VMs: {} live, model {}",
-            r.hyp.world.vm_count(),
+            r.hyp.vms.len() == self.vms.len(),
+            "VMs: {} live or dying, model {}",
+            r.hyp.vms.len(),
             self.vms.len()
         );
+        for (&h, v) in &self.vms {
+            let d = r.hyp.vms.get(&(h as u32)).map(|x| x.dying);
+            ensure!(
+                d.is_some_and(|d| (d != crate::state::Dying::Live) == v.dying),
+                "VM {h}: {d:?}, model dying: {}",
+                v.dying
+            );
+        }
+        // A dying VM's files and vCPUs stay in the core until its records go.
+        let in_core = |vm: u64| r.hyp.world.is_dying(hyp_core::VmHandle(vm as u32));
+        let gmems = self.gmems.len() + self.dead_gmems.values().filter(|&&v| in_core(v)).count();
         ensure!(
-            r.hyp.world.gmem_count() == self.gmems.len(),
-            "gmems: {} live, model {}",
-            r.hyp.world.gmem_count(),
-            self.gmems.len()
+            r.hyp.world.gmem_count() == gmems,
+            "gmems: {} in the core, model {gmems}",
+            r.hyp.world.gmem_count()
         );
+        let vcpus = self.vcpus.len() + self.dead_vcpus.values().filter(|&&v| in_core(v)).count();
         ensure!(
-            r.hyp.vcpus.len() == self.vcpus.len(),
-            "vCPUs: {} live, model {}",
-            r.hyp.vcpus.len(),
-            self.vcpus.len()
+            r.hyp.vcpus.len() == vcpus,
+            "vCPUs: {} in the hyp, model {vcpus}",
+            r.hyp.vcpus.len()
         );
         self.check_gmem_pages(r)?;
         self.check_guest_maps(r)?;
@@ -1181,8 +1380,46 @@ impl Model {
         self.probe = self.probe.wrapping_add(1);
         let vms: Vec<u64> = self.vms.keys().copied().collect();
         let mut donated_out = 0usize;
+        let mut lent = 0usize;
+        let mut returned = 0usize;
         for vm in vms {
             let v = &self.vms[&vm];
+            let vmid = hyp_core::VmHandle(vm as u32).vmid();
+            if v.dying {
+                // Part way through its teardown: each page donated for it is back with the
+                // host (zeroed; as many as the steps said), or still the hyp's or the guest's,
+                // or an anon page still lent to the host.
+                let (mut back, mut lent_here) = (0u64, 0usize);
+                for &pa in &v.donated {
+                    let info = r.hyp.owners.info(pa).map_err(|e| format!("{e:?}"))?;
+                    if info == hyp_mem::ownership::PageInfo::HOST_OWNED {
+                        ensure!(
+                            r.ram.read_u64(pa) == Some(0),
+                            "0x{pa:x} of dying VM {vm} back unzeroed"
+                        );
+                        back += 1;
+                        continue;
+                    }
+                    let o = info.owner();
+                    let anon = self.anon.get(&pa).is_some_and(|x| x.0 == vm);
+                    let ok = o == Some(Component::Hyp)
+                        || o == Some(Component::Guest(vmid))
+                        || (o == Some(Component::Host) && anon);
+                    ensure!(ok, "0x{pa:x}, donated for dying VM {vm}, is {info:?}");
+                    if o == Some(Component::Host) {
+                        lent_here += 1;
+                    }
+                }
+                ensure!(
+                    back == v.returned,
+                    "dying VM {vm}: {back} of its pages are the host's, the steps gave back {}",
+                    v.returned
+                );
+                returned += back as usize;
+                lent += lent_here;
+                donated_out += v.donated.len() - back as usize - lent_here;
+                continue;
+            }
             let s = r
                 .call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0])
                 .map_err(|e| format!("PoolStats {vm}: {e:?}"))?;
@@ -1202,12 +1439,14 @@ impl Model {
                 .map(|g| g.mem.len())
                 .sum();
             let anon = self.anon.values().filter(|(a, _)| *a == vm).count();
+            let hs = r.hyp.vms.get(&(vm as u32)).ok_or("no VM")?.heap.stats();
+            let heap = hs.pages + hs.reserve;
             ensure!(
-                v.donated.len() == free + tables + mem + anon,
-                "VM {vm}: {} pages donated, but {free} free in the pool + {tables} table pages + {mem} gmem pages + {anon} anon pages",
+                v.donated.len() == free + tables + mem + anon + heap,
+                "VM {vm}: {} pages donated, but {free} free in the pool + {tables} table pages + {mem} gmem pages + {anon} anon pages + {heap} heap pages",
                 v.donated.len()
             );
-            let vmid = hyp_core::VmHandle(vm as u32).vmid();
+            lent += anon;
             for &pa in &v.donated {
                 let o = r.hyp.owners.owner(pa);
                 let ok = o == Some(Component::Hyp)
@@ -1277,10 +1516,9 @@ impl Model {
             hyp + guest == donated_out,
             "{hyp} hyp + {guest} guest pages, but {donated_out} donated out"
         );
-        let anon = self.anon.len();
         ensure!(
-            host == (ram - self.host_total - hyp_own) + hyp_own + self.host.len() + anon,
-            "{host} host pages: {} never given + {hyp_own} hyp's own + {} held + {anon} lent",
+            host == (ram - self.host_total - hyp_own) + hyp_own + self.host.len() + lent + returned,
+            "{host} host pages: {} never given + {hyp_own} hyp's own + {} held + {lent} lent + {returned} back from dying VMs",
             ram - self.host_total - hyp_own,
             self.host.len()
         );

@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 
-use super::model::{Answer, Model};
+use super::model::{Answer, Before, Model};
 use super::*;
 use abi::guest::{MEM_RELINQUISH, MEM_SHARE, MEM_UNSHARE};
 use hyp_core::Access;
@@ -52,6 +52,9 @@ pub(crate) enum Op {
     /// with valid zero fields, the host carrying the request out (or not), the guest run again
     /// to hear its answer.
     Cooperate(usize, u8, u64, u64, bool),
+    /// The VM's pool fails from its n-th allocation on (`None`: no more), as when a host test
+    /// makes its memcache run dry (`Pool::fail_after`).
+    Starve(usize, Option<u64>),
     Junk(u8, [u64; 3]),
 }
 
@@ -104,6 +107,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(c, f, p, n, h)| Op::Cooperate(c, f, p, n, h)),
         (0usize..2, 0u8..3, 0..SEED_PAGES + 2, 0u64..6, any::<bool>())
             .prop_map(|(c, f, p, n, h)| Op::Cooperate(c, f, p, n, h)),
+        (i.clone(), 0u64..10).prop_map(|(v, n)| Op::Starve(v, (n < 8).then_some(n))),
         (0u8..40, any::<[u64; 3]>()).prop_map(|(c, a)| Op::Junk(c, a)),
     ]
 }
@@ -126,23 +130,26 @@ fn pick(v: &[u64], i: usize) -> u64 {
 }
 
 /// What one run of a vCPU showed: the guest's `x0, x1` after the completion of its last exit
-/// (`None`: the run was refused), the step, and `x0, x1` after the exit was handled.
+/// (or why the run was refused), the step, and `x0, x1` after the exit was handled.
 struct RunOut {
-    begun: Option<(u64, u64)>,
+    begun: Result<(u64, u64), Errno>,
     step: Option<Step>,
     after: (u64, u64),
 }
 
 /// One exit of a vCPU, if it can run now (a destroyed VM's vCPU cannot).
 fn run_exit(r: &mut Rig, vcpu: u64, c0: u64, x: Option<[u64; 4]>, exit: GuestExit) -> RunOut {
-    let Ok(mut t) = r.hyp.begin_run(vcpu, c0) else {
-        return RunOut {
-            begun: None,
-            step: None,
-            after: (0, 0),
-        };
+    let mut t = match r.hyp.begin_run(vcpu, c0) {
+        Ok(t) => t,
+        Err(e) => {
+            return RunOut {
+                begun: Err(e),
+                step: None,
+                after: (0, 0),
+            }
+        }
     };
-    let begun = Some((t.ctx.x[0], t.ctx.x[1]));
+    let begun = Ok((t.ctx.x[0], t.ctx.x[1]));
     if let Some(x) = x {
         for (i, v) in x.into_iter().enumerate() {
             t.ctx.set_reg(i, v);
@@ -165,23 +172,75 @@ fn run_exit(r: &mut Rig, vcpu: u64, c0: u64, x: Option<[u64; 4]>, exit: GuestExi
     }
 }
 
-/// The free pages of the pool a call may draw on, before it runs.
-fn free_before(r: &mut Rig, m: &Model, c: HostCall, a: [u64; 6]) -> Option<u64> {
-    let vm = match c {
-        HostCall::Donate | HostCall::PoolReclaim => a[0],
-        HostCall::HostPin | HostCall::HostMapGmem => m.gmems.get(&a[0])?.vm,
-        _ => return None,
-    };
-    let s = r.call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0]).ok()?;
-    Some(s[0] + 512 * s[1])
+/// The VM whose pool a call may draw on (named, or owning the gmem file or vCPU named), and
+/// whether the call is charged to its heap.
+fn drawn_vm(m: &Model, c: HostCall, a: [u64; 6]) -> Option<(u64, bool)> {
+    let gmem_vm = || m.gmems.get(&a[0]).map(|g| g.vm);
+    match c {
+        HostCall::Donate | HostCall::PoolReclaim | HostCall::VcpuCreate => Some((a[0], false)),
+        HostCall::MemslotCreate
+        | HostCall::MemslotDelete
+        | HostCall::SetMemoryAttributes
+        | HostCall::HostMapUaddr
+        | HostCall::MapHostShared
+        | HostCall::ServeFault => Some((a[0], true)),
+        HostCall::Convert
+        | HostCall::PunchHole
+        | HostCall::HostPin
+        | HostCall::HostUnpin
+        | HostCall::HostMapGmem => Some((gmem_vm()?, true)),
+        HostCall::GuestConvert => Some((m.vcpus.get(&a[0])?.vm, true)),
+        _ => None,
+    }
 }
+
+/// What a call may draw on before it runs: its VM's pool (free pages) and heap reserve.
+fn before(r: &mut Rig, m: &Model, c: HostCall, a: [u64; 6]) -> Before {
+    let Some((vm, charged)) = drawn_vm(m, c, a) else {
+        return Before::default();
+    };
+    let Some(s) = r.call(HostCall::PoolStats, [vm, 0, 0, 0, 0, 0]).ok() else {
+        return Before::default();
+    };
+    let reserve = r
+        .hyp
+        .vms
+        .get(&(vm as u32))
+        .map_or(0, |v| v.heap.reserve() as u64);
+    Before {
+        vm: Some(vm),
+        free: Some(s[0] + 512 * s[1]),
+        reserve,
+        charged,
+        twin: None,
+    }
+}
+
+/// A handle no VM, gmem file or vCPU of a storm ever has.
+const NOBODY: u64 = 0x7fff_fff7;
 
 /// A host call, told to the model with its answer.
 fn mcall(r: &mut Rig, m: &mut Model, c: HostCall, a: [u64; 6]) -> Result<Answer, String> {
-    let free = free_before(r, m, c, a);
+    let mut b = before(r, m, c, a);
+    if c != HostCall::VmDestroy && m.names_dying(c, a) {
+        // The same call on a handle that names nothing: the answer a dying VM's must match.
+        b.twin = Some(r.call(c, [NOBODY, a[1], a[2], a[3], a[4], a[5]]));
+    }
     let ans = r.call(c, a);
-    m.host_call(r, c, a, &ans, free)?;
+    m.host_call(r, c, a, &ans, b)?;
     Ok(ans)
+}
+
+/// `n` fresh pages for the host to donate with a call (0 if the fake RAM is full), known to
+/// the model as the host's.
+fn fresh(r: &mut Rig, m: &mut Model, n: u64) -> u64 {
+    match Ram::alloc_pages(&mut r.ram, n as usize) {
+        Some(pa) => {
+            m.give_host(pa, n);
+            pa
+        }
+        None => 0,
+    }
 }
 
 fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Result<(), String> {
@@ -193,7 +252,7 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
     match *op {
         Op::VmCreate(t) => {
             let n = abi::host::VM_CREATE_PAGES;
-            let pa = Ram::alloc_pages(&mut r.ram, n as usize).unwrap_or(0);
+            let pa = fresh(r, m, n);
             if let Some(h) = call(r, m, HostCall::VmCreate, [t, pa, n, 0, 0, 0])? {
                 seen.vms.push(h);
             }
@@ -245,7 +304,7 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
             call(r, m, HostCall::PoolReclaim, a)?;
         }
         Op::VcpuCreate(v) => {
-            let pa = Ram::alloc_pages(&mut r.ram, 1).unwrap_or(0);
+            let pa = fresh(r, m, 1);
             let a = [pick(&seen.vms, v), 0x1_4000_0000, 0, pa, 1, 0];
             if let Some(h) = call(r, m, HostCall::VcpuCreate, a)? {
                 seen.vcpus.push(h);
@@ -352,6 +411,13 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
                 m.guest_write(r, vm, ipa, val);
             }
         }
+        Op::Starve(v, n) => {
+            let vm = pick(&seen.vms, v);
+            if let Some(x) = r.hyp.vms.get_mut(&(vm as u32)) {
+                x.stage2.mm_mut().fail_after(n);
+                m.starve(vm, n.is_some());
+            }
+        }
         Op::Junk(c, a) => {
             // Any call but a run, with arbitrary arguments; one the model does not follow only
             // where it must be refused.
@@ -395,6 +461,9 @@ fn guest_call(
     m.run_begun(vcpu, out.begun)?;
     match out.step {
         None => Ok(()),
+        // The hyp wants pages first (pool and heap reserve short): nothing changed, which
+        // the checks after the step hold it to; the guest makes the call again.
+        Some(Step::Exit((abi::host::ExitReason::NeedPages, _), _)) => Ok(()),
         Some(_) if func == MEM_RELINQUISH => m.relinquish(r, vcpu, x, out.after),
         Some(Step::Exit((abi::host::ExitReason::Hypercall, d), _)) => {
             m.share_call(vcpu, x, func == MEM_SHARE, Ok((d[1], d[2])))
@@ -413,7 +482,9 @@ fn seed(r: &mut Rig, m: &mut Model, seen: &mut Seen, t: VmType, pool: u64) -> Re
         Ok(x) => Ok(x[0]),
         Err(e) => Err(format!("seed {c:?}: {e:?}")),
     };
-    let vm = ok(r, m, HostCall::VmCreate, [t as u64, 0, 0, 0, 0, 0])?;
+    let n = abi::host::VM_CREATE_PAGES;
+    let pa = fresh(r, m, n);
+    let vm = ok(r, m, HostCall::VmCreate, [t as u64, pa, n, 0, 0, 0])?;
     // The pkvm one starts shared, so its guest's first touches take pages (Trust rule 9).
     let mut flags = GmemFlags::MMAP | GmemFlags::TRACK_SHAREABILITY;
     if t == VmType::Pkvm {
@@ -425,7 +496,8 @@ fn seed(r: &mut Rig, m: &mut Model, seen: &mut Seen, t: VmType, pool: u64) -> Re
     let a = [vm, GPA, SEED_PAGES * PAGE_SIZE, g, 0, both.bits()];
     ok(r, m, HostCall::MemslotCreate, a)?;
     ok(r, m, HostCall::Donate, [vm, pool, SEED_POOL, 0, 0, 0])?;
-    let vcpu = ok(r, m, HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, 0, 0, 0])?;
+    let pa = fresh(r, m, 1);
+    let vcpu = ok(r, m, HostCall::VcpuCreate, [vm, 0x1_4000_0000, 0, pa, 1, 0])?;
     seen.vms.push(vm);
     seen.gmems.push(g);
     seen.vcpus.push(vcpu);
@@ -467,6 +539,28 @@ pub(crate) fn run_ops(ops: &[Op]) -> Result<(), String> {
         step(&mut r, &mut m, &mut seen, host, op).map_err(|e| format!("step {n} {op:?}: {e}"))?;
         check_all(&mut r, &mut m).map_err(|e| format!("after step {n} {op:?}: {e}"))?;
     }
+    // And every VM left is torn down, step by step, every check after each: all its pages
+    // come back (nothing of a VM outlives it, not even its heap).
+    let left: Vec<u64> = m.vms.keys().copied().collect();
+    for vm in left {
+        for k in 0.. {
+            let a = [vm, 0, 0, 0, 0, 0];
+            let ans = mcall(&mut r, &mut m, HostCall::VmDestroy, a)
+                .map_err(|e| format!("teardown of VM {vm}, step {k}: {e}"))?;
+            check_all(&mut r, &mut m)
+                .map_err(|e| format!("after teardown of VM {vm}, step {k}: {e}"))?;
+            if ans.is_ok_and(|x| x[1] == 0) || k > 1_000 {
+                break;
+            }
+        }
+    }
+    if !m.vms.is_empty() || r.hyp.leaked_heaps != 0 {
+        return Err(format!(
+            "after teardown: {} VMs left, {} heaps outlived their VMs",
+            m.vms.len(),
+            r.hyp.leaked_heaps
+        ));
+    }
     Ok(())
 }
 
@@ -493,7 +587,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Vec<Op> {
     let mut out = Vec::new();
     while at.get() < bytes.len() && out.len() < 120 {
         let i = |x: u64| x as usize;
-        let op = match next(24) {
+        let op = match next(25) {
             0 => Op::VmCreate(next(5)),
             1 => Op::VmDestroy(i(next(6))),
             2 => Op::GmemCreate(i(next(6)), next(70), next(16)),
@@ -546,6 +640,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Vec<Op> {
                 next(6),
                 next(2) == 1,
             ),
+            23 => {
+                let n = next(10);
+                Op::Starve(i(next(6)), (n < 8).then_some(n))
+            }
             _ => Op::Junk(next(40) as u8, [next(0), next(0), next(0)]),
         };
         out.push(op);
