@@ -69,9 +69,50 @@ pub struct HypVm<P: Platform> {
     /// The VM's metadata heap, over pages of its pool: every byte the hyp keeps for the VM
     /// (its gmem files' page maps and ranges, memslots' maps, pins, the MMIO guard set, vCPU
     /// contexts). Boxed: its pages name it. Emptied by teardown before it goes.
-    pub heap: core::mem::ManuallyDrop<Box<VmHeap>>,
+    pub heap: HeapBox,
     /// Where its teardown is (`VmDestroy`, in steps).
     pub dying: Dying,
+}
+
+/// A VM's heap, boxed (its pages name it, so it must not move). Dropped, it goes only if it
+/// serves no object (else it stays, so that the object stays valid: teardown frees every
+/// object first, and the checker reports a heap that outlived its VM).
+pub struct HeapBox(Option<Box<VmHeap>>);
+
+/// What a [`HeapBox`] reads as once its heap went (never, before it is dropped).
+static NO_HEAP: VmHeap = VmHeap::new();
+
+impl HeapBox {
+    pub fn new() -> Self {
+        HeapBox(Some(Box::new(VmHeap::new())))
+    }
+}
+
+impl Default for HeapBox {
+    fn default() -> Self {
+        HeapBox::new()
+    }
+}
+
+impl core::ops::Deref for HeapBox {
+    type Target = VmHeap;
+    fn deref(&self) -> &VmHeap {
+        self.0.as_deref().unwrap_or(&NO_HEAP)
+    }
+}
+
+impl Drop for HeapBox {
+    fn drop(&mut self) {
+        if let Some(heap) = self.0.take() {
+            if heap.stats().objects == 0 {
+                // No object of the heap lives: nothing refers to it any more.
+                drop(heap);
+            } else {
+                // An object still refers to it: it stays.
+                core::mem::forget(heap);
+            }
+        }
+    }
 }
 
 /// Where a VM's teardown is.
@@ -226,7 +267,7 @@ impl<P: Platform> Hyp<P> {
             }
         }
         v.heap.begin_call();
-        let heap: *const VmHeap = &**v.heap;
+        let heap: *const VmHeap = &*v.heap;
         Ok(Charge {
             prev: P::set_charge(heap),
             _p: PhantomData,

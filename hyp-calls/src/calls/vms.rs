@@ -1,13 +1,11 @@
 //! Host calls on VMs and vCPUs: create and destroy, the pools the host donates, vCPUs.
 
 use alloc::boxed::Box;
-use core::mem::ManuallyDrop;
 
 use abi::flags::VmType;
 use abi::Errno;
 use abi::PAGE_SIZE;
 use hyp_core::VmHandle;
-use hyp_mem::heap::VmHeap;
 use hyp_mem::ownership::Transition;
 use hyp_mem::pool::Pool;
 use hyp_mem::provider::PageProvider;
@@ -15,7 +13,7 @@ use hyp_mem::stage2::Stage2;
 
 use super::{ok, HostResult};
 use crate::platform::Platform;
-use crate::state::{handle32, Dying, Hyp, HypVm, Pending, Vcpu, VmStats, IPA};
+use crate::state::{handle32, Dying, HeapBox, Hyp, HypVm, Pending, Vcpu, VmStats, IPA};
 
 /// Creates a VM over the host pages it donates (`pa`, `pages`): its pool and the first
 /// reserve of its metadata heap. Every argument, the VM limit and every page's ownership are
@@ -58,7 +56,7 @@ pub fn vm_create<P: Platform>(hyp: &mut Hyp<P>, vm_type: u64, pa: u64, pages: u6
         pmu_open: false,
         cntvoff: hyp.platform.counter(),
         vcpus_created: 0,
-        heap: ManuallyDrop::new(Box::new(VmHeap::new())),
+        heap: HeapBox::new(),
         dying: Dying::Live,
     };
     v.stage2.mm_mut().add_run(pa, pages);
@@ -167,14 +165,12 @@ pub fn vm_destroy<P: Platform>(hyp: &mut Hyp<P>, vm: u64) -> HostResult {
         }
         returned += pages;
     }
-    if heap.is_empty() {
-        // The heap serves no object and holds no page: nothing refers to it any more.
-        drop(ManuallyDrop::into_inner(heap));
-    } else {
-        // An object of the VM outlived it (a bug the checker reports): the heap stays, so
-        // that object stays valid.
+    if !heap.is_empty() {
+        // An object of the VM outlived it (a bug the checker reports): the heap stays
+        // (`HeapBox`), so that object stays valid.
         hyp.leaked_heaps += 1;
     }
+    drop(heap);
     log::debug!("VM {} destroyed", h.0);
     Ok([returned, 0, 0, 0, 0, 0])
 }
