@@ -7,12 +7,54 @@
 use abi::host::ExitReason;
 use abi::{Errno, PAGE_SIZE};
 use hyp_core::{Access, FaultResolution, FaultSource, VmHandle};
+use hyp_mem::provider::PageProvider;
 use hyp_mem::stage2::{MapError, S2Attrs};
 
 use crate::exit::{Injected, MmioAccess};
 use crate::platform::{Platform, VcpuContext};
 use crate::run::Step;
 use crate::state::{Hyp, Pending};
+
+/// The pool as a guest fault's provider: a data page or chunk only while the table pages the
+/// map may need are there too.
+struct Gated<'a, R: hyp_mem::pool::Ram> {
+    pool: &'a mut hyp_mem::pool::Pool<R>,
+    tables: usize,
+}
+
+impl<R: hyp_mem::pool::Ram> PageProvider for Gated<'_, R> {
+    fn alloc_zeroed_page(&mut self) -> Result<u64, Errno> {
+        if !self.pool.can_map_fault(self.tables) {
+            return Err(Errno::ENOMEM);
+        }
+        self.pool.alloc_zeroed_page()
+    }
+    fn free_page(&mut self, pa: u64) {
+        self.pool.free_page(pa);
+    }
+    fn zero_page(&mut self, pa: u64) {
+        self.pool.zero_page(pa);
+    }
+    fn alloc_zeroed_block(&mut self) -> Result<u64, Errno> {
+        if !self.pool.can_map_fault(self.tables) {
+            return Err(Errno::ENOMEM);
+        }
+        self.pool.alloc_zeroed_block()
+    }
+    fn free_block(&mut self, pa: u64) {
+        self.pool.free_block(pa);
+    }
+    fn may_have_block(&self) -> bool {
+        self.pool.may_have_block()
+    }
+}
+
+/// Pages a fault short of memory asks the host for: its data page and the tables its map may
+/// need, less what the pool holds (at least one).
+fn pages_wanted<P: Platform>(hyp: &Hyp<P>, h: VmHandle, tables: usize) -> u64 {
+    let free = hyp.vms.get(&h.0).map_or(0, |v| v.stage2.mm().free_pages());
+    (tables + 1).saturating_sub(free).max(1) as u64
+}
 
 /// A guest access the hyp cannot serve (an instruction fetch or an access without a valid
 /// syndrome outside every memslot): the guest takes the matching abort at its own EL1 and goes
@@ -27,8 +69,8 @@ fn guest_exception<C: VcpuContext>(ctx: &mut C) -> Step {
 /// touch leaves the host stage-2 before the guest can reach it), then the stage-2 entry. Where
 /// other pages of a block range are still mapped one by one, the faulting page is mapped alone
 /// and the range merged back into a block when the core says it is one chunk again.
-/// `ENOMEM` when the pool has no table page (nothing is mapped; ownership may already be the
-/// guest's, which the next fault finds in place).
+/// `ENOMEM`, before any page changes hands, when the pool cannot give the table pages the map
+/// may need.
 pub fn map_resolved<P: Platform>(
     hyp: &mut Hyp<P>,
     h: VmHandle,
@@ -37,6 +79,10 @@ pub fn map_resolved<P: Platform>(
     source: FaultSource,
     host_access: bool,
 ) -> Result<u64, Errno> {
+    let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
+    if !v.stage2.mm().can_supply_tables(v.stage2.tables_needed(ipa)) {
+        return Err(Errno::ENOMEM);
+    }
     match source {
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa)?,
         // The host's own page, shared with the guest when the host shared it.
@@ -111,25 +157,16 @@ pub(crate) fn stage2_abort<P: Platform>(
             Pending::None,
         );
     }
-    // A fault that may map (in a memslot, or on a page the host shared) checks first that the
-    // pool holds what the map may take: then it completes, or changes nothing and asks for
-    // pages.
-    let may_map = hyp.world.gpa_to_gmem(h, ipa).is_ok()
-        || hyp.world.vm(h).is_ok_and(|vm| {
-            let gpa = vm.shared_bit().map_or(ipa, |bit| ipa & !bit);
-            vm.host_shared_pa(gpa).is_some()
-        });
-    let Some(v) = hyp.vms.get_mut(&h.0) else {
-        return guest_exception(ctx);
+    // The fault's data page comes from the pool only if the pool also holds the table pages
+    // its map may need, and the map checks its tables before any page changes hands: then the
+    // fault completes or (pool short) changes nothing and asks for pages. A fault that maps
+    // nothing (a memory fault, MMIO) is not held up.
+    let tables = v.stage2.tables_needed(ipa);
+    let mut gated = Gated {
+        pool: v.stage2.mm_mut(),
+        tables,
     };
-    if may_map && !v.stage2.mm().can_map_fault() {
-        let wanted = (hyp_mem::pool::TABLES_PER_MAP + 1).saturating_sub(v.stage2.mm().free_pages());
-        return Step::Exit(
-            (ExitReason::NeedPages, [wanted.max(1) as u64, 0, 0, 0, 0]),
-            Pending::NeedPages { ipa },
-        );
-    }
-    let resolution = match hyp.world.resolve_fault(h, ipa, acc, v.stage2.mm_mut()) {
+    let resolution = match hyp.world.resolve_fault(h, ipa, acc, &mut gated) {
         Ok(r) => r,
         Err(_) => return guest_exception(ctx),
     };
@@ -151,7 +188,10 @@ pub(crate) fn stage2_abort<P: Platform>(
                 Step::Resume
             }
             Err(Errno::ENOMEM) => Step::Exit(
-                (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+                (
+                    ExitReason::NeedPages,
+                    [pages_wanted(hyp, h, tables), 0, 0, 0, 0],
+                ),
                 Pending::NeedPages { ipa },
             ),
             Err(_) => {
@@ -202,7 +242,10 @@ pub(crate) fn stage2_abort<P: Platform>(
             }
         }
         FaultResolution::NeedPages => Step::Exit(
-            (ExitReason::NeedPages, [1, 0, 0, 0, 0]),
+            (
+                ExitReason::NeedPages,
+                [pages_wanted(hyp, h, tables), 0, 0, 0, 0],
+            ),
             Pending::NeedPages { ipa },
         ),
     }

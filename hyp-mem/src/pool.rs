@@ -143,15 +143,25 @@ impl<R: Ram> Pool<R> {
         true
     }
 
-    /// Whether a guest fault's stage-2 map cannot run short: its data page (or 2 MiB chunk)
-    /// and [`TABLES_PER_MAP`] table pages. A fault checks this before it takes anything, so
-    /// it completes or changes nothing.
-    pub fn can_map_fault(&self) -> bool {
-        let t = TABLES_PER_MAP;
-        self.allocations_left() > t
-            && (self.free_len > t
-                || self.blocks_len >= 2
-                || (self.blocks_len >= 1 && self.free_len >= t))
+    /// Whether `tables` table pages can be allocated now (a host test's budget counted).
+    pub fn can_supply_tables(&self, tables: usize) -> bool {
+        tables == 0
+            || (self.allocations_left() >= tables
+                && (self.free_len >= tables || self.blocks_len > 0))
+    }
+
+    /// Whether a guest fault's stage-2 map cannot run short of its `tables` table pages (at most
+    /// [`TABLES_PER_MAP`]; `Stage2::tables_needed`) beside its data page or 2 MiB chunk. A
+    /// fault checks this before it takes anything, so that it completes or changes nothing
+    /// (the data page's own allocation fails cleanly); with its tables there it needs nothing
+    /// here, and a fault that maps nothing (a memory fault) is not held up.
+    pub fn can_map_fault(&self, tables: usize) -> bool {
+        let t = tables.min(TABLES_PER_MAP);
+        t == 0
+            || (self.allocations_left() > t
+                && (self.free_len > t
+                    || self.blocks_len >= 2
+                    || (self.blocks_len >= 1 && self.free_len >= t)))
     }
 
     fn link_word(&self, pa: u64) -> *mut u64 {

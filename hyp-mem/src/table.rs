@@ -516,6 +516,17 @@ impl<F: Format, M: PhysMem, T: TlbMaintenance> Tables<F, M, T> {
         (kind(desc, level) == Kind::Leaf).then(|| mapping_of::<F>(desc, level, ipa))
     }
 
+    /// How many table pages mapping one page at `ipa` could need (the levels below where its walk
+    /// ends now): 0 where the last-level table is there. A guest fault checks its pool for
+    /// them before it takes anything.
+    pub fn tables_needed(&self, ipa: u64) -> usize {
+        if ipa >= self.ipa.limit() {
+            return 0;
+        }
+        let (level, _, _, _) = self.descend(ipa, 3);
+        usize::from(3 - level.min(3))
+    }
+
     /// The descriptor at `level` on the walk for `ipa`, and the physical address of its slot:
     /// `None` if the walk ends above `level` or `ipa` is out of range. For tests and debugging.
     pub fn descriptor(&self, ipa: u64, level: u8) -> Option<(u64, u64)> {

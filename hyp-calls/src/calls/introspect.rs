@@ -46,7 +46,7 @@ pub fn serve_fault<P: Platform>(hyp: &mut Hyp<P>, vm: u64, ipa: u64, write: u64)
         Access::Read
     };
     let v = hyp.vms.get_mut(&h.0).ok_or(Errno::ENOENT)?;
-    if !v.stage2.mm().can_map_fault() {
+    if !v.stage2.mm().can_map_fault(v.stage2.tables_needed(ipa)) {
         return Err(Errno::ENOMEM);
     }
     match hyp.world.resolve_fault(h, ipa, access, v.stage2.mm_mut())? {
