@@ -81,7 +81,7 @@ MIRI_CALLS_TESTS := tests::exits tests::guest_calls
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
-.PHONY: storm run test test-host miri test-target debug lint clean setup images test-images guest-image \
+.PHONY: storm storm-target run test test-host miri test-target debug lint clean setup images test-images guest-image \
         bench bench-pad-check bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test \
         trust-checks qemu-run-selfcheck semihost-check introspection-check dma-check
 
@@ -297,6 +297,26 @@ test-target: selfcheck
 STORM_CASES ?= 20000
 storm: setup
 	PROPTEST_CASES=$(STORM_CASES) cargo test -p hyp-calls --features introspection --lib -- tests::storm
+
+# The storm on target (host-shim/src/storm.rs): N random host calls and guest steps from SEED
+# against the real hyp (the introspection build), from the host shim, the invariant checker and
+# the page census every 100 calls and at the end. A failure prints the seed and the call index
+# (make storm-target SEED=<seed> N=<index + 1> replays it); a hyp crash or hang fails the run
+# through the wrapper, after the last progress line. `make test` runs N=10000.
+SEED ?= 1
+N ?= 10000
+STORM_TIMEOUT ?= $(shell echo $$(( 60 + $(N) / 100 )))
+storm-target: images
+	@$(call blob,storm-target,storm $(SEED) $(N))
+	@set -o pipefail; python3 tools/qemu-run.py --timeout $(STORM_TIMEOUT) -- $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) \
+	  -device loader,file=$(BLOBS)/storm-target.blob,addr=$(HOST_INPUT_ADDR),force-raw=on -kernel $(HYP_INTRO) \
+	  2>&1 | tee target/storm-target.log | grep -av 'INFO'; st=$$?; \
+	  if [ $$st -ne 0 ]; then \
+	    grep -aq '^storm-target: FAIL at call' target/storm-target.log || \
+	      echo "storm-target: FAIL (status $$st): the hyp crashed or hung after the last progress line above (seed $(SEED)); log: target/storm-target.log"; \
+	    exit 1; fi; \
+	  grep -aq '^storm-target: $(N) calls, seed $(SEED), 0 violations' target/storm-target.log || \
+	    { echo "storm-target: FAIL: no final line"; exit 1; }
 
 ## ---- benchmarks -------------------------------------------------------------------------------
 bench-host: setup
