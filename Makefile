@@ -190,7 +190,7 @@ debug: images
 	timeout --foreground $(DEBUG_TIMEOUT) $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) -s -S -kernel $(HYP_RUN)
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test hostile
+test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test hostile storm-target
 
 ## ---- trust checks (rules 10 and 11) --------------------------------------------------------
 trust-checks: qemu-run-selfcheck run semihost-check introspection-check dma-check
@@ -305,9 +305,13 @@ storm: setup
 # through the wrapper, after the last progress line. `make test` runs N=10000.
 SEED ?= 1
 N ?= 10000
+# The invariant checker and the census every EVERY calls from call FROM on (every 100 before):
+# EVERY=1 FROM=<the failing check's call - 100> finds the call that broke one.
+EVERY ?= 100
+FROM ?= 0
 STORM_TIMEOUT ?= $(shell echo $$(( 60 + $(N) / 100 )))
 storm-target: images
-	@$(call blob,storm-target,storm $(SEED) $(N))
+	@$(call blob,storm-target,storm $(SEED) $(N) $(EVERY) $(FROM))
 	@set -o pipefail; python3 tools/qemu-run.py --timeout $(STORM_TIMEOUT) -- $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) \
 	  -device loader,file=$(BLOBS)/storm-target.blob,addr=$(HOST_INPUT_ADDR),force-raw=on -kernel $(HYP_INTRO) \
 	  2>&1 | tee target/storm-target.log | grep -av 'INFO'; st=$$?; \

@@ -48,7 +48,7 @@ use crate::runner::forward_with;
 use crate::vm::{VcpuId, VmId};
 use crate::{hvc, timer};
 
-/// The invariant checker and the census run every this many calls.
+/// The invariant checker and the census run every this many calls (by default).
 pub const CHECK_EVERY: u64 = 100;
 /// Host pages the storm donates and lends from (32 MiB, 2 MiB aligned so that whole chunks can
 /// be donated and reclaimed).
@@ -206,6 +206,9 @@ pub struct Storm {
     rng: Rng,
     seed: u64,
     n: u64,
+    every: u64,
+    /// Checks every `every` calls only from this call on (every [`CHECK_EVERY`] before it).
+    pub from: u64,
     call: u64,
     ram_base: u64,
     arena: u64,
@@ -222,6 +225,9 @@ pub struct Storm {
     /// pkvm pages the guest asked to share (its later writes leave them shared): (gmem, page).
     guest_shared: BTreeSet<(u64, u64)>,
     census0: [u64; 6],
+    /// What the current call did: (call id or guest step op, arguments, x0 of the answer),
+    /// printed when it fails.
+    trace: Vec<(u64, [u64; 4], u64)>,
     ticks: u64,
     t: Tally,
 }
@@ -270,7 +276,7 @@ fn page_is_zero(pa: u64) -> Check {
 
 impl Storm {
     /// A storm of `n` calls from `seed` over host pages from `pages`.
-    pub fn new(seed: u64, n: u64, pages: &mut HostPages) -> Result<Self, String> {
+    pub fn new(seed: u64, n: u64, every: u64, pages: &mut HostPages) -> Result<Self, String> {
         let (ram_base, _) = crate::vm::ram().map_err(|e| format!("Version: {e}"))?;
         let arena = pages
             .alloc_contiguous(ARENA_PAGES, CHUNK_PAGES * PAGE_SIZE)
@@ -280,6 +286,8 @@ impl Storm {
             rng: Rng(seed),
             seed,
             n,
+            every: every.max(1),
+            from: 0,
             call: 0,
             ram_base,
             arena,
@@ -294,6 +302,7 @@ impl Storm {
             secrets: BTreeMap::new(),
             guest_shared: BTreeSet::new(),
             census0: census()?,
+            trace: Vec::new(),
             ticks: TIMESLICE_MS * timer::ticks_per_ms(),
             t: Tally::default(),
         })
@@ -310,8 +319,14 @@ impl Storm {
         let progress = (self.n / 20).max(1000);
         while self.call < self.n {
             CUR_CALL.store(self.call, Ordering::Relaxed);
+            self.trace.clear();
             let r = self.one().and_then(|()| {
-                if (self.call + 1).is_multiple_of(CHECK_EVERY) {
+                let every = if self.call >= self.from {
+                    self.every
+                } else {
+                    CHECK_EVERY
+                };
+                if (self.call + 1).is_multiple_of(every) {
                     self.t.checks += 1;
                     invariants()?;
                     self.check_census()
@@ -320,6 +335,10 @@ impl Storm {
                 }
             });
             if let Err(e) = r {
+                for &(id, a, x0) in &self.trace {
+                    let name = HostCall::from_id(id).map_or("guest step op", |c| c.name());
+                    board::println!("storm-target:   did {name} (0x{id:x}) {a:x?} -> 0x{x0:x}");
+                }
                 return fail(format!("call {}: {e}", self.call));
             }
             self.call += 1;
@@ -459,13 +478,6 @@ impl Storm {
             .any(|(&(g, p), &n)| g == gmem && p >= lo && p < hi && n > 0)
     }
 
-    fn pinned_vm(&self, uid: u64) -> bool {
-        self.gmems
-            .iter()
-            .filter(|g| g.vm_uid == uid)
-            .any(|g| self.pinned_in(g.handle, 0, u64::MAX / 2))
-    }
-
     /// Page accounting: every page has one owner; the pages away from the host are the hyp's
     /// own and the ones the host donated, plus the ones it lent.
     fn check_census(&self) -> Check {
@@ -525,6 +537,9 @@ impl Storm {
     fn host_id(&mut self, id: u64, a: [u64; 6]) -> Result<Result<[u64; 6], Errno>, String> {
         self.t.hvcs += 1;
         let r = hvc::raw6(id, a);
+        if self.trace.len() < 64 {
+            self.trace.push((id, [a[0], a[1], a[2], a[3]], r[0]));
+        }
         let r = match Errno::from_reg(r[0]) {
             Some(e) => Err(e),
             None => Ok(r),
@@ -576,10 +591,8 @@ impl Storm {
                 let Some(vi) = self.vm_idx(a[0]) else {
                     return fail(String::from("a VM the host does not have was destroyed"));
                 };
+                // Pins go with the VM: they hold gmem pages, which all come back to the host.
                 let uid = self.vms[vi].uid;
-                if self.pinned_vm(uid) {
-                    return fail(String::from("torn down while the host pins its pages"));
-                }
                 let donated = self.count(Page::Donated(uid));
                 if x[0] != donated {
                     return fail(format!(
@@ -823,10 +836,10 @@ impl Storm {
     fn observe_refusal(&mut self, c: HostCall, a: [u64; 6], r: Result<[u64; 6], Errno>) -> Check {
         match c {
             HostCall::VmDestroy => {
-                if let Some(vi) = self.vm_idx(a[0]) {
-                    if !self.pinned_vm(self.vms[vi].uid) {
-                        return fail(String::from("a live, unpinned, idle VM was not torn down"));
-                    }
+                if self.vm_idx(a[0]).is_some() {
+                    return fail(String::from(
+                        "a live VM whose vCPUs are idle was not torn down",
+                    ));
                 }
             }
             HostCall::Donate => {
@@ -888,6 +901,10 @@ impl Storm {
         let vcpu = g.vcpu;
         self.t.steps += 1;
         let out = self.run_vcpu(vcpu, Some((op, args)))?;
+        if self.trace.len() < 64 {
+            let st = out.and_then(|o| o.status).unwrap_or(u64::MAX);
+            self.trace.push((op, args, st));
+        }
         if out.is_some() {
             self.t.steps_ok += 1;
         }
@@ -1169,8 +1186,8 @@ impl Storm {
         } else {
             self.any_vm()
         };
-        // Unpin first, mostly (a pinned VM cannot go).
-        if self.rng.pct(80) {
+        // Unpin first, or not (the pins go with the VM).
+        if self.rng.pct(50) {
             self.unpin_vm(h)?;
         }
         self.host(HostCall::VmDestroy, [h, 0, 0, 0, 0, 0])
@@ -1678,9 +1695,9 @@ impl Storm {
                 let ipa = self.guest_ipa(t) & !(PAGE_SIZE - 1);
                 let n = 1 + self.rng.below(16);
                 self.before_range(vi, func, ipa, n);
-                let watch = self.watch(vi, func, ipa, n)?;
+                let watch = self.watch(vi, func);
                 self.step(vi, OP_MEM_RANGE, [func, ipa, n, 0])?;
-                self.settle(vi, watch)
+                self.settle(watch)
             }
             18 => {
                 let ipa = self.guest_ipa(t) & !(PAGE_SIZE - 1);
@@ -1706,42 +1723,34 @@ impl Storm {
                     let a = [self.window_ipa(), self.rng.below(4), self.rng.next()];
                     self.before_range(vi, MEM_SHARE, a[0], 1);
                     self.forget_secrets_of(self.vms[vi].uid);
-                    let watch = self.watch(vi, f, a[0], 1)?;
+                    let watch = self.watch(vi, f);
                     self.step(vi, OP_HVC, [f, a[0], a[1], a[2]])?;
-                    self.settle(vi, watch)
+                    self.settle(watch)
                 }
             },
         }
     }
 
-    /// Before a guest call that may relinquish pages (which go straight back to the host, which
-    /// is not told which): the physical pages behind them now.
-    fn watch(&mut self, vi: usize, func: u64, ipa: u64, n: u64) -> Result<Vec<u64>, String> {
-        let mut pas = Vec::new();
+    /// Before a guest call that may relinquish pages (they go straight back to the host, which
+    /// is not told which, or to the pool): the VM's pages the host cannot read now.
+    fn watch(&mut self, vi: usize, func: u64) -> Vec<usize> {
+        let Some(uid) = self.vms.get(vi).map(|v| v.uid) else {
+            return Vec::new();
+        };
         if func != MEM_RELINQUISH {
-            return Ok(pas);
+            return Vec::new();
         }
-        for k in 0..n {
-            if let Some((g, p, _)) = self.gmem_at(vi, ipa + k * PAGE_SIZE) {
-                if let Ok(x) = self.host(HostCall::GmemPhys, [g, p * PAGE_SIZE, 0, 0, 0, 0])? {
-                    pas.push(x[0] & !(PAGE_SIZE - 1));
-                }
-            }
-        }
-        Ok(pas)
+        (0..ARENA_PAGES as usize)
+            .filter(|&i| self.pages[i] == Page::Donated(uid))
+            .filter(|&i| probe_read(self.arena_pa(i as u64) as usize).is_err())
+            .collect()
     }
 
-    /// After it: a page that no longer backs the gmem and that the host can read is the host's
-    /// again: it must be zero.
-    fn settle(&mut self, vi: usize, pas: Vec<u64>) -> Check {
-        let Some(uid) = self.vms.get(vi).map(|v| v.uid) else {
-            return Ok(());
-        };
-        for pa in pas {
-            let Some(i) = self.arena_idx(pa) else {
-                return fail(format!("gmem page 0x{pa:x} is not one the host donated"));
-            };
-            if self.pages[i] == Page::Donated(uid) && probe_read(pa as usize).is_ok() {
+    /// After it: those the host can read now are the host's again, and must be zero.
+    fn settle(&mut self, idx: Vec<usize>) -> Check {
+        for i in idx {
+            let pa = self.arena_pa(i as u64);
+            if probe_read(pa as usize).is_ok() {
                 page_is_zero(pa)?;
                 self.pages[i] = Page::Free;
             }
@@ -1799,6 +1808,8 @@ impl Storm {
         } else {
             "MEM_UNSHARE"
         };
+        // 0 pages means 1 (ABI-FACTS.md).
+        let n = n.max(1);
         if x0 == SMCCC_SUCCESS && !(1..=n).contains(&x1) {
             return fail(format!(
                 "the guest's {what} of {n} pages was told SUCCESS with {x1} pages done (Trust rule 2)"
@@ -1918,13 +1929,14 @@ fn vi_or(vi: Option<usize>) -> Result<usize, String> {
     vi.ok_or_else(|| String::from("a vCPU of no live VM"))
 }
 
-/// `storm <seed> <n>`: the host shim's mode for `make storm-target`.
-pub fn run(seed: u64, n: u64, pages: &mut HostPages) -> i32 {
+/// `storm <seed> <n> [<every>]`: the host shim's mode for `make storm-target`; the checks run
+/// every `every` calls ([`CHECK_EVERY`] by default; 1 finds the call that broke one).
+pub fn run(seed: u64, n: u64, every: u64, from: u64, pages: &mut HostPages) -> i32 {
     board::println!(
-        "storm-target: seed {seed}, {n} calls (replay: make storm-target SEED={seed} N={n})"
+        "storm-target: seed {seed}, {n} calls, checks every {every} (replay: make storm-target SEED={seed} N={n})"
     );
-    let mut storm = match Storm::new(seed, n, pages) {
-        Ok(s) => s,
+    let mut storm = match Storm::new(seed, n, every, pages) {
+        Ok(s) => Storm { from, ..s },
         Err(e) => {
             board::println!("storm-target: cannot start: {e}");
             return 2;
