@@ -385,8 +385,10 @@ impl Storm {
 
     /// Arena page index of `pa`, if it is one.
     fn arena_idx(&self, pa: u64) -> Option<usize> {
-        (pa >= self.arena && pa < self.arena + ARENA_PAGES * PAGE_SIZE && pa % PAGE_SIZE == 0)
-            .then(|| ((pa - self.arena) / PAGE_SIZE) as usize)
+        (pa >= self.arena
+            && pa < self.arena + ARENA_PAGES * PAGE_SIZE
+            && pa.is_multiple_of(PAGE_SIZE))
+        .then(|| ((pa - self.arena) / PAGE_SIZE) as usize)
     }
 
     fn arena_pa(&self, i: u64) -> u64 {
@@ -835,12 +837,10 @@ impl Storm {
     /// A refusal the model says cannot be.
     fn observe_refusal(&mut self, c: HostCall, a: [u64; 6], r: Result<[u64; 6], Errno>) -> Check {
         match c {
-            HostCall::VmDestroy => {
-                if self.vm_idx(a[0]).is_some() {
-                    return fail(String::from(
-                        "a live VM whose vCPUs are idle was not torn down",
-                    ));
-                }
+            HostCall::VmDestroy if self.vm_idx(a[0]).is_some() => {
+                return fail(String::from(
+                    "a live VM whose vCPUs are idle was not torn down",
+                ));
             }
             HostCall::Donate => {
                 let live = self.vm_idx(a[0]).is_some();
@@ -935,11 +935,8 @@ impl Storm {
             let r = hvc::raw6(HostCall::VcpuRun.id(), [vcpu, c0, c1, 0, 0, 0]);
             timer::disarm(saved);
             if let Some(e) = Errno::from_reg(r[0]) {
-                if let Some(vi) = vi {
-                    if cmd.is_some() && e == Errno::ENOENT {
-                        return fail(format!("VcpuRun of a live VM's vCPU {vcpu}: {e}"));
-                    }
-                    let _ = vi;
+                if vi.is_some() && cmd.is_some() && e == Errno::ENOENT {
+                    return fail(format!("VcpuRun of a live VM's vCPU {vcpu}: {e}"));
                 }
                 return Ok(None);
             }
@@ -1050,6 +1047,10 @@ impl Storm {
                     return Ok(None);
                 }
                 ExitReason::Interrupt => {
+                    // Trust rule 1: an interrupt exit carries no data.
+                    if r[1..].iter().any(|&x| x != 0) {
+                        return fail(format!("an interrupt exit carries data: {r:x?}"));
+                    }
                     interrupts += 1;
                     if interrupts > STEP_INTERRUPTS_MAX {
                         break;
