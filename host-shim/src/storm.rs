@@ -1328,8 +1328,14 @@ impl Storm {
                     .map(|_| ())
             }
             27..=29 => {
+                // A vCPU run blind, with junk completions: a guest that was left in the middle
+                // of something (a range call of a wedged guest, say) may relinquish pages.
                 let c = self.any_vcpu();
-                self.run_vcpu(c, None).map(|_| ())
+                let watch = self
+                    .vm_of_vcpu(c)
+                    .and_then(|vi| self.watch(vi, MEM_RELINQUISH));
+                self.run_vcpu(c, None)?;
+                self.settle(watch)
             }
             30..=54 => self.op_guest(),
             55..=58 => self.op_convert(),
@@ -1733,23 +1739,29 @@ impl Storm {
     }
 
     /// Before a guest call that may relinquish pages (they go straight back to the host, which
-    /// is not told which, or to the pool): the VM's pages the host cannot read now.
-    fn watch(&mut self, vi: usize, func: u64) -> Vec<usize> {
-        let Some(uid) = self.vms.get(vi).map(|v| v.uid) else {
-            return Vec::new();
-        };
+    /// is not told which): the VM's pages the host can read now (`None`: nothing to watch).
+    fn watch(&mut self, vi: usize, func: u64) -> Option<(u64, BTreeSet<usize>)> {
+        let uid = self.vms.get(vi).map(|v| v.uid)?;
         if func != MEM_RELINQUISH {
-            return Vec::new();
+            return None;
         }
-        (0..ARENA_PAGES as usize)
+        let readable = (0..ARENA_PAGES as usize)
             .filter(|&i| self.pages[i] == Page::Donated(uid))
-            .filter(|&i| probe_read(self.arena_pa(i as u64) as usize).is_err())
-            .collect()
+            .filter(|&i| probe_read(self.arena_pa(i as u64) as usize).is_ok())
+            .collect();
+        Some((uid, readable))
     }
 
-    /// After it: those the host can read now are the host's again, and must be zero.
-    fn settle(&mut self, idx: Vec<usize>) -> Check {
-        for i in idx {
+    /// After it: the VM's pages (donated before or during the call) that the host can read now
+    /// but could not before are the host's again, and must be zero.
+    fn settle(&mut self, watch: Option<(u64, BTreeSet<usize>)>) -> Check {
+        let Some((uid, before)) = watch else {
+            return Ok(());
+        };
+        for i in 0..ARENA_PAGES as usize {
+            if self.pages[i] != Page::Donated(uid) || before.contains(&i) {
+                continue;
+            }
             let pa = self.arena_pa(i as u64);
             if probe_read(pa as usize).is_ok() {
                 page_is_zero(pa)?;
