@@ -225,6 +225,10 @@ pub struct Storm {
     /// pkvm pages the guest asked to share (its later writes leave them shared): (gmem, page).
     guest_shared: BTreeSet<(u64, u64)>,
     census0: [u64; 6],
+    /// Pages of each VM that a guest relinquished back to the host without the host being able
+    /// to tell which (a page it could read before, as the INIT_SHARED image it loaded, that the
+    /// guest took at first touch and then gave up): counted from the census, by VM.
+    unannounced: BTreeMap<u64, u64>,
     /// What the current call did: (call id or guest step op, arguments, x0 of the answer),
     /// printed when it fails.
     trace: Vec<(u64, [u64; 4], u64)>,
@@ -302,6 +306,7 @@ impl Storm {
             secrets: BTreeMap::new(),
             guest_shared: BTreeSet::new(),
             census0: census()?,
+            unannounced: BTreeMap::new(),
             trace: Vec::new(),
             ticks: TIMESLICE_MS * timer::ticks_per_ms(),
             t: Tally::default(),
@@ -500,16 +505,18 @@ impl Storm {
             .count() as u64;
         // Lent pages and `anon` memory (pool pages lent to a guest) are the host's, shared.
         let away = c[3] + c[4] + c[2];
-        if c[2] < lent || away - lent != c0[3] + donated {
+        let unannounced: u64 = self.unannounced.values().sum();
+        if c[2] < lent || away - lent + unannounced != c0[3] + donated {
             return fail(format!(
                 "page census: hyp {} + guests {} + host-lent {} - pages the host lent {lent} = {}, \
-                 but the hyp's own {} + pages the host donated {donated} = {}",
+                 but the hyp's own {} + pages the host donated {donated} - pages relinquished \
+                 unannounced {unannounced} = {}",
                 c[3],
                 c[4],
                 c[2],
                 away.saturating_sub(lent),
                 c0[3],
-                c0[3] + donated
+                (c0[3] + donated).saturating_sub(unannounced)
             ));
         }
         if c[5] > c[3] - c0[3] {
@@ -596,9 +603,10 @@ impl Storm {
                 // Pins go with the VM: they hold gmem pages, which all come back to the host.
                 let uid = self.vms[vi].uid;
                 let donated = self.count(Page::Donated(uid));
-                if x[0] != donated {
+                let unannounced = self.unannounced.remove(&uid).unwrap_or(0);
+                if x[0] + unannounced != donated {
                     return fail(format!(
-                        "{} pages back, but the host donated {donated} (Trust rule 8)",
+                        "{} pages back (and {unannounced} relinquished before), but the host donated {donated} (Trust rule 8)",
                         x[0]
                     ));
                 }
@@ -1331,8 +1339,14 @@ impl Storm {
                 // A vCPU run blind, with junk completions: a guest that was left in the middle
                 // of something (a range call of a wedged guest, say) may relinquish pages.
                 let c = self.any_vcpu();
+                let ready = self.vms.iter().any(|v| {
+                    v.guest
+                        .as_ref()
+                        .is_some_and(|g| g.vcpu == c && g.state == GuestState::Ready)
+                });
                 let watch = self
                     .vm_of_vcpu(c)
+                    .filter(|_| !ready)
                     .and_then(|vi| self.watch(vi, MEM_RELINQUISH));
                 self.run_vcpu(c, None)?;
                 self.settle(watch)
@@ -1767,6 +1781,26 @@ impl Storm {
                 page_is_zero(pa)?;
                 self.pages[i] = Page::Free;
             }
+        }
+        // Pages the host could read before (and can now) that went back to it: the census
+        // tells how many.
+        let c = census()?;
+        let lent = self.count_lent();
+        let donated = self
+            .pages
+            .iter()
+            .filter(|p| matches!(p, Page::Donated(_)))
+            .count() as u64;
+        let unannounced: u64 = self.unannounced.values().sum();
+        let away = (c[2] + c[3] + c[4]).saturating_sub(lent) + unannounced;
+        let expected = self.census0[3] + donated;
+        if away > expected {
+            return fail(format!(
+                "after a relinquish, {away} pages are away from the host, but it gave only {expected}"
+            ));
+        }
+        if away < expected {
+            *self.unannounced.entry(uid).or_insert(0) += expected - away;
         }
         Ok(())
     }
