@@ -217,7 +217,7 @@ SEMI_MARKER := semihost-probe-marker-7f3a9c
 SEMI_FILE   := target/semihost-probe-created.txt
 semihost-check: images
 	@echo "== product command lines: no semihosting; its=off, -nic none, no PCIe device"
-	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench 2>/dev/null | grep -- '$(QEMU) -M' > target/product-cmdlines.txt; \
+	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench storm-target 2>/dev/null | grep -- '$(QEMU) -M' > target/product-cmdlines.txt; \
 	  n=$$(wc -l < target/product-cmdlines.txt); [ $$n -ge 5 ] || { echo "FAIL: found $$n product command lines"; exit 1; }; \
 	  ! grep -qE -- '-semihosting|-device (virtio|pci|e1000|nvme)|-netdev' target/product-cmdlines.txt && \
 	  [ $$(grep -c -- 'its=off' target/product-cmdlines.txt) -eq $$n ] && \
