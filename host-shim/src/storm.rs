@@ -166,6 +166,9 @@ struct Vm {
     started: bool,
     /// An MMIO guard call was made (MMIO outside the guarded pages may then abort).
     guarded: bool,
+    /// Another vCPU ran the step guest's image (from its entry, on the same stack and data):
+    /// what the step guest reports is no longer its own, so it is not checked.
+    tampered: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -592,6 +595,7 @@ impl Storm {
                     lent: Vec::new(),
                     started: false,
                     guarded: false,
+                    tampered: false,
                 });
                 self.next_uid += 1;
                 self.t.vms_created += 1;
@@ -1349,6 +1353,13 @@ impl Storm {
                     .filter(|_| !ready)
                     .and_then(|vi| self.watch(vi, MEM_RELINQUISH));
                 self.run_vcpu(c, None)?;
+                if let Some(v) = self
+                    .vms
+                    .iter_mut()
+                    .find(|v| v.vcpus.contains(&c) && v.guest.as_ref().is_some_and(|g| g.vcpu != c))
+                {
+                    v.tampered = true;
+                }
                 self.settle(watch)
             }
             30..=54 => self.op_guest(),
@@ -1706,7 +1717,7 @@ impl Storm {
                 };
                 self.before_range(vi, func, ipa, n);
                 let out = self.step(vi, OP_HVC, [func, ipa, n, 0])?;
-                self.after_share(func, n, out)
+                self.after_share(vi, func, n, out)
             }
             16..=17 => {
                 let func = self
@@ -1845,7 +1856,10 @@ impl Storm {
 
     /// Trust rule 2: `SUCCESS` with the number of pages done (1..=n), or INVALID_PARAMETER with
     /// none, whatever the host completed.
-    fn after_share(&mut self, func: u64, n: u64, out: Option<StepOut>) -> Check {
+    fn after_share(&mut self, vi: usize, func: u64, n: u64, out: Option<StepOut>) -> Check {
+        if self.vms.get(vi).is_none_or(|v| v.tampered) {
+            return Ok(());
+        }
         let Some(out) = out.filter(|o| o.status == Some(STATUS_OK)) else {
             return Ok(());
         };
@@ -1886,8 +1900,8 @@ impl Storm {
         let Some(v) = self.vms.get(vi) else {
             return Ok(());
         };
-        let (t, guarded) = (v.t, v.guarded);
-        if !self.backed(vi, ipa) && !guarded && ipa < COCO_SHARED_BIT {
+        let (t, guarded, tampered) = (v.t, v.guarded, v.tampered);
+        if !self.backed(vi, ipa) && !guarded && !tampered && ipa < COCO_SHARED_BIT {
             let seen = out.mmio;
             let good = match (write, seen) {
                 (Some(val), Some((at, true, data, _))) => {
@@ -1912,7 +1926,7 @@ impl Storm {
         };
         let private_alias = ipa & COCO_SHARED_BIT == 0;
         match write {
-            Some(val) if ok => {
+            Some(val) if ok && !tampered => {
                 let private = match t {
                     VmType::Pkvm => !self.guest_shared.contains(&(g, p)),
                     VmType::Coco => private_alias,
@@ -1924,9 +1938,12 @@ impl Storm {
                     self.secrets.remove(&(g, p));
                 }
             }
+            Some(_) if tampered => {
+                self.secrets.remove(&(g, p));
+            }
             Some(_) => {}
             None if ok && private_alias => {
-                if let Some(&(o, val)) = self.secrets.get(&(g, p)) {
+                if let Some(&(o, val)) = self.secrets.get(&(g, p)).filter(|_| !tampered) {
                     if o == off {
                         self.t.secrets_checked += 1;
                         if out.results[0] != u64::from(val) {
