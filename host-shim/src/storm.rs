@@ -471,6 +471,21 @@ impl Storm {
             .retain(|&(g, p), _| g != gmem || p < lo || p >= hi);
     }
 
+    /// A host change to a step guest's own image (its code, data, stack): it is tampered with.
+    fn touch_image(&mut self, gmem: u64) {
+        let image: Vec<usize> = (0..self.vms.len())
+            .filter(|&i| {
+                self.vms[i]
+                    .slots
+                    .iter()
+                    .any(|s| s.gpa == GUEST_CODE_IPA && s.gmem == gmem)
+            })
+            .collect();
+        for i in image {
+            self.vms[i].tampered = true;
+        }
+    }
+
     fn forget_gmem(&mut self, gmem: u64) {
         self.gmems.retain(|g| g.handle != gmem);
         self.secrets.retain(|&(g, _), _| g != gmem);
@@ -781,12 +796,14 @@ impl Storm {
                     return fail(String::from("converted a pinned page to private"));
                 }
                 self.drop_secrets(a[0], a[1], a[2]);
+                self.touch_image(a[0]);
             }
             HostCall::PunchHole => {
                 if self.pinned_in(a[0], a[1], a[2]) {
                     return fail(String::from("punched a pinned page"));
                 }
                 self.drop_secrets(a[0], a[1], a[2]);
+                self.touch_image(a[0]);
             }
             HostCall::HostPin => {
                 if self.gmem_idx(a[0]).is_none() {
@@ -808,6 +825,9 @@ impl Storm {
                 }
                 let uid = self.gmem_idx(a[0]).map(|g| self.gmems[g].vm_uid);
                 self.host_page_ok(uid, x[0], a[2] != 0)?;
+                if a[2] != 0 {
+                    self.touch_image(a[0]);
+                }
             }
             HostCall::HostMapUaddr => {
                 let vi = self.vm_idx(a[0]);
@@ -1303,9 +1323,13 @@ impl Storm {
         }
     }
 
-    /// An IPA in the memslot windows (or, rarely, the guest's image).
+    /// An IPA in the memslot windows (or, rarely, the guest's image: the step guest that gets
+    /// it may then write, share or give up its own code, data or stack, so it is tampered with).
     fn window_ipa(&mut self) -> u64 {
         if self.rng.pct(3) {
+            for v in &mut self.vms {
+                v.tampered = true;
+            }
             return GUEST_CODE_IPA + self.rng.below(GUEST_PAGES) * PAGE_SIZE;
         }
         WINDOW_BASE + self.rng.below(WINDOWS * WINDOW_PAGES) * PAGE_SIZE
