@@ -211,6 +211,12 @@ struct Tally {
     vms_created: u64,
     vms_destroyed: u64,
     checks: u64,
+    /// Calls naming a dying VM, its gmem files or vCPUs (all refused).
+    dying_calls: u64,
+    /// Charged calls refused ENOMEM (the VM's pool and heap reserve short).
+    enomem: u64,
+    /// VmDestroy steps that left the VM dying.
+    dying_steps: u64,
 }
 
 pub struct Storm {
@@ -372,7 +378,8 @@ impl Storm {
         let t = &self.t;
         Ok(format!(
             "{} hypercalls ({} answered, {} refused), {} guest steps ({} completed, {} exits), \
-             {} VMs created and destroyed, {} private guest bytes checked, {} invariant checks",
+             {} VMs created, {} destroyed ({} teardown steps left one dying, {} calls naming a dying \
+             VM refused), {} charged calls ENOMEM, {} private guest bytes checked, {} invariant checks",
             t.hvcs,
             t.ok,
             t.refused,
@@ -380,6 +387,10 @@ impl Storm {
             t.steps_ok,
             t.exits,
             t.vms_created,
+            t.vms_destroyed,
+            t.dying_steps,
+            t.dying_calls,
+            t.enomem,
             t.secrets_checked,
             t.checks
         ))
@@ -663,6 +674,7 @@ impl Storm {
                     ));
                 }
                 if x[1] == 1 {
+                    self.t.dying_steps += 1;
                     let v = &mut self.vms[vi];
                     v.dying = true;
                     v.back = back;
@@ -927,6 +939,9 @@ impl Storm {
     /// A refusal the model says cannot be.
     fn observe_refusal(&mut self, c: HostCall, a: [u64; 6], r: Result<[u64; 6], Errno>) -> Check {
         let e = r.err().unwrap_or(Errno::EINVAL);
+        if c != HostCall::VmDestroy && self.names_dying(c, a[0]) {
+            self.t.dying_calls += 1;
+        }
         match c {
             HostCall::VmDestroy if self.vm_idx(a[0]).is_some() => {
                 return fail(String::from(
@@ -963,6 +978,7 @@ impl Storm {
             }
             _ if e == Errno::ENOMEM => {
                 if let Some(vm) = self.charged_vm(c, a[0]) {
+                    self.t.enomem += 1;
                     if let Some(why) = self.enomem_ok(vm, 0) {
                         return fail(format!("a charged call refused ENOMEM{why}"));
                     }
@@ -1164,6 +1180,9 @@ impl Storm {
             let r = hvc::raw6(HostCall::VcpuRun.id(), [vcpu, c0, c1, 0, 0, 0]);
             timer::disarm(saved);
             let dying = vi.is_some_and(|vi| self.vms[vi].dying);
+            if dying {
+                self.t.dying_calls += 1;
+            }
             if dying && Errno::from_reg(r[0]) != Some(Errno::ENOENT) {
                 return fail(format!(
                     "VcpuRun of vCPU {vcpu} of a dying VM: {r:x?}, not ENOENT"
