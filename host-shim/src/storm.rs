@@ -217,6 +217,8 @@ struct Tally {
     enomem: u64,
     /// VmDestroy steps that left the VM dying.
     dying_steps: u64,
+    /// Pages a dying VM's steps gave back that the host gave away again before it was gone.
+    reclaimed_early: u64,
 }
 
 pub struct Storm {
@@ -378,8 +380,8 @@ impl Storm {
         let t = &self.t;
         Ok(format!(
             "{} hypercalls ({} answered, {} refused), {} guest steps ({} completed, {} exits), \
-             {} VMs created, {} destroyed ({} teardown steps left one dying, {} calls naming a dying \
-             VM refused), {} charged calls ENOMEM, {} private guest bytes checked, {} invariant checks",
+             {} VMs created, {} destroyed ({} teardown steps left one dying, {} calls naming a \
+             dying VM refused, {} pages they gave back early given away again), {} charged calls ENOMEM, {} private guest bytes checked, {} invariant checks",
             t.hvcs,
             t.ok,
             t.refused,
@@ -390,6 +392,7 @@ impl Storm {
             t.vms_destroyed,
             t.dying_steps,
             t.dying_calls,
+            t.reclaimed_early,
             t.enomem,
             t.secrets_checked,
             t.checks
@@ -786,7 +789,7 @@ impl Storm {
                         "accepted pages the host does not hold (hyp or outside RAM)",
                     ));
                 };
-                if let Some(&i) = idx.iter().find(|&&i| self.pages[i] != Page::Free) {
+                if let Some(i) = self.unclaimable(&idx) {
                     return fail(format!(
                         "accepted page 0x{:x}, which is {:?} already (donated twice)",
                         self.arena_pa(i as u64),
@@ -808,7 +811,7 @@ impl Storm {
                 let Some(idx) = self.run_pages(a[2], a[3]) else {
                     return fail(String::from("shared pages the host does not hold"));
                 };
-                if let Some(&i) = idx.iter().find(|&&i| self.pages[i] != Page::Free) {
+                if let Some(i) = self.unclaimable(&idx) {
                     return fail(format!(
                         "shared page 0x{:x}, which is {:?}",
                         self.arena_pa(i as u64),
@@ -1032,6 +1035,38 @@ impl Storm {
         }
     }
 
+    /// The first of arena pages `idx` the host cannot give away now: not free, and not one a
+    /// dying VM's teardown steps may have given back already (they say how many, not which).
+    /// The others are taken: those from a dying VM count as given back by it.
+    fn unclaimable(&mut self, idx: &[usize]) -> Option<usize> {
+        let mut from: BTreeMap<u64, u64> = BTreeMap::new();
+        for &i in idx {
+            match self.pages[i] {
+                Page::Free => {}
+                Page::Donated(uid) => {
+                    let n = from.entry(uid).or_insert(0);
+                    *n += 1;
+                    let back = self
+                        .vms
+                        .iter()
+                        .find(|v| v.uid == uid && v.dying)
+                        .map(|v| v.back);
+                    if back.is_none_or(|b| b < *n) {
+                        return Some(i);
+                    }
+                }
+                Page::Lent(_) => return Some(i),
+            }
+        }
+        for (uid, n) in from {
+            if let Some(v) = self.vms.iter_mut().find(|v| v.uid == uid) {
+                v.back -= n;
+                self.t.reclaimed_early += n;
+            }
+        }
+        None
+    }
+
     /// Whether `pa..+n` is a run of free arena pages (one the host may donate).
     fn donation_free(&self, pa: u64, n: u64) -> bool {
         n > 0
@@ -1048,7 +1083,7 @@ impl Storm {
                 "took pages the host does not hold (hyp or outside RAM)",
             ));
         };
-        if let Some(&i) = idx.iter().find(|&&i| self.pages[i] != Page::Free) {
+        if let Some(i) = self.unclaimable(&idx) {
             return fail(format!(
                 "took page 0x{:x}, which is {:?} already (donated twice)",
                 self.arena_pa(i as u64),
@@ -1485,7 +1520,8 @@ impl Storm {
     }
 
     fn unpin_vm(&mut self, h: u64) -> Check {
-        let Some(vi) = self.vm_idx(h) else {
+        // (A dying VM's pins go with it: its gmem files answer nothing.)
+        let Some(vi) = self.vm_idx(h).filter(|&vi| !self.vms[vi].dying) else {
             return Ok(());
         };
         let uid = self.vms[vi].uid;
