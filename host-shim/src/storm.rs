@@ -1992,7 +1992,7 @@ impl Storm {
             }
             _ => {}
         }
-        self.host_id(id, a)?;
+        let _ = self.host_id(id, a)?;
         // A VM left dying with host pages shared into it is torn down to the end (when its
         // steps give those back is not for the host to know: the census could not be exact).
         if id == HostCall::VmDestroy.id() {
