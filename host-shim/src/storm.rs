@@ -17,6 +17,13 @@
 //!   has one owner, the pages away from the host are the hyp's own and those the host donated or
 //!   lent, and once every VM is torn down the census is what it was at the start.
 //!
+//! VMs and vCPUs are made over arena pages the storm donates (`VmCreate`'s 16, `VcpuCreate`'s
+//! one; the step guest's vCPU comes from the creation region through `vm::vcpu_create`), and
+//! torn down in `VmDestroy`'s steps, at times left dying between them: every call naming a
+//! dying VM, its gmem files or vCPUs must be refused, and over all steps every page donated for
+//! it must come back, zeroed. A charged call may be refused `ENOMEM` only while the VM's pool
+//! holds fewer than 8 free pages.
+//!
 //! A hyp crash or hang fails the run through the verdict wrapper (`tools/qemu-run.py`); the
 //! progress lines name the last call reached. A failure prints the seed and the call index,
 //! which `make storm-target SEED=s N=<index + 1>` replays.
@@ -763,6 +770,11 @@ impl Storm {
                     off: a[4],
                     uaddr: a[5] >> SLOT_UADDR_SHIFT,
                 });
+                // A second view of a step guest's own image (its code, data, stack): what the
+                // guest writes, shares or gives up there changes itself, so it is tampered with.
+                if a[3] != 0 && a[1] != GUEST_CODE_IPA {
+                    self.touch_image(a[3]);
+                }
             }
             HostCall::MemslotDelete => {
                 let Some(vi) = self.vm_idx(a[0]) else {
