@@ -85,7 +85,7 @@ MIRI_CALLS_TESTS := tests::exits tests::guest_calls::mem_share_is_validated_at_e
 TARGET_CRATES := -p abi -p board -p hyp-core -p hyp-mem -p hyp-calls -p scenario -p hyp -p host-shim -p guests -p ontarget \
                  -p target-tests-el1 -p target-tests-el2
 
-.PHONY: storm fuzz run test test-host miri test-target debug lint clean setup images test-images guest-image \
+.PHONY: storm storm-target fuzz run test test-host miri test-target debug lint clean setup images test-images guest-image \
         bench bench-pad-check bench-host selfcheck scenario scenarios scenario-selfcheck table table-check table-swap-test \
         trust-checks qemu-run-selfcheck semihost-check introspection-check dma-check
 
@@ -194,7 +194,7 @@ debug: images
 	timeout --foreground $(DEBUG_TIMEOUT) $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) -s -S -kernel $(HYP_RUN)
 
 ## ---- tests ------------------------------------------------------------------------------------
-test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test hostile
+test: test-host miri test-target trust-checks scenario-selfcheck scenarios table-check table-swap-test hostile storm-target
 
 ## ---- trust checks (rules 10 and 11) --------------------------------------------------------
 trust-checks: qemu-run-selfcheck run semihost-check introspection-check dma-check
@@ -221,7 +221,7 @@ SEMI_MARKER := semihost-probe-marker-7f3a9c
 SEMI_FILE   := target/semihost-probe-created.txt
 semihost-check: images
 	@echo "== product command lines: no semihosting; its=off, -nic none, no PCIe device"
-	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench 2>/dev/null | grep -- '$(QEMU) -M' > target/product-cmdlines.txt; \
+	@$(MAKE) -s -n run scenario FILE=x.scn scenarios table bench storm-target 2>/dev/null | grep -- '$(QEMU) -M' > target/product-cmdlines.txt; \
 	  n=$$(wc -l < target/product-cmdlines.txt); [ $$n -ge 5 ] || { echo "FAIL: found $$n product command lines"; exit 1; }; \
 	  ! grep -qE -- '-semihosting|-device (virtio|pci|e1000|nvme)|-netdev' target/product-cmdlines.txt && \
 	  [ $$(grep -c -- 'its=off' target/product-cmdlines.txt) -eq $$n ] && \
@@ -317,6 +317,30 @@ fuzz:
 	  rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
 	cd fuzz && cargo +$(FUZZ_TOOLCHAIN) fuzz run storm -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=2048 -timeout=30
+
+# The storm on target (host-shim/src/storm.rs): N random host calls and guest steps from SEED
+# against the real hyp (the introspection build), from the host shim, the invariant checker and
+# the page census every 100 calls and at the end. A failure prints the seed and the call index
+# (make storm-target SEED=<seed> N=<index + 1> replays it); a hyp crash or hang fails the run
+# through the wrapper, after the last progress line. `make test` runs N=10000.
+SEED ?= 1
+N ?= 10000
+# The invariant checker and the census every EVERY calls from call FROM on (every 100 before):
+# EVERY=1 FROM=<the failing check's call - 100> finds the call that broke one.
+EVERY ?= 100
+FROM ?= 0
+STORM_TIMEOUT ?= $(shell echo $$(( 60 + $(N) / 100 )))
+storm-target: images
+	@$(call blob,storm-target,storm $(SEED) $(N) $(EVERY) $(FROM))
+	@set -o pipefail; python3 tools/qemu-run.py --timeout $(STORM_TIMEOUT) -- $(QEMU) $(QEMU_BASE) $(PRODUCT_DEVICES) \
+	  -device loader,file=$(BLOBS)/storm-target.blob,addr=$(HOST_INPUT_ADDR),force-raw=on -kernel $(HYP_INTRO) \
+	  2>&1 | tee target/storm-target.log | grep -av 'INFO'; st=$$?; \
+	  if [ $$st -ne 0 ]; then \
+	    grep -aq '^storm-target: FAIL at call' target/storm-target.log || \
+	      echo "storm-target: FAIL (status $$st): the hyp crashed or hung after the last progress line above (seed $(SEED)); log: target/storm-target.log"; \
+	    exit 1; fi; \
+	  grep -aq '^storm-target: $(N) calls, seed $(SEED), 0 violations' target/storm-target.log || \
+	    { echo "storm-target: FAIL: no final line"; exit 1; }
 
 ## ---- benchmarks -------------------------------------------------------------------------------
 bench-host: setup

@@ -99,10 +99,17 @@ pub enum HostCall {
     /// x1 = VM: the VM's vCPUs may read the PMU's counters (benchmarks). Introspection only:
     /// without it a guest's PMU access is an undefined instruction.
     VmOpenPmu,
+    /// -> page census of RAM from the hyp's ownership table (introspection): x0 = RAM pages,
+    /// x1 = pages the host owns alone, x2 = pages the host owns and lends (to a guest: host
+    /// pages it shares, `anon` memory), x3 = pages the hyp owns (its image, stacks, heap, and
+    /// every VM's pool: free pages and stage-2 tables), x4 = pages a guest owns (its own or
+    /// shared with the host), x5 = free pages in all VM pools. A page with no single owner is
+    /// in none of x1..x4, so x1 + x2 + x3 + x4 = x0 exactly when every page has one.
+    PageCensus,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 28] = [
+    pub const ALL: [HostCall; 29] = [
         HostCall::Version,
         HostCall::VmCreate,
         HostCall::VmDestroy,
@@ -131,12 +138,13 @@ impl HostCall {
         HostCall::PoolReclaim,
         HostCall::PoolStats,
         HostCall::VmOpenPmu,
+        HostCall::PageCensus,
     ];
 
     /// The calls that exist only in the introspection build of the hyp (cargo feature
     /// `introspection`: scenarios, the hostile suite, the table and benchmarks). The build of
     /// `make run` answers them `ENOSYS`, as it answers unknown calls.
-    pub const INTROSPECTION: [HostCall; 7] = [
+    pub const INTROSPECTION: [HostCall; 8] = [
         HostCall::VmStats,
         HostCall::VmWalk,
         HostCall::GmemPhys,
@@ -144,6 +152,7 @@ impl HostCall {
         HostCall::VmSetFaultMode,
         HostCall::ServeFault,
         HostCall::VmOpenPmu,
+        HostCall::PageCensus,
     ];
 
     /// Whether this call exists only in the introspection build.
@@ -182,6 +191,7 @@ impl HostCall {
             HostCall::PoolReclaim => "PoolReclaim",
             HostCall::PoolStats => "PoolStats",
             HostCall::VmOpenPmu => "VmOpenPmu",
+            HostCall::PageCensus => "PageCensus",
         }
     }
 

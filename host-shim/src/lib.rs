@@ -15,6 +15,7 @@ pub mod hvc;
 pub mod pages;
 pub mod regs;
 pub mod runner;
+pub mod storm;
 pub mod table;
 pub mod timer;
 pub mod verdict;

@@ -11,6 +11,7 @@
 //! | `scenario`, `scenario-check` | scenario file names | run the files (`-check`: the invariant checker after every statement) |
 //! | `table` | one configuration file per row | the seed's table from live probes |
 //! | `bench` | the file holding the host benchmark's ns | instruction-count benchmarks |
+//! | `storm` | a seed, a number of calls, [checks every, [from call]] | the storm on target (`host_shim::storm`): random host calls and guest steps, the invariant checker and the page census every 100 calls and at the end |
 //! | `introspection-enosys` | | passes only if every introspection call is answered `ENOSYS` (the `make run` hyp) |
 //! | `semihost-probe` | a marker, a path | asks semihosting to print the marker and to create the file: passes only if both are refused with an undefined-instruction exception |
 //! | `dma-probe` | `fenced` or `unfenced` | asks fw_cfg's DMA to write a host page: `fenced` passes only if the first touch of the device takes the hyp's abort, `unfenced` only if the byte arrives |
@@ -76,6 +77,21 @@ fn run_mode(input: &HostInput<'static>) -> i32 {
         Some("table") => run_table(input, operands),
         Some("bench") => run_bench(operands.first().and_then(|f| input.file(f))),
         Some("introspection-enosys") => introspection_enosys(),
+        Some("storm") => {
+            let num = |i: usize, default: u64| match operands.get(i) {
+                Some(v) => v.parse().ok(),
+                None => Some(default),
+            };
+            let every = num(2, host_shim::storm::CHECK_EVERY);
+            match (num(0, 1), num(1, 0), every, num(3, 0), host_pages()) {
+                (Some(seed), Some(n), Some(every), Some(from), Some(mut pages))
+                    if (2..=4).contains(&operands.len()) =>
+                {
+                    host_shim::storm::run(seed, n, every, from, &mut pages)
+                }
+                _ => usage("storm <seed> <calls> [<check every> [<from call>]]"),
+            }
+        }
         Some("semihost-probe") => match operands {
             [marker, path] => semihost_probe(marker, path),
             _ => usage("semihost-probe <marker> <path>"),

@@ -151,6 +151,14 @@ pub fn vm_destroy(vm: VmId) -> Result<u64, Errno> {
             break;
         }
     }
+    release_create_pages(vm);
+    Ok(n)
+}
+
+/// After a VM is gone (every `VmDestroy` step made, by [`vm_destroy`] or by hand): its
+/// creation donations are the creation region's again -> how many pages they were.
+pub fn release_create_pages(vm: VmId) -> u64 {
+    let mut pages = 0;
     if let Some(c) = CREATE.lock().as_mut() {
         let mut back = Vec::new();
         c.given.retain(|&(v, pa, n)| {
@@ -160,10 +168,11 @@ pub fn vm_destroy(vm: VmId) -> Result<u64, Errno> {
             v != vm.0
         });
         for (pa, n) in back {
+            pages += n;
             c.free(pa, n);
         }
     }
-    Ok(n)
+    pages
 }
 
 pub fn gmem_create(vm: VmId, size: u64, flags: GmemFlags) -> Result<GmemId, Errno> {

@@ -131,6 +131,8 @@ impl<P: Platform> Hyp<P> {
             HostCall::ServeFault => introspect::serve_fault(hyp, a[0], a[1], a[2]),
             #[cfg(feature = "introspection")]
             HostCall::VmOpenPmu => introspect::vm_open_pmu(hyp, a[0]),
+            #[cfg(feature = "introspection")]
+            HostCall::PageCensus => introspect::page_census(hyp),
             #[cfg(not(feature = "introspection"))]
             HostCall::VmStats
             | HostCall::VmWalk
@@ -138,7 +140,8 @@ impl<P: Platform> Hyp<P> {
             | HostCall::CheckInvariants
             | HostCall::VmSetFaultMode
             | HostCall::ServeFault
-            | HostCall::VmOpenPmu => Err(Errno::ENOSYS),
+            | HostCall::VmOpenPmu
+            | HostCall::PageCensus => Err(Errno::ENOSYS),
         };
         HostAnswer::Done(r.map_err(|e| (e, 0)))
     }
