@@ -69,8 +69,9 @@ fn guest_exception<C: VcpuContext>(ctx: &mut C) -> Step {
 /// touch leaves the host stage-2 before the guest can reach it), then the stage-2 entry. Where
 /// other pages of a block range are still mapped one by one, the faulting page is mapped alone
 /// and the range merged back into a block when the core says it is one chunk again.
-/// `ENOMEM`, before any page changes hands, when the pool cannot give the table pages the map
-/// may need.
+/// `ENOMEM` when the pool has no table page: only for a page that was there already (a fresh
+/// page comes from the pool only with its tables, `Gated`); nothing is mapped, and the page
+/// stays where its first touch put it (the guest's), which the next fault finds in place.
 pub fn map_resolved<P: Platform>(
     hyp: &mut Hyp<P>,
     h: VmHandle,
@@ -79,10 +80,6 @@ pub fn map_resolved<P: Platform>(
     source: FaultSource,
     host_access: bool,
 ) -> Result<u64, Errno> {
-    let v = hyp.vms.get(&h.0).ok_or(Errno::ENOENT)?;
-    if !v.stage2.mm().can_supply_tables(v.stage2.tables_needed(ipa)) {
-        return Err(Errno::ENOMEM);
-    }
     match source {
         FaultSource::UserspaceAnon => hyp.sync_anon_page(h, pa)?,
         // The host's own page, shared with the guest when the host shared it.

@@ -431,7 +431,9 @@ fn step(r: &mut Rig, m: &mut Model, seen: &mut Seen, host: u64, op: &Op) -> Resu
                         | HostCall::ServeFault
                         | HostCall::VmOpenPmu
                 );
-                if c != HostCall::VcpuRun && (followed || m.may_issue_unmodelled(a[0])) {
+                // `PageCensus` only reads (and answers whatever the arguments).
+                let reads = c == HostCall::PageCensus;
+                if c != HostCall::VcpuRun && !reads && (followed || m.may_issue_unmodelled(a[0])) {
                     let _ = mcall(r, m, c, [a[0], a[1], a[2], 0, 0, 0])?;
                 }
             }
