@@ -796,21 +796,7 @@ impl Storm {
                     return fail(String::from("pages donated to no VM"));
                 };
                 let uid = self.vms[vi].uid;
-                let Some(idx) = self.run_pages(a[1], a[2]) else {
-                    return fail(String::from(
-                        "accepted pages the host does not hold (hyp or outside RAM)",
-                    ));
-                };
-                if let Some(i) = self.unclaimable(&idx) {
-                    return fail(format!(
-                        "accepted page 0x{:x}, which is {:?} already (donated twice)",
-                        self.arena_pa(i as u64),
-                        self.pages[i]
-                    ));
-                }
-                for i in idx {
-                    self.pages[i] = Page::Donated(uid);
-                }
+                self.take_donation(a[1], a[2], uid)?;
             }
             HostCall::MapHostShared => {
                 let Some(vi) = self.vm_idx(a[0]) else {
