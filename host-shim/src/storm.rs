@@ -412,6 +412,21 @@ impl Storm {
         self.vms.iter().position(|v| v.handle == handle)
     }
 
+    /// The VM whose memslots a host call the hyp accepted changed: it must exist (else
+    /// `no_vm`) and not be a pkvm VM that ran (rule 9).
+    fn slots_open(&self, handle: u64, no_vm: &str) -> Result<usize, String> {
+        let Some(vi) = self.vm_idx(handle) else {
+            return fail(String::from(no_vm));
+        };
+        let v = &self.vms[vi];
+        if v.t == VmType::Pkvm && v.started {
+            return fail(String::from(
+                "a running pkvm VM's memslots changed (rule 9)",
+            ));
+        }
+        Ok(vi)
+    }
+
     fn gmem_idx(&self, handle: u64) -> Option<usize> {
         self.gmems.iter().position(|g| g.handle == handle)
     }
@@ -753,15 +768,8 @@ impl Storm {
                 self.forget_gmem(a[0]);
             }
             HostCall::MemslotCreate => {
-                let Some(vi) = self.vm_idx(a[0]) else {
-                    return fail(String::from("a memslot for no VM"));
-                };
+                let vi = self.slots_open(a[0], "a memslot for no VM")?;
                 let v = &mut self.vms[vi];
-                if v.t == VmType::Pkvm && v.started {
-                    return fail(String::from(
-                        "a running pkvm VM's memslots changed (rule 9)",
-                    ));
-                }
                 v.slots.push(Slot {
                     id: x[0],
                     gpa: a[1],
@@ -777,15 +785,8 @@ impl Storm {
                 }
             }
             HostCall::MemslotDelete => {
-                let Some(vi) = self.vm_idx(a[0]) else {
-                    return fail(String::from("a memslot of no VM deleted"));
-                };
+                let vi = self.slots_open(a[0], "a memslot of no VM deleted")?;
                 let v = &mut self.vms[vi];
-                if v.t == VmType::Pkvm && v.started {
-                    return fail(String::from(
-                        "a running pkvm VM's memslots changed (rule 9)",
-                    ));
-                }
                 let Some(si) = v.slots.iter().position(|s| s.id == a[1]) else {
                     return fail(String::from("a memslot the host never made was deleted"));
                 };
